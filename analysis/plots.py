@@ -1,0 +1,102 @@
+"""Seaborn figures for studies. Every function takes a tidy DataFrame and writes one PNG atomically.
+
+- :func:`similarity_distributions` - per-feature similarity against floor and skyline.
+- :func:`heatmap` - checkpoint-by-checkpoint or layer-by-layer similarity.
+- :func:`threshold_curves` - shared fraction against the cosine threshold.
+- :func:`series` - a metric along an ordered axis (training steps, layers) with baseline bands.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from universality.errors import DataError  # noqa: E402
+from universality.io import atomic_write_bytes  # noqa: E402
+
+__all__ = ["similarity_distributions", "heatmap", "threshold_curves", "series"]
+
+_PALETTE = {"observed": "#1f77b4", "floor": "#999999", "skyline": "#2ca02c"}
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _require(df: pd.DataFrame, cols: list[str], what: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise DataError(f"{what} needs columns {missing}", f"pass a tidy DataFrame with columns {cols}")
+    if df.empty:
+        raise DataError(f"{what} got an empty table", "check that the study produced results for this figure")
+
+
+def similarity_distributions(df: pd.DataFrame, path: str | Path, title: str, xlabel: str = "comparison",
+                             ylabel: str = "best-match similarity per feature") -> Path:
+    """Violin plot of per-feature scores, ``hue`` = observed / floor / skyline.
+
+    Columns: ``comparison``, ``kind`` (observed | floor | skyline), ``score``.
+    """
+    _require(df, ["comparison", "kind", "score"], "similarity_distributions")
+    order = list(dict.fromkeys(df["comparison"]))
+    kinds = [k for k in ("observed", "floor", "skyline") if k in set(df["kind"])]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(order) + 2), 4.2))
+    sns.violinplot(data=df, x="comparison", y="score", hue="kind", order=order, hue_order=kinds,
+                   palette=_PALETTE, cut=0, density_norm="width", inner="quartile", ax=ax)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.tick_params(axis="x", labelrotation=20)
+    return _save(fig, path)
+
+
+def heatmap(matrix: pd.DataFrame, path: str | Path, title: str, cbar_label: str = "similarity",
+            vmin: float | None = None, vmax: float | None = None, annotate: bool | None = None) -> Path:
+    """Heatmap of a square or rectangular similarity matrix (index = rows, columns = columns)."""
+    if matrix.empty:
+        raise DataError("heatmap got an empty matrix", "check that the study produced this comparison")
+    annotate = matrix.size <= 100 if annotate is None else annotate
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * matrix.shape[1] + 2, 1.0 + 0.6 * matrix.shape[0] + 1))
+    sns.heatmap(matrix.astype(float), annot=annotate, fmt=".2f", vmin=vmin, vmax=vmax, cmap="viridis",
+                cbar_kws={"label": cbar_label}, ax=ax)
+    ax.set(title=title)
+    return _save(fig, path)
+
+
+def threshold_curves(df: pd.DataFrame, path: str | Path, title: str) -> Path:
+    """Shared fraction against threshold, one line per comparison (``kind`` styles baselines).
+
+    Columns: ``threshold``, ``shared_fraction``, ``comparison``; optional ``kind``.
+    """
+    _require(df, ["threshold", "shared_fraction", "comparison"], "threshold_curves")
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    style = "kind" if "kind" in df.columns else None
+    sns.lineplot(data=df, x="threshold", y="shared_fraction", hue="comparison", style=style, marker="o", ax=ax)
+    ax.set(title=title, xlabel="cosine threshold", ylabel="shared fraction", ylim=(-0.02, 1.02))
+    return _save(fig, path)
+
+
+def series(df: pd.DataFrame, path: str | Path, title: str, x: str, y: str, hue: str | None = None,
+           logx: bool = False, bands: dict[str, tuple[float, float]] | None = None,
+           ylabel: str | None = None) -> Path:
+    """A metric along an ordered axis, with optional horizontal baseline bands ``{label: (lo, hi)}``."""
+    _require(df, [x, y] + ([hue] if hue else []), "series")
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    sns.lineplot(data=df, x=x, y=y, hue=hue, marker="o", ax=ax)
+    for (label, (lo, hi)), color in zip((bands or {}).items(), ("#999999", "#2ca02c", "#d62728", "#9467bd")):
+        ax.axhspan(lo, hi if hi > lo else lo + 1e-3, color=color, alpha=0.2, label=label)
+    if logx:
+        ax.set_xscale("symlog", linthresh=1.0)
+    ax.set(title=title, xlabel=x, ylabel=ylabel or y)
+    if bands or hue:
+        ax.legend(fontsize="small")
+    return _save(fig, path)
