@@ -96,6 +96,7 @@ def series(df: pd.DataFrame, path: str | Path, title: str, x: str, y: str, hue: 
         ax.axhspan(lo, hi if hi > lo else lo + 1e-3, color=color, alpha=0.2, label=label)
     if logx:
         ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlim(left=0)
     ax.set(title=title, xlabel=x, ylabel=ylabel or y)
     if bands or hue:
         ax.legend(fontsize="small")

@@ -19,7 +19,10 @@ def test_hit_miss_and_crash(tmp_path):
     assert (a.hit, b.hit, c.hit) == (False, True, False)
     assert a.path == b.path != c.path and len(calls) == 2
     assert (a.path / "out.txt").read_text() == "x"
-    assert cache.hits == [a.path.name] and len(cache.misses) == 2
+    assert cache.hits == [] and len(cache.misses) == 2  # built here: asked again, still one miss
+    fresh = StageCache(tmp_path)
+    again = fresh.run("harvest", {"model": "m", "tokens": 10}, build)
+    assert again.hit and fresh.hits == [a.path.name] and fresh.misses == [] and len(calls) == 2
 
     def crash(folder):
         (folder / "partial.txt").write_text("half")

@@ -30,7 +30,11 @@ class StageRecord:
 
 
 class StageCache:
-    """Maps ``(stage name, JSON-able key)`` to a folder under ``root/cache``; counts hits and misses."""
+    """Maps ``(stage name, JSON-able key)`` to a folder under ``root/cache``.
+
+    ``misses`` lists the stages built by this object, ``hits`` the distinct stages it found already
+    built on disk (a stage built here and asked for again counts once, as a miss).
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -51,7 +55,8 @@ class StageCache:
                 raise ArtifactError(
                     f"cached stage {path} does not match its key", "delete that folder and rerun the study"
                 )
-            self.hits.append(path.name)
+            if path.name not in self.misses and path.name not in self.hits:
+                self.hits.append(path.name)
             return StageRecord(name, key_hash, path, hit=True)
         start = time.perf_counter()
         with atomic_dir(path) as tmp:

@@ -1,0 +1,283 @@
+"""Harvest and read throughput of the activation store, side by side in one run.
+
+A GPT-2-shaped model with random weights (no download; ``--small``: 256 wide, 4 layers; default:
+GPT-2-small shape, 768 wide, 12 layers) and a byte-level BPE tokenizer trained on the shipped
+Shakespeare corpus are saved to a temporary folder and opened with ``models.load``. On the same
+packed contexts of the corpus it times:
+
+* ``bare_forward``: the model trunk (``model.base_model``: embeddings, blocks, final norm; no LM
+  head, no hooks) on every batch of contexts, tokenisation excluded;
+* ``capture_only``: ``adapter.capture`` of the harvested sites on the same batches (hooks, no copy);
+* ``harvest``: :func:`universality.activations.harvest` end to end - tokenisation and packing
+  (prefetch thread), capture, device->host copy, shard writing on the background writer thread,
+  statistics and manifest - and the same with ``background_writer=False``;
+* ``pipeline_only``: the same harvest with a forward that costs nothing (``capture`` returns a
+  precomputed tensor): the most tokens per second the pipeline (tokenisation, gather, copy,
+  statistics, shard writes) can absorb, i.e. whether it can keep up with a faster forward;
+* ``read``: one pass of ``store.iter_batches`` over the written store, with and without a shuffle
+  buffer, in GB/s of activation bytes delivered, with the process's resident memory sampled
+  during the pass and the reader's largest resident row count.
+
+Goals: ``harvest / bare_forward <= 1.2``; read >= 1 GB/s from a local disk; resident memory during
+reading bounded by the shuffle buffer, not by the store size.
+Writes ``benchmarks/results/activations-<machine>.json``.
+
+Usage: ``python benchmarks/activations.py [--small] [--device cuda] [--dtype bfloat16] [--tokens 200000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import models  # noqa: E402
+from models.tokenizer import train_byte_level_bpe  # noqa: E402
+from universality.activations import ActivationStore, harvest  # noqa: E402
+from universality.data import Packer, PackingConfig, shakespeare  # noqa: E402
+from universality.io import write_json  # noqa: E402
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _machine(device: torch.device) -> str:
+    name = "cuda-" + torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu-" + (platform.node() or "host")
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-").lower()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def build_model(folder: Path, small: bool, seq: int) -> Path:
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    docs = list(shakespeare())
+    tok = train_byte_level_bpe([d.text for d in docs[:200]], 4096, folder)
+    special = tok.convert_tokens_to_ids(tok.eos_token)
+    shape = dict(n_embd=256, n_layer=4, n_head=4) if small else dict(n_embd=768, n_layer=12, n_head=12)
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=max(seq, 256), bos_token_id=special, eos_token_id=special,
+                     pad_token_id=special, **shape)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(str(folder))
+    return folder
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--small", action="store_true")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--tokens", type=int, default=None, help="text tokens to harvest (default 60k CPU, 4M GPU)")
+    ap.add_argument("--batch", type=int, default=None, help="contexts per forward (default 8 CPU, 64 GPU)")
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--shard-rows", type=int, default=1 << 16)
+    ap.add_argument("--read-batch", type=int, default=4096)
+    ap.add_argument("--buffer", type=int, default=1 << 18)
+    ap.add_argument("--workdir", default=None, help="folder for the model and store (default: a temporary one)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
+    tokens = args.tokens or (4_000_000 if on_gpu else 60_000)
+    batch = args.batch or (64 if on_gpu else 8)
+    dtype = getattr(torch, args.dtype)
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-activations-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        model_dir = build_model(work / "model", args.small, args.seq)
+        adapter = models.load(str(model_dir), device=str(device), dtype=dtype)
+        L = adapter.n_layers
+        sites = [f"blocks.{L // 2}.hook_resid_post", f"blocks.{L - 1}.hook_mlp_out", f"blocks.{L - 1}.hook_resid_post"]
+        packing = PackingConfig(context_len=args.seq)
+        docs = list(shakespeare())
+        n_ctx = -(-tokens // (args.seq - 1))
+        packer = Packer(adapter.tokenizer, packing)
+        batches = []
+        for b in packer.batches(docs, batch):
+            batches.append(b)
+            if sum(len(x) for x in batches) >= n_ctx:
+                break
+        n_text = int(sum(int((b.kind == 0).sum()) for b in batches))
+        gpu_batches = [(b.input_ids.to(device), b.attention_mask.to(device)) for b in batches]
+        trunk = adapter.model.base_model
+
+        def bare() -> float:
+            _sync(device)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                for ids, mask in gpu_batches:
+                    trunk(input_ids=ids, attention_mask=mask, use_cache=False)
+            _sync(device)
+            return time.perf_counter() - t0
+
+        def capture_only() -> float:
+            _sync(device)
+            t0 = time.perf_counter()
+            for ids, mask in gpu_batches:
+                adapter.capture(ids, sites, attention_mask=mask)
+            _sync(device)
+            return time.perf_counter() - t0
+
+        def run_harvest(name: str, background: bool) -> tuple[float, ActivationStore]:
+            out = work / name
+            shutil.rmtree(out, ignore_errors=True)
+            _sync(device)
+            t0 = time.perf_counter()
+            store = harvest(adapter, docs, sites, out, packing=packing, batch_size=batch, shard_rows=args.shard_rows,
+                            max_tokens=n_text, dtype=args.dtype if args.dtype != "float32" else "float32",
+                            background_writer=background, progress=False)
+            _sync(device)
+            return time.perf_counter() - t0, store
+
+        # warm up every path once on a small slice
+        with torch.no_grad():
+            trunk(input_ids=gpu_batches[0][0], attention_mask=gpu_batches[0][1], use_cache=False)
+        adapter.capture(gpu_batches[0][0], sites, attention_mask=gpu_batches[0][1])
+
+        class _ConstantAdapter:
+            """The same adapter with a free forward: times the harvest pipeline alone."""
+
+            def __init__(self, inner):
+                self._inner = inner
+                self._acts = {s: torch.randn(batch, args.seq, inner.sites[s], device=device, dtype=dtype) for s in sites}
+
+            def __getattr__(self, name):
+                return getattr(self._inner, name)
+
+            def capture(self, input_ids, names, attention_mask=None, dtype=None):
+                b, p = input_ids.shape
+                return {s: self._acts[s][:b, :p] for s in names}
+
+        def pipeline_only() -> float:
+            out = work / "store_pipeline"
+            shutil.rmtree(out, ignore_errors=True)
+            _sync(device)
+            t0 = time.perf_counter()
+            harvest(_ConstantAdapter(adapter), docs, sites, out, packing=packing, batch_size=batch,
+                    shard_rows=args.shard_rows, max_tokens=n_text, dtype=args.dtype, progress=False)
+            _sync(device)
+            return time.perf_counter() - t0
+
+        timings: dict[str, list[float]] = {"bare_forward": [], "capture_only": [], "harvest": [], "harvest_inline_writer": [],
+                                           "pipeline_only": []}
+        store = None
+        for _ in range(2):  # interleaved repeats; the minimum is reported
+            timings["bare_forward"].append(bare())
+            timings["capture_only"].append(capture_only())
+            t, store = run_harvest("store", True)
+            timings["harvest"].append(t)
+            t, _ = run_harvest("store_inline", False)
+            timings["harvest_inline_writer"].append(t)
+            timings["pipeline_only"].append(pipeline_only())
+        best = {k: min(v) for k, v in timings.items()}
+        store_bytes = sum((store.path / s["file"]).stat().st_size for s in store.shards)
+        act_bytes_per_row = sum(store.width(s) * torch.empty(0, dtype=dtype).element_size() for s in sites)
+
+        def read(buffer: int) -> dict:
+            rss0 = _rss_mb()
+            peak = rss0
+            reader = store.iter_batches(sites, batch_size=args.read_batch, shuffle_buffer=buffer, seed=0)
+            n_bytes = 0
+            t0 = time.perf_counter()
+            for i, b in enumerate(reader):
+                n_bytes += sum(t.numel() * t.element_size() for t in b.values())
+                if i % 8 == 0:
+                    peak = max(peak, _rss_mb())
+            dt = time.perf_counter() - t0
+            return {"shuffle_buffer": buffer, "seconds": dt, "bytes": n_bytes, "GB_per_s": n_bytes / dt / 1e9,
+                    "rss_before_mb": rss0, "rss_peak_during_mb": peak, "resident_rows_max": reader.resident_rows,
+                    "resident_bytes_bound": (max(buffer, reader.piece_rows) + args.read_batch) * act_bytes_per_row}
+
+        def memcpy_baseline() -> dict:
+            """What this machine's memory and page cache allow: a plain copy and a raw file read."""
+            x = torch.empty(64 << 20, dtype=torch.float32).fill_(1.0)  # 256 MB
+            t0 = time.perf_counter()
+            x.clone()
+            copy = x.numel() * 4 / (time.perf_counter() - t0) / 1e9
+            n, t0 = 0, time.perf_counter()
+            for shard in store.shards:
+                with open(store.path / shard["file"], "rb", buffering=0) as fh:
+                    n += len(fh.read())
+            return {"tensor_copy_GB_per_s": copy, "raw_file_read_GB_per_s": n / (time.perf_counter() - t0) / 1e9}
+
+        baseline = memcpy_baseline()
+        reads = [read(0), read(min(args.buffer, 1 << 15)), read(args.buffer)]
+
+        import transformers
+
+        import universality
+
+        results = {
+            "benchmark": "activations",
+            "machine": _machine(device),
+            "device": torch.cuda.get_device_name(device) if on_gpu else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "universality": universality.__version__,
+            "git_commit": _git_commit(),
+            "python": platform.python_version(),
+            "model": {"shape": "gpt2-256x4" if args.small else "gpt2-small-shape", "d_model": adapter.d_model,
+                      "n_layers": L, "dtype": args.dtype},
+            "sites": sites,
+            "contexts": sum(len(b) for b in batches),
+            "context_len": args.seq,
+            "batch_contexts": batch,
+            "text_tokens": n_text,
+            "store_rows": store.n_rows,
+            "store_bytes": store_bytes,
+            "shards": len(store.shards),
+            "timings_s": timings,
+            "best_s": best,
+            "tokens_per_s": {k: n_text / v for k, v in best.items()},
+            "ratio_harvest_over_bare": best["harvest"] / best["bare_forward"],
+            "ratio_capture_over_bare": best["capture_only"] / best["bare_forward"],
+            "ratio_inline_writer_over_bare": best["harvest_inline_writer"] / best["bare_forward"],
+            "load_average_1m_5m_15m": list(__import__("os").getloadavg()),
+            "read": reads,
+            "read_baselines": baseline,
+            "goals": {"harvest_over_bare_max": 1.2, "read_GB_per_s_min": 1.0},
+            "note": "bare_forward excludes tokenisation; harvest includes it (on a prefetch thread). "
+                    "Reads are of a just-written store, so mostly from the page cache.",
+        }
+        out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"activations-{results['machine']}.json"
+        write_json(out, results)
+        print(f"wrote {out}")
+        print({k: round(v, 3) for k, v in best.items()}, "harvest/bare =", round(results["ratio_harvest_over_bare"], 3))
+        print("baselines", {k: round(v, 2) for k, v in baseline.items()})
+        for r in reads:
+            print(f"read buffer={r['shuffle_buffer']}: {r['GB_per_s']:.2f} GB/s, rss peak {r['rss_peak_during_mb']:.0f} MB")
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""TransformerLens backend: any model TransformerLens 3.9's ``TransformerBridge`` supports.
+
+The Hugging Face model is loaded here (local folder, checkpoint series or hub name + revision,
+offline-friendly, eager attention as the bridge expects) and handed to
+``TransformerBridge.boot_transformers(name, hf_model=..., tokenizer=...)``, so no hub call is made for
+a local path. The bridge exposes TransformerLens hook points named exactly like our canonical sites
+(``blocks.{l}.hook_resid_pre``, ``hook_attn_out``, ``hook_resid_mid``, ``hook_mlp_out``,
+``hook_resid_post``); each is an ``nn.Module`` (``HookPoint``) whose output is the activation, so
+capture and replacement use plain torch forward hooks on them, with the same early stop as the HF
+backend. Routing sites (MoE router logits / expert indices / weights) are HF-backend only.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from models.base import ModelAdapter, _StopForward, _checked
+from universality.errors import ModelLoadError
+from universality.sites import HOOKS, ROUTING_HOOKS, Site
+
+__all__ = ["TLensAdapter", "load_tlens"]
+
+
+class TLensAdapter(ModelAdapter):
+    """A TransformerBridge with canonical sites read from its hook points."""
+
+    family = "tlens"
+
+    def __init__(self, bridge: nn.Module, *, name: str, revision: str | None, checkpoints: tuple[str, ...]) -> None:
+        self.model = bridge.eval()
+        self.bridge = bridge
+        self.name = name
+        self.revision = revision
+        self.checkpoints = tuple(checkpoints)
+        self.tokenizer = getattr(bridge, "tokenizer", None)
+        param = next(bridge.parameters())
+        self.device = param.device
+        self.dtype = param.dtype
+        self.n_layers = int(bridge.cfg.n_layers)
+        self.d_model = int(bridge.cfg.d_model)
+        self.source_family = getattr(getattr(bridge, "original_model", None), "config", None)
+        self.source_family = getattr(self.source_family, "model_type", None)
+        hook_dict = bridge.hook_dict
+        self._hooks: dict[str, nn.Module] = {}
+        for layer in range(self.n_layers):
+            for hook in HOOKS:
+                name_ = f"blocks.{layer}.{hook}"
+                # Routing sites are read by the HF backend only (their widths and dtypes differ).
+                if name_ in hook_dict and hook not in ROUTING_HOOKS:
+                    self._hooks[name_] = hook_dict[name_]
+        self._sites = {n: self.d_model for n in self._hooks}
+
+    def __repr__(self) -> str:
+        return f"TLensAdapter({self.source_family}, {self.name!r}, n_layers={self.n_layers}, d_model={self.d_model})"
+
+    @property
+    def sites(self) -> dict[str, int]:
+        return dict(self._sites)
+
+    def _run(self, input_ids: Tensor, attention_mask: Tensor | None):
+        return self.bridge(input_ids, return_type="logits", attention_mask=attention_mask)
+
+    def capture(
+        self,
+        input_ids: Int[Tensor, "batch pos"],
+        sites: str | Site | Iterable[str | Site],
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> dict[str, Tensor]:
+        """Activations ``(batch, pos, d_model)`` of the requested sites; stops after the last one."""
+        parsed = self._resolve_sites(sites)
+        input_ids, attention_mask = self._prepare_inputs(input_ids, attention_mask)
+        out_dtype = dtype or self.dtype
+        captured: dict[str, Tensor] = {}
+        wanted = len(parsed)
+
+        def grab(name: str, _module, _args, output) -> None:
+            value = output.detach()
+            captured[name] = value.to(out_dtype) if value.dtype != out_dtype else value
+            if len(captured) == wanted:
+                raise _StopForward
+
+        handles = []
+        try:
+            for s in parsed:
+                handles.append(self._hooks[s.name].register_forward_hook(functools.partial(grab, s.name)))
+            with torch.no_grad():
+                try:
+                    self._run(input_ids, attention_mask)
+                except _StopForward:
+                    pass
+        finally:
+            for h in handles:
+                h.remove()
+        missing = [s.name for s in parsed if s.name not in captured]
+        if missing:
+            raise RuntimeError(f"TransformerBridge hook points {missing} never fired")
+        return {s.name: captured[s.name] for s in parsed}
+
+    def forward(
+        self,
+        input_ids: Int[Tensor, "batch pos"],
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        replace: Mapping[str, Callable[[Tensor], Tensor]] | None = None,
+    ) -> Float[Tensor, "batch pos vocab"]:
+        """Full logits, with each ``replace[site](act)`` spliced in at its hook point."""
+        input_ids, attention_mask = self._prepare_inputs(input_ids, attention_mask)
+        replace = dict(replace or {})
+        parsed = self._resolve_sites(list(replace)) if replace else ()
+
+        def swap(name: str, fn: Callable[[Tensor], Tensor], _module, _args, output):
+            return _checked(fn(output), output, name)
+
+        handles = []
+        try:
+            for s in parsed:
+                hook = functools.partial(swap, s.name, replace[s.name])
+                handles.append(self._hooks[s.name].register_forward_hook(hook))
+            with torch.no_grad():
+                return self._run(input_ids, attention_mask)
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def load_tlens(src: Any, *, device: torch.device, dtype: torch.dtype, trust_remote_code: bool) -> TLensAdapter:
+    """Load ``src`` (a :class:`models.loading._Source`) into a TransformerBridge."""
+    from transformers import AutoModelForCausalLM
+
+    from models.loading import _load_tokenizer, _read_raw_config
+
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError as err:  # pragma: no cover - transformer_lens is a dependency
+        raise ModelLoadError("transformer_lens is not installed", "pip install 'transformer_lens>=3.9,<4'") from err
+    _read_raw_config(src)  # one-line error for an unknown name / revision
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            src.location, revision=src.hub_revision, dtype=dtype, trust_remote_code=trust_remote_code,
+            attn_implementation="eager",
+        )
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"cannot load {src.location!r} for TransformerLens ({first[:160]})", "check the name or path") from err
+    tokenizer = _load_tokenizer(src, trust_remote_code)
+    try:
+        bridge = TransformerBridge.boot_transformers(
+            src.location, hf_model=hf_model.to(device), tokenizer=tokenizer, device=device, dtype=dtype,
+            trust_remote_code=trust_remote_code,
+        )
+    except (ValueError, NotImplementedError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(
+            f"TransformerLens cannot bridge {src.location!r} ({first[:160]})", "use backend='hf' for this model"
+        ) from err
+    return TLensAdapter(bridge, name=src.series_source, revision=src.revision, checkpoints=src.checkpoints)

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+import torch
+
+from universality.match.baselines import (
+    covariance_matched_dictionary,
+    normalise,
+    permutation_test,
+    random_rotation,
+    random_unit_dictionary,
+    shuffle_tokens,
+)
+from universality.match.summary import mmcs, mppc
+from universality.match.views import codes_from_dense
+
+from .helpers import permuted_noisy_copy
+
+
+def test_random_dictionaries_shapes_and_covariance():
+    R = random_unit_dictionary(50, 8, seed=1)
+    assert torch.allclose(R.norm(dim=1), torch.ones(50), atol=1e-6)
+    x = torch.randn(5000, 3) * torch.tensor([10.0, 1.0, 0.1])
+    C = covariance_matched_dictionary(2000, x, seed=0)
+    assert (C[:, 0].abs().mean() > 0.8) and (C[:, 2].abs().mean() < 0.05)  # leans on the top variance axis
+    Q = random_rotation(6, seed=2)
+    assert torch.allclose(Q @ Q.T, torch.eye(6), atol=1e-5)
+
+
+def test_permutation_p_values_detect_a_copy_and_not_noise():
+    A, B, _ = permuted_noisy_copy(n=40, noise=0.1)
+    rot = lambda D, s: D @ random_rotation(D.shape[1], s).T  # noqa: E731
+    stat = lambda x, y: mmcs(x, y)[0]  # noqa: E731
+    assert permutation_test(stat, A, B, rot, n_perm=19)["p_value"] == pytest.approx(0.05)
+    R = random_unit_dictionary(40, A.shape[1], seed=9)
+    assert permutation_test(stat, A, R, rot, n_perm=19)["p_value"] > 0.1
+
+
+def test_token_shuffle_destroys_correlation_but_keeps_fingerprint():
+    z = torch.relu(torch.randn(500, 6)) * (torch.rand(500, 6) < 0.3)
+    c = codes_from_dense(z, torch.arange(500))
+    s = shuffle_tokens(c, seed=3)
+    assert s.fingerprint == c.fingerprint and torch.allclose(s.mean, c.mean, atol=1e-6)
+    assert mppc(c, c)[0] == pytest.approx(1.0, abs=1e-5) and mppc(c, s)[0] < 0.3
+
+
+def test_normalise_and_its_refusals():
+    assert normalise(0.6, 0.2, 1.0) == (pytest.approx(0.5), "")
+    v, note = normalise(0.6, 0.58, 0.6)
+    assert np.isnan(v) and "too small" in note
+    v, note = normalise(0.6, 0.2, None)
+    assert np.isnan(v) and note == "no skyline given"

@@ -1,0 +1,77 @@
+"""The quickstart study at a very small size: every section of the report, baselines in every row,
+and a rerun that rebuilds nothing (every stage comes from the cache)."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from universality.errors import ArtifactError
+from universality.study.config import register_configs, study_from_dict
+from universality.study.runner import run_study
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+register_configs()
+
+TINY = [
+    "study.tokenizer_vocab=300",
+    "study.models=[{name: pythia, zoo: tiny_pythia, data: D, checkpoints: all, overrides: {steps: 24, warmup_steps: 4,"
+    " d_model: 32, n_heads: 2, checkpoint_steps: [0, 8, 24]}}, {name: mamba, zoo: tiny_mamba, data: D, overrides:"
+    " {steps: 16, warmup_steps: 4, d_model: 32}}, {name: pythia_sub, zoo: tiny_pythia, data: D_prime, overrides:"
+    " {steps: 16, warmup_steps: 4, d_model: 32, n_heads: 2}}]",
+    "study.corpus.max_docs=60",
+    "study.corpus.planted_docs=12",
+    "study.harvest.train_tokens=2048",
+    "study.harvest.eval_spans=24",
+    "study.harvest.span_chars=120",
+    "study.sae.steps=40",
+    "study.sae.batch_size=128",
+    "study.sae.expansion=2",
+    "study.sae.k=4",
+    "study.match.gw_max=32",
+    "study.sites=[blocks.1.hook_resid_post]",
+]
+
+
+def tiny_quickstart(out_dir: Path, extra=()):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        cfg = compose(config_name="config", overrides=[*TINY, f"study.out_dir={out_dir}", *extra])
+    return study_from_dict(OmegaConf.to_container(cfg.study, resolve=True))
+
+
+def test_quickstart_tiny_end_to_end_and_cache(tmp_path):
+    cfg = tiny_quickstart(tmp_path / "qs")
+    first = run_study(cfg, progress=False)
+    text = first.report_md.read_text()
+    for heading in ("## Findings", "## Setup", "## Feature evolution", "## Architectures compared", "## Subset generalisation"):
+        assert heading in text, heading
+    html = first.report_html.read_text()
+    assert html.count("data:image/png;base64,") >= 6
+    tidy = pd.read_csv(first.results_csv)
+    assert set(tidy["analysis"]) == {"feature_evolution", "architecture_comparison", "subset_generalization"}
+    mppc = tidy[tidy["metric"] == "mppc"]
+    assert mppc["floor"].notna().all() and mppc["skyline"].notna().all()
+    assert ((mppc["value"] >= -1) & (mppc["value"] <= 1)).all()
+    evo = tidy[tidy["analysis"] == "feature_evolution"]
+    assert list(evo["revision"]) == ["step0", "step8", "step24"]
+    assert (evo["n_seeds"] == 3).all() and (evo["skyline_lo"] <= evo["skyline_hi"]).all()
+    figures = list((tmp_path / "qs" / "figures").glob("*.png"))
+    assert len(figures) >= 6
+    assert first.cache_misses > 0
+
+    second = run_study(cfg, progress=False)
+    assert second.cache_misses == 0 and second.cache_hits >= first.cache_misses
+    assert pd.read_csv(second.results_csv).equals(tidy)
+
+
+def test_output_folder_with_another_study_is_refused(tmp_path):
+    out = tmp_path / "qs"
+    out.mkdir()
+    (out / "study.json").write_text('{"study": "something_else"}')
+    with pytest.raises(ArtifactError, match="already holds study 'something_else'"):
+        run_study(tiny_quickstart(out), progress=False)
+    assert (out / "study.json").read_text() == '{"study": "something_else"}'
+    assert sorted(p.name for p in out.iterdir()) == ["study.json"]

@@ -1,0 +1,73 @@
+"""Planted-feature recovery (Sharkey et al. 2022 toy setting): every architecture finds the planted
+directions. Held-out metrics are measured on 4096 fresh rows; the numbers in the comments are
+what this configuration reached when the thresholds were set (CPU, torch 2.13, one thread).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from universality import synthetic as syn
+from universality.eval.metrics import evaluate
+from universality.sae import SAEConfig
+from universality.train import RunConfig, TrainConfig, train_saes
+
+
+def configs(d: int, n: int, k: int, steps: int) -> list[TrainConfig]:
+    warm = steps // 10
+    return [
+        TrainConfig(SAEConfig("topk", d, n, k=k), lr=3e-3),
+        TrainConfig(SAEConfig("batchtopk", d, n, k=k), lr=3e-3),
+        TrainConfig(SAEConfig("relu", d, n, sparsity_coeff=1.0), lr=3e-3, sparsity_warmup_steps=warm),
+        TrainConfig(SAEConfig("jumprelu", d, n, sparsity_coeff=2.0, jumprelu_threshold=0.1), lr=3e-3, sparsity_warmup_steps=warm),
+        TrainConfig(SAEConfig("gated", d, n, sparsity_coeff=3.0), lr=3e-3, sparsity_warmup_steps=warm),
+    ]
+
+
+def recover(d: int, n: int, active: float, steps: int, batch: int) -> dict[str, dict[str, float]]:
+    toy = syn.ToyConfig(d_in=d, n_features=n, mean_active=active)
+    D, src = syn.make_toy(toy, batch_size=batch)
+    out = train_saes(src, configs(d, n, round(active), steps), RunConfig(steps=steps, dead_window=50 * batch), progress=False)
+    held_out = syn.PlantedSource(D, syn.feature_probabilities(n, active), 4096, seed=99).batch(0)[1]["default"]
+    result = {}
+    for key, sae in out.items():
+        m = evaluate(sae, [held_out])
+        result[sae.architecture] = {"mmcs": syn.mean_max_cosine(sae.W_dec, D), "ev": m["explained_variance"], "l0": m["l0"]}
+    return result
+
+
+# arch: (min mean-max-cosine, min explained variance, L0 range)
+SMALL = {  # 48 dims, 96 features, ~4 active, 400 steps x 512 rows
+    "topk": (0.95, 0.85, (3.0, 4.0)),  # measured mmcs 0.998, EV 0.910, L0 3.85
+    "batchtopk": (0.95, 0.88, (3.0, 5.0)),  # 0.995, 0.936, 3.75
+    "relu": (0.95, 0.85, (3.0, 11.0)),  # 0.996, 0.918, 7.25
+    "jumprelu": (0.90, 0.90, (3.0, 16.0)),  # 0.944, 0.955, 11.3
+    "gated": (0.95, 0.87, (3.0, 7.0)),  # 0.990, 0.926, 4.30
+}
+
+
+def _check(result, expected):
+    for arch, (mmcs, ev, (lo, hi)) in expected.items():
+        r = result[arch]
+        assert r["mmcs"] >= mmcs, (arch, r)
+        assert r["ev"] >= ev, (arch, r)
+        assert lo <= r["l0"] <= hi, (arch, r)
+
+
+def test_every_architecture_recovers_planted_features_small():
+    _check(recover(48, 96, 4.0, 400, 512), SMALL)
+
+
+FULL = {  # 256 dims, 512 features, ~5 active, 600 steps x 512 rows
+    "topk": (0.95, 0.9, (4.0, 5.0)),  # measured mmcs 0.999, EV 0.944, L0 4.86
+    "batchtopk": (0.95, 0.9, (4.0, 6.0)),  # 0.999, 0.974, 4.80
+    "relu": (0.95, 0.9, (4.0, 11.0)),  # 0.998, 0.963, 7.52
+    "jumprelu": (0.95, 0.9, (4.0, 14.0)),  # 0.996, 0.973, 9.56
+    "gated": (0.95, 0.9, (4.0, 8.0)),  # 0.998, 0.967, 5.50
+}
+
+
+@pytest.mark.slow
+def test_every_architecture_recovers_planted_features_full_toy_size():
+    _check(recover(256, 512, 5.0, 600, 512), FULL)

@@ -1,0 +1,314 @@
+"""Resumable activation readers with a bounded shuffle buffer.
+
+Every reader yields ``dict[site -> Float[Tensor, "batch width"]]`` and has ``state_dict()`` /
+``load_state_dict()``; iterating a reader continues from its current position.
+
+**The row stream.** An epoch is a sequence of *groups*; a group is at most ``shuffle_buffer`` rows
+(for a store: row ranges of shards, visited in an order permuted by ``(seed, epoch)`` and packed
+greedily into groups; for live harvesting: a fixed number of contexts). Each group is loaded, its
+rows are permuted with a generator seeded by ``(seed, epoch, group)`` and emitted in that order;
+batches are consecutive slices of the concatenated stream and may cross group boundaries. The
+position ``(epoch, group, offset)`` therefore fixes the next row exactly: a reader restored from a
+``state_dict`` yields the same batches an uninterrupted reader would have yielded. Without a
+shuffle buffer (``shuffle_buffer=0``) the rows come in store order.
+
+**Memory.** At most one group plus one partial batch is resident: ``max(shuffle_buffer,
+piece_rows) + batch_size`` rows, whatever the size of the store (``resident_rows`` records the
+largest count seen, for tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from universality.errors import ConfigError
+from universality.io import stable_hash
+from universality.sites import parse_sites
+
+__all__ = ["RowReader", "StoreReader", "LiveReader"]
+
+_MIX = 0x9E3779B97F4A7C15
+
+
+def _seed(*parts: int) -> int:
+    h = 0
+    for p in parts:
+        h = (h * 1_000_003 + int(p) + _MIX) % (1 << 63)
+    return h
+
+
+class RowReader:
+    """Base class: turns ``_load_group(epoch, group)`` results into resumable batches."""
+
+    def __init__(
+        self,
+        sites: Sequence[str],
+        batch_size: int,
+        shuffle_buffer: int,
+        seed: int,
+        epochs: int | None,
+        drop_last: bool,
+        device: str | torch.device | None,
+        dtype: torch.dtype | None,
+    ) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}", "pass e.g. 4096")
+        if not isinstance(shuffle_buffer, int) or shuffle_buffer < 0:
+            raise ConfigError(f"shuffle_buffer must be an integer >= 0, got {shuffle_buffer!r}", "pass 0 (no shuffle) or e.g. 2**18")
+        if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
+            raise ConfigError(f"epochs must be a positive integer or None (endless), got {epochs!r}", "pass e.g. 1")
+        self.sites = list(sites)
+        self.batch_size, self.shuffle_buffer, self.seed = batch_size, shuffle_buffer, int(seed)
+        self.epochs, self.drop_last = epochs, drop_last
+        self.device = torch.device(device) if device is not None else None
+        self.dtype = dtype
+        self.epoch, self.group, self.offset = 0, 0, 0
+        self.rows_yielded = 0
+        self.resident_rows = 0
+
+    # subclasses ------------------------------------------------------------
+    def _load_group(self, epoch: int, group: int) -> dict[str, Tensor] | None:
+        """Rows of one group (unshuffled), or ``None`` after the last group of the epoch."""
+        raise NotImplementedError
+
+    def _fingerprint(self) -> dict[str, Any]:
+        return {"sites": self.sites, "batch_size": self.batch_size, "shuffle_buffer": self.shuffle_buffer, "seed": self.seed}
+
+    # state -----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Position of the next row; JSON-able."""
+        return {
+            "epoch": self.epoch,
+            "group": self.group,
+            "offset": self.offset,
+            "rows_yielded": self.rows_yielded,
+            "fingerprint": stable_hash(self._fingerprint()),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("fingerprint") != stable_hash(self._fingerprint()):
+            raise ConfigError(
+                "reader state was saved by a reader with other sites, batch size, shuffle buffer or seed",
+                "build the reader with the same arguments before load_state_dict",
+            )
+        self.epoch, self.group, self.offset = int(state["epoch"]), int(state["group"]), int(state["offset"])
+        self.rows_yielded = int(state.get("rows_yielded", 0))
+
+    # iteration -------------------------------------------------------------
+    def _emit(self, parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        out = {s: (torch.cat([p[s] for p in parts]) if len(parts) > 1 else parts[0][s]) for s in parts[0]}
+        if self.device is not None or self.dtype is not None:
+            out = {
+                s: t.to(device=self.device or t.device, dtype=self.dtype if (self.dtype and t.is_floating_point()) else t.dtype, non_blocking=True)
+                for s, t in out.items()
+            }
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, Float[Tensor, "batch width"]]]:
+        parts: list[dict[str, Tensor]] = []
+        have = 0
+        while self.epochs is None or self.epoch < self.epochs:
+            data = self._load_group(self.epoch, self.group)
+            if data is None:
+                if self.group == 0 and self.offset == 0:
+                    break  # an empty epoch: nothing to read at all
+                self.epoch, self.group, self.offset = self.epoch + 1, 0, 0
+                continue
+            n = next(iter(data.values())).shape[0]
+            self.resident_rows = max(self.resident_rows, n + have)
+            perm = None
+            if self.shuffle_buffer > 0:
+                g = torch.Generator().manual_seed(_seed(self.seed, self.epoch, self.group))
+                perm = torch.randperm(n, generator=g)
+            while self.offset < n:
+                take = min(self.batch_size - have, n - self.offset)
+                sl = slice(self.offset, self.offset + take)
+                # index_select, not t[idx]: advanced indexing is far slower on a busy CPU thread pool
+                parts.append({s: (t.index_select(0, perm[sl]) if perm is not None else t[sl]) for s, t in data.items()})
+                have += take
+                self.offset += take
+                if have == self.batch_size:
+                    batch = self._emit(parts)
+                    parts, have = [], 0
+                    self.rows_yielded += self.batch_size
+                    yield batch
+            del data, perm
+            self.group, self.offset = self.group + 1, 0
+        if parts and not self.drop_last:
+            batch = self._emit(parts)
+            self.rows_yielded += have
+            yield batch
+
+
+class StoreReader(RowReader):
+    """Reads an :class:`~universality.activations.store.ActivationStore` (see module docstring)."""
+
+    def __init__(
+        self,
+        store,
+        sites: str | Sequence[str] | None = None,
+        batch_size: int = 4096,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+        epochs: int | None = 1,
+        drop_last: bool = False,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        fields: Sequence[str] = (),
+        piece_rows: int | None = None,
+    ) -> None:
+        from universality.activations.store import ROW_FIELDS
+
+        names = store.sites if sites is None else [s.name for s in parse_sites(sites)]
+        for name in names:
+            store._site(name)  # UnknownSiteError for a missing site
+        bad = [f for f in fields if f not in ROW_FIELDS]
+        if bad:
+            raise ConfigError(f"unknown row fields {bad}", f"use some of {ROW_FIELDS}")
+        super().__init__(names, batch_size, shuffle_buffer, seed, epochs, drop_last, device, dtype)
+        self.store = store
+        self.fields = list(fields)
+        self._keys = [f"acts/{s}" for s in names] + self.fields
+        default_piece = shuffle_buffer if shuffle_buffer > 0 else max(batch_size, 1 << 16)
+        self.piece_rows = int(piece_rows or default_piece)
+        self._pieces: list[tuple[int, int, int]] = []
+        for i, shard in enumerate(store.shards):
+            for lo in range(0, int(shard["rows"]), self.piece_rows):
+                self._pieces.append((i, lo, min(lo + self.piece_rows, int(shard["rows"]))))
+        self._buffers: dict[str, Tensor] = {}
+        self._layout_epoch: int | None = None
+        self._layout: list[list[tuple[int, int, int]]] = []
+
+    def _fingerprint(self) -> dict[str, Any]:
+        return super()._fingerprint() | {"store": self.store.manifest.get("key"), "rows": self.store.n_rows, "piece_rows": self.piece_rows}
+
+    def _groups(self, epoch: int) -> list[list[tuple[int, int, int]]]:
+        if self._layout_epoch == epoch:
+            return self._layout
+        pieces = self._pieces
+        if self.shuffle_buffer > 0:
+            g = torch.Generator().manual_seed(_seed(self.seed, epoch, 1 << 20))
+            pieces = [pieces[i] for i in torch.randperm(len(pieces), generator=g).tolist()]
+            groups, current, rows = [], [], 0
+            for p in pieces:
+                n = p[2] - p[1]
+                if current and rows + n > self.shuffle_buffer:
+                    groups.append(current)
+                    current, rows = [], 0
+                current.append(p)
+                rows += n
+            if current:
+                groups.append(current)
+        else:
+            groups = [[p] for p in pieces]
+        self._layout_epoch, self._layout = epoch, groups
+        return groups
+
+    def _load_group(self, epoch: int, group: int) -> dict[str, Tensor] | None:
+        groups = self._groups(epoch)
+        if group >= len(groups):
+            return None
+        pieces = groups[group]
+        total = sum(hi - lo for _, lo, hi in pieces)
+        out: dict[str, Tensor] = {}
+        for key in self._keys:  # each piece is read straight into its rows of the group buffer
+            dtype, shape = self.store.key_info(pieces[0][0], key)
+            buf = self._buffers.get(key)
+            if self.shuffle_buffer > 0 and buf is not None and buf.shape[0] >= total:
+                buf = buf[:total]  # shuffled batches are gathered copies, so the buffer can be reused
+            else:
+                buf = torch.empty((total, *shape[1:]), dtype=dtype)
+                if self.shuffle_buffer > 0:
+                    self._buffers[key] = buf
+            at = 0
+            for shard, lo, hi in pieces:
+                self.store.read_rows_into(shard, key, lo, hi, buf[at : at + hi - lo])
+                at += hi - lo
+            out[key] = buf
+        return {k.removeprefix("acts/"): v for k, v in out.items()}
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        n = self.store.n_rows
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+
+class LiveReader(RowReader):
+    """Harvests activations on the fly (no disk) and streams them like a :class:`StoreReader`.
+
+    A group is ``group_contexts`` packed contexts (about ``shuffle_buffer`` rows; with no shuffle
+    buffer, ``forward_batch`` contexts); its rows are the text tokens of those contexts. Restoring a
+    state re-packs (tokenises) the skipped contexts but runs the model only on the current group.
+    """
+
+    def __init__(
+        self,
+        adapter,
+        documents,
+        sites: str | Sequence[str],
+        packing=None,
+        batch_size: int = 4096,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+        epochs: int | None = 1,
+        drop_last: bool = False,
+        forward_batch: int = 8,
+        include_bos: bool = False,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        from universality.activations.harvest import check_sites
+        from universality.data.packing import Packer, PackingConfig
+        from universality.data.sources import as_documents
+
+        names = check_sites(adapter, sites)
+        super().__init__(names, batch_size, shuffle_buffer, seed, epochs, drop_last, device, dtype)
+        self.adapter = adapter
+        self.documents = as_documents(documents)
+        self.packing = packing or PackingConfig()
+        self.forward_batch = forward_batch
+        self.include_bos = include_bos
+        self._packer_cls = Packer
+        if shuffle_buffer > 0:
+            self.group_contexts = max(1, shuffle_buffer // self.packing.context_len)
+        else:
+            self.group_contexts = forward_batch
+        self._stream = None  # (epoch, next group index, iterator of contexts)
+
+    def _fingerprint(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return super()._fingerprint() | {"packing": asdict(self.packing), "include_bos": self.include_bos, "model": getattr(self.adapter, "name", None)}
+
+    def _contexts_of(self, epoch: int, group: int):
+        import itertools
+
+        if self._stream is None or self._stream[0] != epoch or self._stream[1] != group:
+            packer = self._packer_cls(self.adapter.tokenizer, self.packing)
+            it = packer.contexts(self.documents)
+            it = itertools.islice(it, group * self.group_contexts, None)
+            self._stream = (epoch, group, it)
+        _, _, it = self._stream
+        chunk = list(itertools.islice(it, self.group_contexts))
+        self._stream = (epoch, group + 1, it)
+        return chunk
+
+    @torch.no_grad()
+    def _load_group(self, epoch: int, group: int) -> dict[str, Tensor] | None:
+        from universality.activations.harvest import capture_rows
+        from universality.data.packing import _to_batch
+
+        contexts = self._contexts_of(epoch, group)
+        if not contexts:
+            return None
+        parts: list[dict[str, Tensor]] = []
+        for i in range(0, len(contexts), self.forward_batch):
+            batch = _to_batch(contexts[i : i + self.forward_batch], group * self.group_contexts + i)
+            acts, _ = capture_rows(self.adapter, batch, self.sites, include_bos=self.include_bos)
+            parts.append({s: a.cpu() for s, a in acts.items()})
+        return {s: torch.cat([p[s] for p in parts]) for s in self.sites}

@@ -1,0 +1,188 @@
+"""Blocked similarities between two dictionaries' features, and streaming top-k partners.
+
+Nothing here materialises the full ``(n, m)`` matrix unless asked to (:func:`dense_similarity`): the
+rows of ``a`` are processed ``block`` at a time, on the GPU when the inputs live there, and only the top-k
+partners per row and per column are kept (:func:`topk_partners`).
+
+Similarities (each a ``(b, m)`` block for rows ``i0:i1`` of ``a``):
+
+- **cosine** of unit directions, :math:`S_{ij} = \\hat a_i \\cdot \\hat b_j`.
+- **Pearson** correlation of codes over the same ``T`` tokens (Wang et al. 2024, *Towards Universality:
+  Studying Mechanistic Similarity Across Language Model Architectures*, who take per feature its
+  maximum over the other dictionary, MPPC):
+  :math:`\\rho_{ij} = (\\tfrac1T\\sum_t a_{it} b_{jt} - \\mu_i \\mu_j) / (\\sigma_i \\sigma_j)`,
+  from one sparse x dense product per block; a feature that never varies has correlation 0.
+- **Jaccard** of firing sets, :math:`J_{ij} = |F_i \\cap F_j| / |F_i \\cup F_j|` with
+  :math:`F_i = \\{t : a_{it} \\neq 0\\}`; 0 when both are empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from universality.errors import MatchError
+from universality.match.views import FeatureCodes
+
+__all__ = [
+    "SIMILARITIES",
+    "TopK",
+    "cosine_blocks",
+    "pearson_blocks",
+    "jaccard_blocks",
+    "similarity_blocks",
+    "dense_similarity",
+    "topk_partners",
+    "default_block",
+]
+
+SIMILARITIES = ("cosine", "pearson", "jaccard")
+_BLOCK_BYTES = 256 << 20  # one (b, m) float32 block plus its codes stays under ~256 MiB
+
+
+def default_block(m: int, t: int = 0) -> int:
+    """Rows per block so that a ``(b, m)`` similarity block and a ``(b, T)`` code block fit the budget."""
+    return int(max(16, min(8192, _BLOCK_BYTES // (4 * max(1, m + t)))))
+
+
+def cosine_blocks(
+    A: Float[Tensor, "n d"], B: Float[Tensor, "m d"], block: int | None = None
+) -> Iterator[tuple[int, Float[Tensor, "b m"]]]:
+    """Yield ``(i0, A[i0:i0+b] @ B.T)`` for unit-row ``A`` and ``B`` (cosine similarity blocks)."""
+    if A.shape[1] != B.shape[1]:
+        raise MatchError(
+            f"feature directions live in different spaces (width {A.shape[1]} vs {B.shape[1]})",
+            "compare them with view='activations' on shared tokens, or with method='gw'",
+        )
+    B = B.to(A.device, A.dtype)
+    block = block or default_block(B.shape[0])
+    for i0 in range(0, A.shape[0], block):
+        yield i0, A[i0 : i0 + block] @ B.T
+
+
+def _check_codes(ca: FeatureCodes, cb: FeatureCodes) -> None:
+    if ca.fingerprint != cb.fingerprint or ca.n_tokens != cb.n_tokens:
+        raise MatchError(
+            f"activation codes come from different tokens (fingerprints {ca.fingerprint} vs {cb.fingerprint}, "
+            f"{ca.n_tokens} vs {cb.n_tokens} tokens)",
+            "encode the same token ids with both dictionaries (pass the same token_ids to encode_codes)",
+        )
+
+
+def _gram_blocks(ca: FeatureCodes, cb: FeatureCodes, block: int | None, binary: bool) -> Iterator[tuple[int, Tensor]]:
+    """Yield ``(i0, codes_a[i0:i1] @ codes_b.T)`` with ``codes_b`` kept sparse."""
+    _check_codes(ca, cb)
+    B = cb.binary().codes if binary else cb.codes
+    block = block or default_block(cb.n, ca.n_tokens)
+    for i0 in range(0, ca.n, block):
+        i1 = min(ca.n, i0 + block)
+        Ablk = ca.rows(i0, i1, binary=binary).to(B.device)  # (b, T) dense
+        yield i0, (B @ Ablk.T).T  # sparse (m, T) @ dense (T, b) -> (m, b) -> (b, m)
+
+
+def pearson_blocks(ca: FeatureCodes, cb: FeatureCodes, block: int | None = None) -> Iterator[tuple[int, Tensor]]:
+    """Yield Pearson-correlation blocks ``(i0, rho[i0:i1, :])`` of two code sets on the same tokens."""
+    T = ca.n_tokens
+    mb, sb = cb.mean.to(cb.codes.device), cb.std.to(cb.codes.device)
+    for i0, G in _gram_blocks(ca, cb, block, binary=False):
+        i1 = i0 + G.shape[0]
+        ma, sa = ca.mean[i0:i1].to(G.device), ca.std[i0:i1].to(G.device)
+        cov = G / T - ma[:, None] * mb[None, :]
+        denom = sa[:, None] * sb[None, :]
+        yield i0, torch.where(denom > 1e-12, cov / denom.clamp_min(1e-12), torch.zeros_like(cov)).clamp(-1, 1)
+
+
+def jaccard_blocks(ca: FeatureCodes, cb: FeatureCodes, block: int | None = None) -> Iterator[tuple[int, Tensor]]:
+    """Yield Jaccard-index blocks of the two code sets' firing sets."""
+    nb = cb.nnz.to(cb.codes.device).float()
+    for i0, inter in _gram_blocks(ca, cb, block, binary=True):
+        na = ca.nnz[i0 : i0 + inter.shape[0]].to(inter.device).float()
+        union = na[:, None] + nb[None, :] - inter
+        yield i0, torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter))
+
+
+def similarity_blocks(a: Any, b: Any, kind: str, block: int | None = None) -> Iterator[tuple[int, Tensor]]:
+    """Dispatch: ``'cosine'`` on direction tensors, ``'pearson'``/``'jaccard'`` on :class:`FeatureCodes`."""
+    if kind == "cosine":
+        return cosine_blocks(a, b, block)
+    if not isinstance(a, FeatureCodes) or not isinstance(b, FeatureCodes):
+        raise MatchError(f"similarity {kind!r} needs FeatureCodes for both sides", "build them with encode_codes")
+    if kind == "pearson":
+        return pearson_blocks(a, b, block)
+    if kind == "jaccard":
+        return jaccard_blocks(a, b, block)
+    raise MatchError(f"unknown similarity {kind!r}", f"use one of {SIMILARITIES}")
+
+
+def dense_similarity(a: Any, b: Any, kind: str = "cosine", block: int | None = None) -> Float[Tensor, "n m"]:
+    """The whole ``(n, m)`` similarity matrix (only for sizes where that fits in memory)."""
+    parts = [blk for _, blk in similarity_blocks(a, b, kind, block)]
+    n_b = b.shape[0] if isinstance(b, Tensor) else b.n
+    return torch.cat(parts) if parts else torch.zeros(0, n_b)
+
+
+@dataclass(frozen=True)
+class TopK:
+    """Top-k partners of every row of ``a`` in ``b`` and of every column (feature of ``b``) in ``a``.
+
+    ``row_values``/``row_indices`` are ``(n, k)`` (best first); ``col_values``/``col_indices`` are ``(m, k)``.
+    The maximum over ``b`` of row ``i`` is ``row_values[i, 0]`` (e.g. MPPC when the kind is Pearson).
+    """
+
+    row_values: Float[Tensor, "n k"]
+    row_indices: Int[Tensor, "n k"]
+    col_values: Float[Tensor, "m k"]
+    col_indices: Int[Tensor, "m k"]
+
+    @property
+    def n(self) -> int:
+        return int(self.row_values.shape[0])
+
+    @property
+    def m(self) -> int:
+        return int(self.col_values.shape[0])
+
+
+def topk_partners(
+    a: Any,
+    b: Any,
+    kind: str = "cosine",
+    k: int = 8,
+    block: int | None = None,
+    blocks: Callable[[], Iterator[tuple[int, Tensor]]] | None = None,
+    progress: bool = True,
+) -> TopK:
+    """Stream similarity blocks and keep the top-``k`` partners per row and per column.
+
+    Memory is ``O((n + m) k + block * m)``; the column top-k is merged block by block
+    (concatenate the running ``(k, m)`` best with the block's ``(k, m)`` best, keep the top ``k``).
+    """
+    it = blocks() if blocks is not None else similarity_blocks(a, b, kind, block)
+    n = a.shape[0] if isinstance(a, Tensor) else a.n
+    m = b.shape[0] if isinstance(b, Tensor) else b.n
+    kr, kc = min(k, m), min(k, n)
+    rv, ri = [], []
+    cv = ci = None
+    bar = tqdm(total=n, desc=f"top-{k} {kind}", leave=False, **({} if progress else {"disable": True}))
+    for i0, S in it:
+        v, j = S.topk(kr, dim=1)
+        rv.append(v.cpu())
+        ri.append(j.cpu())
+        # column top-k on a transposed contiguous copy: a strided top-k along dim 0 is several times slower
+        bv, bi = S.T.contiguous().topk(min(kc, S.shape[0]), dim=1)  # (m, k)
+        bi = bi + i0
+        if cv is not None:
+            bv, idx = torch.cat([cv, bv], 1).topk(min(kc, cv.shape[1] + bv.shape[1]), dim=1)
+            bi = torch.gather(torch.cat([ci, bi], 1), 1, idx)
+        cv, ci = bv, bi
+        bar.update(S.shape[0])
+    bar.close()
+    if cv is None:
+        raise MatchError("a dictionary has no features", "pass non-empty dictionaries")
+    return TopK(torch.cat(rv), torch.cat(ri), cv.cpu(), ci.cpu())

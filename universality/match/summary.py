@@ -1,0 +1,194 @@
+"""Summary metrics of how alike two dictionaries are. Each formula lives here once, with its source.
+
+Directions are unit rows ``(n, d)``; codes are :class:`~universality.match.views.FeatureCodes` on shared tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from scipy.stats import spearmanr
+from torch import Tensor
+
+from universality.errors import MatchError
+from universality.match.assignment import hungarian, sparse_assignment
+from universality.match.result import MatchResult
+from universality.match.similarity import _gram_blocks, dense_similarity, topk_partners
+from universality.match.views import FeatureCodes
+
+__all__ = [
+    "DENSE_LIMIT",
+    "mean_matched_score",
+    "max_similarity",
+    "mmcs",
+    "mppc",
+    "one_to_one",
+    "shared_fraction",
+    "svcca",
+    "rsa",
+    "linear_cka",
+    "linear_cka_codes",
+    "cycle_consistency",
+]
+
+DENSE_LIMIT = 4096 * 4096  # above n*m this, one-to-one assignments use the sparse top-k route
+
+
+def mean_matched_score(result: MatchResult) -> float:
+    """Mean matched similarity :math:`\\frac1k \\sum_{(i,j) \\in \\pi} S_{ij}` over the ``k`` pairs of a
+    one-to-one assignment (mean matched cosine when ``S`` is cosine)."""
+    return result.mean_score
+
+
+def max_similarity(a: Any, b: Any, kind: str = "cosine", block: int | None = None) -> tuple[Tensor, Tensor]:
+    """Per-feature best partner similarity in both directions: ``(max_j S_ij over i, max_i S_ij over j)``."""
+    tk = topk_partners(a, b, kind, k=1, block=block, progress=False)
+    return tk.row_values[:, 0], tk.col_values[:, 0]
+
+
+def mmcs(A: Float[Tensor, "n d"], B: Float[Tensor, "m d"], block: int | None = None) -> tuple[float, float]:
+    """Mean max cosine similarity in both directions (Sharkey, Braun & Millidge 2022, *Taking features out
+    of superposition with sparse autoencoders*):
+
+    .. math:: \\mathrm{MMCS}(A \\to B) = \\frac1n \\sum_i \\max_j \\hat a_i \\cdot \\hat b_j .
+    """
+    ra, rb = max_similarity(A, B, "cosine", block)
+    return float(ra.mean()), float(rb.mean())
+
+
+def mppc(ca: FeatureCodes, cb: FeatureCodes, block: int | None = None) -> tuple[float, float]:
+    """Mean of per-feature maximum Pearson correlation over shared tokens, both directions (Wang et al. 2024,
+    *Towards Universality: Studying Mechanistic Similarity Across Language Model Architectures*):
+
+    .. math:: \\mathrm{MPPC}(A \\to B) = \\frac1n \\sum_i \\max_j \\rho(z^A_i, z^B_j).
+
+    Dead features (constant codes) have correlation 0 with everything and count as 0.
+    """
+    ra, rb = max_similarity(ca, cb, "pearson", block)
+    return float(ra.mean()), float(rb.mean())
+
+
+def one_to_one(a: Any, b: Any, kind: str = "cosine", k: int = 16, exact_limit: int = DENSE_LIMIT) -> MatchResult:
+    """Maximum-similarity one-to-one assignment: exact (Hungarian) when ``n*m <= exact_limit``, else the
+    sparse top-``k`` route completed on left-over columns."""
+    n = a.shape[0] if isinstance(a, Tensor) else a.n
+    m = b.shape[0] if isinstance(b, Tensor) else b.n
+    if n * m <= exact_limit:
+        return hungarian(dense_similarity(a, b, kind), {"view_kind": kind})
+    tk = topk_partners(a, b, kind, k=k)
+
+    def complete(r: Tensor, c: Tensor) -> Tensor:
+        sub_a = a[r] if isinstance(a, Tensor) else a.subset(r)
+        sub_b = b[c] if isinstance(b, Tensor) else b.subset(c)
+        return dense_similarity(sub_a, sub_b, kind)
+
+    return sparse_assignment(tk, complete=complete, meta={"view_kind": kind})
+
+
+def shared_fraction(
+    enc_a: Float[Tensor, "n d"], dec_a: Float[Tensor, "n d"], enc_b: Float[Tensor, "m d"], dec_b: Float[Tensor, "m d"],
+    thresholds: Sequence[float] = (0.5, 0.6, 0.7, 0.8, 0.9),
+) -> dict[float, float]:
+    """Shared fraction of latents in the sense of Paulo & Belrose 2025 (*Sparse autoencoders trained on the
+    same data learn different features*): latent ``i`` of ``a`` is shared when the one-to-one (Hungarian)
+    assignments computed on encoder cosines and on decoder cosines send it to the same ``j`` and both
+    cosines exceed :math:`\\theta`:
+
+    .. math:: f(\\theta) = \\frac1n \\big|\\{i : \\pi_\\text{enc}(i) = \\pi_\\text{dec}(i),\\;
+              \\cos(e_i, e'_{\\pi(i)}) > \\theta,\\; \\cos(d_i, d'_{\\pi(i)}) > \\theta\\}\\big| .
+    """
+    n = enc_a.shape[0]
+    penc, pdec = one_to_one(enc_a, enc_b), one_to_one(dec_a, dec_b)
+    je, se = np.full(n, -1), np.full(n, -np.inf)
+    jd, sd = np.full(n, -2), np.full(n, -np.inf)
+    je[penc.pairs[:, 0]], se[penc.pairs[:, 0]] = penc.pairs[:, 1], penc.scores
+    jd[pdec.pairs[:, 0]], sd[pdec.pairs[:, 0]] = pdec.pairs[:, 1], pdec.scores
+    agree = je == jd
+    return {float(t): float((agree & (se > t) & (sd > t)).mean()) for t in thresholds}
+
+
+def _center(X: Tensor) -> Tensor:
+    X = X.double()
+    return X - X.mean(0, keepdim=True)
+
+
+def svcca(X: Float[Tensor, "k dx"], Y: Float[Tensor, "k dy"], keep: float = 0.99) -> float:
+    """Mean canonical correlation after SVD reduction (SVCCA, Raghu et al. 2017), applied as in Lan et al.
+    2024 (*Sparse autoencoders reveal universal feature spaces across LLMs*) to the decoder rows of paired
+    features: rows of ``X`` and ``Y`` are the ``k`` pairs. Each side is centred and reduced to the top
+    singular directions holding ``keep`` of its variance (at most ``k - 1``); the canonical correlations
+    are the singular values of :math:`Q_X^\\top Q_Y` for orthonormal bases :math:`Q` of the reduced data.
+    """
+    if X.shape[0] != Y.shape[0] or X.shape[0] < 3:
+        raise MatchError(f"SVCCA needs the same >= 3 paired rows, got {X.shape[0]} and {Y.shape[0]}", "match first")
+
+    def reduce(Z: Tensor) -> Tensor:
+        U, s, _ = torch.linalg.svd(_center(Z), full_matrices=False)
+        var = (s**2).cumsum(0) / (s**2).sum().clamp_min(1e-30)
+        r = int(min(int((var < keep).sum()) + 1, Z.shape[0] - 1, len(s)))
+        return U[:, :r]  # already orthonormal: the reduced data U_r S_r spans the same space
+
+    rho = torch.linalg.svdvals(reduce(X).T @ reduce(Y)).clamp(0, 1)
+    return float(rho.mean())
+
+
+def rsa(X: Float[Tensor, "k dx"], Y: Float[Tensor, "k dy"]) -> float:
+    """Representational similarity analysis (Kriegeskorte et al. 2008) as used by Lan et al. 2024: Spearman
+    correlation between the upper triangles of the within-space cosine-similarity matrices of the ``k``
+    paired features, :math:`\\rho_s(\\mathrm{triu}(\\hat X\\hat X^\\top), \\mathrm{triu}(\\hat Y\\hat Y^\\top))`."""
+    if X.shape[0] != Y.shape[0] or X.shape[0] < 3:
+        raise MatchError(f"RSA needs the same >= 3 paired rows, got {X.shape[0]} and {Y.shape[0]}", "match first")
+    Xn = torch.nn.functional.normalize(X.double(), dim=1)
+    Yn = torch.nn.functional.normalize(Y.double(), dim=1)
+    iu = torch.triu_indices(len(X), len(X), 1)
+    rx, ry = (Xn @ Xn.T)[iu[0], iu[1]], (Yn @ Yn.T)[iu[0], iu[1]]
+    return float(spearmanr(rx.numpy(), ry.numpy()).statistic)
+
+
+def linear_cka(X: Float[Tensor, "T n"], Y: Float[Tensor, "T m"]) -> float:
+    """Linear centred kernel alignment (Kornblith et al. 2019) of two representations of the same ``T`` rows:
+
+    .. math:: \\mathrm{CKA}(X, Y) = \\frac{\\|Y_c^\\top X_c\\|_F^2}{\\|X_c^\\top X_c\\|_F\\,\\|Y_c^\\top Y_c\\|_F}.
+    """
+    Xc, Yc = _center(X), _center(Y)
+    num = (Yc.T @ Xc).pow(2).sum()
+    den = (Xc.T @ Xc).pow(2).sum().sqrt() * (Yc.T @ Yc).pow(2).sum().sqrt()
+    return float(num / den) if den > 0 else float("nan")
+
+
+def _cov_frob2(ca: FeatureCodes, cb: FeatureCodes, block: int | None) -> float:
+    T = ca.n_tokens
+    total = 0.0
+    mb = cb.mean.double()
+    for i0, G in _gram_blocks(ca, cb, block, binary=False):
+        ma = ca.mean[i0 : i0 + G.shape[0]].double()
+        total += float((G.double() / T - ma[:, None] * mb[None, :].to(G.device)).pow(2).sum())
+    return total
+
+
+def linear_cka_codes(ca: FeatureCodes, cb: FeatureCodes, block: int | None = None) -> float:
+    """:func:`linear_cka` of two code sets computed blockwise from sparse codes (same formula, covariances
+    :math:`\\tfrac1T X_c^\\top Y_c` accumulated block by block so the ``(n, m)`` matrix is never held)."""
+    num = _cov_frob2(ca, cb, block)
+    den = np.sqrt(_cov_frob2(ca, ca, block)) * np.sqrt(_cov_frob2(cb, cb, block))
+    return float(num / den) if den > 0 else float("nan")
+
+
+def cycle_consistency(dicts: Sequence[Any], kind: str = "cosine") -> float:
+    """Fraction of features of the first dictionary that return to themselves after following one-to-one
+    matches around the cycle ``D_0 -> D_1 -> ... -> D_{r-1} -> D_0`` (unmatched features count as failures).
+
+    .. math:: \\mathrm{CC} = \\frac1{n_0} |\\{i : \\pi_{r-1,0} \\circ \\cdots \\circ \\pi_{0,1}(i) = i\\}|.
+    """
+    if len(dicts) < 3:
+        raise MatchError(f"cycle consistency needs three or more dictionaries, got {len(dicts)}", "pass >= 3")
+    n0 = dicts[0].shape[0] if isinstance(dicts[0], Tensor) else dicts[0].n
+    cur = np.arange(n0)
+    for s, t in zip(dicts, list(dicts[1:]) + [dicts[0]]):
+        mp = one_to_one(s, t, kind).as_dict()
+        cur = np.array([mp.get(int(i), -1) if i >= 0 else -1 for i in cur])
+    return float((cur == np.arange(n0)).mean())

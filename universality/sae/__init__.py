@@ -1,0 +1,30 @@
+"""Sparse autoencoder architectures behind one registry, plus artifact formats.
+
+``SAE.load(path)`` dispatches on ``cfg.json["architecture"]``; :func:`make_sae` builds a fresh
+one from an :class:`SAEConfig`. Architectures: ``relu`` (L1, optionally tied), ``topk``,
+``batchtopk``, ``jumprelu``, ``gated``.
+"""
+
+from __future__ import annotations
+
+from universality.sae.base import FORMAT, SAE, SAEOutput
+from universality.sae.config import SAEConfig
+from universality.sae.init import geometric_median
+from universality.sae.registry import architectures, get_architecture, register
+
+__all__ = [
+    "FORMAT",
+    "SAE",
+    "SAEConfig",
+    "SAEOutput",
+    "architectures",
+    "geometric_median",
+    "get_architecture",
+    "make_sae",
+    "register",
+]
+
+
+def make_sae(cfg: SAEConfig, *, seed: int = 0, meta: dict | None = None, device=None) -> SAE:
+    """A freshly initialised SAE of ``cfg.architecture`` (weights drawn from ``seed``)."""
+    return get_architecture(cfg.architecture)(cfg, meta=meta, seed=seed, device=device)

@@ -1,0 +1,80 @@
+"""The architecture config of one sparse autoencoder (a small frozen dataclass)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from universality.errors import ConfigError
+
+__all__ = ["SAEConfig"]
+
+_DTYPES = ("float32", "float64", "bfloat16", "float16")
+_DECODER_NORMS = ("unit", "free")
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """Shape and sparsity mechanism of one dictionary.
+
+    ``architecture``: a registered name (``relu``, ``topk``, ``batchtopk``, ``jumprelu``, ``gated``).
+    ``k``: active latents per row (``topk``; mean per row for ``batchtopk``).
+    ``sparsity_coeff``: weight of the L1 penalty (``relu``, ``gated``) or of the L0 penalty (``jumprelu``).
+    ``decoder_norm``: ``"unit"`` keeps the rows of ``W_dec`` at unit norm during training
+    (Bricken et al. 2023); ``"free"`` leaves them free and weights the penalty by the row norms
+    (Anthropic, "Circuits Updates - April 2024"); the norms are folded into the encoder on save, so
+    a saved dictionary always has unit rows. TopK and BatchTopK need ``"unit"``.
+    ``tied``: ``relu`` only, encoder = decoder transpose (Cunningham et al. 2023).
+    ``jumprelu_bandwidth``/``jumprelu_threshold``: width of the rectangle kernel of the
+    straight-through estimator and the initial threshold, in normalised-input units
+    (Rajamanoharan et al. 2024, "Jumping Ahead"); defaults follow SAELens (0.05 and 0.01).
+    """
+
+    architecture: str
+    d_in: int
+    d_sae: int
+    k: int | None = None
+    sparsity_coeff: float = 0.0
+    decoder_norm: str = "unit"
+    tied: bool = False
+    jumprelu_bandwidth: float = 0.05
+    jumprelu_threshold: float = 0.01
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        for name in ("d_in", "d_sae"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"SAEConfig.{name} must be a positive integer, got {value!r}", f"set {name}=768 or similar")
+        if self.dtype not in _DTYPES:
+            raise ConfigError(f"SAEConfig.dtype {self.dtype!r} is not supported", f"use one of {', '.join(_DTYPES)}")
+        if self.decoder_norm not in _DECODER_NORMS:
+            raise ConfigError(f"SAEConfig.decoder_norm {self.decoder_norm!r} is not supported", "use 'unit' or 'free'")
+        if self.sparsity_coeff < 0:
+            raise ConfigError(f"SAEConfig.sparsity_coeff must be >= 0, got {self.sparsity_coeff}", "use a non-negative penalty weight")
+        if self.jumprelu_bandwidth <= 0 or self.jumprelu_threshold <= 0:
+            raise ConfigError("SAEConfig.jumprelu_bandwidth and jumprelu_threshold must be > 0", "use e.g. 1e-3")
+        from universality.sae.registry import get_architecture
+
+        get_architecture(self.architecture).validate_config(self)
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SAEConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown SAEConfig fields {unknown}", f"use only {sorted(names)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> SAEConfig:
+        return dataclasses.replace(self, **changes)

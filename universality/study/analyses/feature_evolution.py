@@ -1,0 +1,150 @@
+"""Feature evolution over training: dictionaries per checkpoint of one model, matched to the final one.
+
+For every checkpoint ``r`` of the series, an SAE (seed 0) is trained on the model's activations at
+``r``; its features are compared with the final checkpoint's SAE by MPPC on the shared evaluation
+spans (the same text, read by each checkpoint). The seed skyline is MPPC between seed copies of the
+final SAE; the floor is MPPC against token-shuffled codes. Lineage (births, deaths, splits, merges
+and persistence) follows features from checkpoint to checkpoint with activation correlation.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from analysis import plots
+from universality.errors import ConfigError
+from universality.match import lineage
+from universality.study.analyses.common import MIN_FIRES, SPECIFIC_MASS, AnalysisResult, mass_share, Codebook, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
+from universality.study.pipeline import Cell
+
+NAME = "feature_evolution"
+
+
+def _series_model(ctx) -> str:
+    for spec in ctx.cfg.models:
+        if spec.checkpoints == "all" or isinstance(spec.checkpoints, tuple):
+            return spec.name
+    raise ConfigError("feature_evolution needs a model with checkpoints: all (or a list)",
+                      "set checkpoints: all on one model of the study")
+
+
+def _step(revision: str) -> int:
+    return int(revision[4:]) if revision.startswith("step") and revision[4:].isdigit() else -1
+
+
+def run(ctx, figures_dir) -> AnalysisResult:
+    model = _series_model(ctx)
+    revs = ctx.revisions(model)
+    final = revs[-1]
+    book = Codebook(ctx)
+    res = AnalysisResult(NAME, f"Feature evolution over training ({model})")
+    rows, dist, heat_rows = [], [], []
+    for site in ctx.sites_of(model):
+        final_cell = Cell(model, final, "D")
+        seeds = range(len(ctx.cfg.sae.seeds))
+        final_codes = [book.codes(final_cell, site, s) for s in seeds]
+        sky, sky_feat = skyline_interval(final_codes)
+        floor, floor_feat = shuffled_floor(final_codes[0], final_codes[1], seed=ctx.cfg.seed)
+        dist += [{"comparison": "final vs final (seeds)", "kind": "skyline", "score": v} for v in sky_feat]
+        dist += [{"comparison": "final vs final (seeds)", "kind": "floor", "score": v} for v in floor_feat]
+        codes_by_rev = {}
+        for rev in revs:
+            cell = Cell(model, rev, "D")
+            codes_by_rev[rev] = book.codes(cell, site, 0)
+            if rev == final:  # seed 0 against itself says nothing; the skyline row covers the final SAE
+                continue
+            ra, rb = per_feature_mppc(codes_by_rev[rev], final_codes[0])
+            rows.append(norm_row(NAME, f"{rev} -> {final}", "mppc", float(ra.mean()), floor, sky, site=site,
+                                 revision=rev, step=_step(rev), direction="checkpoint->final",
+                                 reverse=float(rb.mean())))
+            dist += [{"comparison": rev, "kind": "observed", "score": v} for v in ra]
+        for ra_rev in revs:
+            for rb_rev in revs:
+                a, b = per_feature_mppc(codes_by_rev[ra_rev], codes_by_rev[rb_rev])
+                heat_rows.append({"site": site, "a": ra_rev, "b": rb_rev, "mppc": float(a.mean())})
+        lin = lineage([ctx.saes(Cell(model, r, "D"))[site][0] for r in revs], threshold=ctx.cfg.match.corr_threshold,
+                      view="activations", labels=revs,
+                      activations=[book.acts(model, r, site) for r in revs],
+                      token_ids=book.token_ids(model, final))
+        counts = lin.counts().reset_index()
+        counts.insert(0, "site", site)
+        res.tables[f"lineage_events_{site}"] = counts
+        chains = lin.chains
+        if len(chains):
+            persist = chains["persistence"].describe()[["count", "mean", "50%", "max"]].to_dict()
+            res.findings.append(
+                f"{site}: {int(persist['count'])} feature chains across {len(revs)} checkpoints; "
+                f"median persistence {persist['50%']:.0f}, longest {persist['max']:.0f} checkpoints.")
+        births = lin.events[lin.events["event"] == "birth"] if len(lin.events) else lin.events
+        if len(births):
+            per_step = births.groupby("step").size()
+            res.findings.append(f"{site}: most features are born at {per_step.idxmax()} ({int(per_step.max())} births).")
+        res.tables[f"lineage_chains_{site}"] = chains
+        if ctx.injection is not None:
+            born = _pattern_births(ctx, model, final, site, chains)
+            res.tables[f"injected_pattern_features_{site}"] = born
+            after = ctx.injection["after_step"]
+            if len(born):
+                late = int(born["born_after_injection"].sum())
+                res.findings.append(
+                    f"{site}: {len(born)} final features fire (>= {SPECIFIC_MASS:.0%} of their mass) on the pattern "
+                    f"introduced after step {after}; {late} of them are born after step {after} "
+                    f"(at {', '.join(sorted(set(born['born_at'])))}).")
+            else:
+                res.findings.append(f"{site}: no final feature is specific to the pattern introduced after step {after}.")
+    table = pd.DataFrame(rows)
+    res.tables["similarity_to_final"] = table
+    res.tidy += rows
+    for site, grp in table.groupby("site"):
+        first = grp.iloc[0]
+        last_nonfinal = grp.iloc[-1]
+        res.findings.append(
+            f"{site}: MPPC of the first checkpoint ({first['revision']}) to the final SAE is {first['value']:.3f}, "
+            f"of {last_nonfinal['revision']} {last_nonfinal['value']:.3f}; floor {first['floor']:.3f}, seed skyline "
+            f"{first['skyline']:.3f} [{first['skyline_lo']:.3f}, {first['skyline_hi']:.3f}] over {first['n_seeds']} seeds.")
+        band = {"floor (shuffled tokens)": (first["floor"], first["floor"]),
+                "seed skyline (min-max)": (first["skyline_lo"], first["skyline_hi"])}
+        res.figures.append((f"MPPC of each checkpoint's SAE to the final SAE, {site}",
+                            plots.series(grp, figures_dir / f"evolution_{site}.png", f"Similarity to the final checkpoint ({site})",
+                                         x="step", y="value", logx=True, bands=band, ylabel="MPPC (checkpoint -> final)")))
+    heat = pd.DataFrame(heat_rows)
+    for site, grp in heat.groupby("site"):
+        mat = grp.pivot(index="a", columns="b", values="mppc").loc[revs, revs]
+        res.figures.append((f"Checkpoint-by-checkpoint MPPC, {site} (row -> column)",
+                            plots.heatmap(mat, figures_dir / f"evolution_heatmap_{site}.png", f"Checkpoint x checkpoint MPPC ({site})",
+                                          cbar_label="MPPC", vmin=0, vmax=1)))
+    res.figures.append(("Per-feature best correlation with the final SAE, by checkpoint, with floor and skyline",
+                        plots.similarity_distributions(pd.DataFrame(dist), figures_dir / "evolution_distributions.png",
+                                                       "Per-feature MPPC to the final SAE", xlabel="checkpoint")))
+    events = [t for k, t in res.tables.items() if k.startswith("lineage_events_")]
+    if events:
+        ev = pd.concat(events).melt(id_vars=["site", "step"], var_name="event", value_name="count")
+        ev["order"] = ev["step"].map({r: i for i, r in enumerate(revs)})
+        res.figures.append(("Lineage events between consecutive checkpoints",
+                            plots.series(ev.sort_values("order"), figures_dir / "lineage_events.png", "Lineage events",
+                                         x="order", y="count", hue="event", ylabel="features")))
+    res.text = (f"Each checkpoint of {model} ({', '.join(revs)}) gets its own SAE, trained on that checkpoint's "
+                "activations; features are compared with the final checkpoint's SAE by their activations on the "
+                "same evaluation text (MPPC, Wang et al. 2024). Floor: token-shuffled codes. Skyline: seed copies "
+                "of the final SAE. Lineage links features of consecutive checkpoints whose correlation exceeds "
+                f"{ctx.cfg.match.corr_threshold}.")
+    return res
+
+
+def _pattern_births(ctx, model: str, final: str, site: str, chains: pd.DataFrame) -> pd.DataFrame:
+    """Final-SAE features specific to the injected pattern, with the checkpoint their chain starts at."""
+    import torch
+
+    flags = ctx.eval_span_flags(model)
+    sae = ctx.saes(Cell(model, final, "D"))[site][0]
+    with torch.no_grad():
+        z = sae.encode(ctx.eval_acts(model, final)[site].float())
+    share, fires = mass_share(z, flags["injected"])
+    specific = [int(f) for f in ((share >= SPECIFIC_MASS) & (fires >= MIN_FIRES)).nonzero()[0]]
+    start_of = {int(row.features[-1]): row.start for row in chains.itertuples() if row.end == final}
+    after = ctx.injection["after_step"]
+    rows = [{"site": site, "feature": f, "born_at": start_of.get(f, final), "mass_share": float(share[f]),
+             "fires": int(fires[f])} for f in specific]
+    out = pd.DataFrame(rows, columns=["site", "feature", "born_at", "mass_share", "fires"])
+    out["born_after_injection"] = out["born_at"].map(lambda r: _step(r) > after).astype(bool)
+    return out

@@ -1,0 +1,162 @@
+"""Subset-dataset generalisation: a crossed design of model data x SAE data (D, or D' inside D).
+
+Four dictionaries: {model trained on D, model trained on D'} x {SAE trained on D activations, SAE
+trained on D' activations}. The analysis asks
+
+1. **Are the D' features a subset of the D features?** Per feature, the best activation correlation
+   (MPPC, Wang et al. 2024) of an SAE_D' feature among SAE_D features, and the reverse. A D feature
+   whose best partner in SAE_D' correlates below ``match.corr_threshold`` is *missing from D'*; the
+   same rate between two seeds of SAE_D is the noise level it must exceed.
+2. **Which missing features come from text only in D \\ D'?** A feature is *specific to D \\ D'* when
+   at least 90% of its activation mass on the evaluation spans lies on tokens of documents outside
+   D' (and it fires on at least 5 tokens). The planted-family check of the tests relies on this.
+3. **How well do D' features reconstruct D?** Explained variance of each SAE on evaluation tokens
+   from D' and from D \\ D'.
+4. **Model or SAE data?** MPPC between SAEs that differ only in the SAE's data (same model) and
+   between SAEs that differ only in the model (same SAE data), against the seed skyline.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from analysis import plots
+from universality.errors import ConfigError
+from universality.eval.metrics import explained_variance
+from universality.study.analyses.common import MIN_FIRES, SPECIFIC_MASS, AnalysisResult, Codebook, mass_share, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
+from universality.study.pipeline import Cell
+
+NAME = "subset_generalization"
+
+
+def _models(ctx) -> tuple[str, str]:
+    sub = [m for m in ctx.cfg.models if m.data == "D_prime"]
+    if not sub:
+        raise ConfigError("subset_generalization needs a model trained on D_prime", "add a model with data: D_prime")
+    mdp = sub[0]
+    full = [m for m in ctx.cfg.models if m.data == "D" and (m.zoo, m.path) == (mdp.zoo, mdp.path)]
+    full = full or [m for m in ctx.cfg.models if m.data == "D"]
+    if not full:
+        raise ConfigError("subset_generalization needs a model trained on D", "add a model with data: D")
+    return full[0].name, mdp.name
+
+
+def run(ctx, figures_dir) -> AnalysisResult:
+    m_full, m_sub = _models(ctx)
+    book = Codebook(ctx)
+    thr = ctx.cfg.match.corr_threshold
+    res = AnalysisResult(NAME, f"Subset generalisation: {m_full} (trained on D) and {m_sub} (trained on D')")
+    rows, quality, specific_rows, dist, curves = [], [], [], [], []
+    ref = None
+    for model in (m_full, m_sub):
+        rev = ctx.revisions(model)[-1]
+        flags = ctx.eval_span_flags(model)
+        outside = ~flags["in_subset"] & ~flags["injected"]
+        if not bool(outside.any()) or bool(outside.all()):
+            raise ConfigError("the evaluation spans do not cover both D' and D \\ D'",
+                              "raise harvest.eval_spans or use a subset that keeps part of the corpus")
+        for site in ctx.sites_of(model):
+            cD, cP = Cell(model, rev, "D"), Cell(model, rev, "D_prime")
+            codes_D = [book.codes(cD, site, s) for s in range(len(ctx.cfg.sae.seeds))]
+            codes_P = book.codes(cP, site, 0)
+            sky, sky_feat = skyline_interval(codes_D)
+            floor, _ = shuffled_floor(codes_D[0], codes_P, seed=ctx.cfg.seed)
+            d_full, _ = per_feature_mppc(codes_D[0], codes_P, live_only=False)
+            d_to_p, p_to_d = per_feature_mppc(codes_D[0], codes_P)
+            seed_d, _ = per_feature_mppc(codes_D[0], codes_D[1])
+            comp = f"{model}:{site}"
+            rows.append(norm_row(NAME, comp, "mppc SAE_D' -> SAE_D", float(p_to_d.mean()), floor, sky, model=model, site=site))
+            rows.append(norm_row(NAME, comp, "mppc SAE_D -> SAE_D'", float(d_to_p.mean()), floor, sky, model=model, site=site))
+            missing = d_to_p < thr
+            seed_missing = seed_d < thr
+            live = ~np.isnan(d_full)
+            missing_full = np.nan_to_num(d_full, nan=1.0) < thr  # per feature of SAE_D; dead ones are not "missing"
+            rows.append({"analysis": NAME, "comparison": comp, "metric": "fraction of D features missing from D'",
+                         "value": float(missing.mean()), "skyline": float(seed_missing.mean()),
+                         "note": "skyline column = the same rate between two seeds of SAE_D (noise level)",
+                         "model": model, "site": site})
+            rows.append({"analysis": NAME, "comparison": comp, "metric": "fraction of D' features found in D",
+                         "value": float((p_to_d >= thr).mean()), "skyline": float((seed_d >= thr).mean()),
+                         "note": "skyline column = the same rate between two seeds of SAE_D", "model": model, "site": site})
+            for t in ctx.cfg.match.thresholds:
+                curves += [{"threshold": t, "shared_fraction": float((p_to_d >= t).mean()), "comparison": f"{model}: D' in D", "kind": "observed"},
+                           {"threshold": t, "shared_fraction": float((d_to_p >= t).mean()), "comparison": f"{model}: D in D'", "kind": "observed"},
+                           {"threshold": t, "shared_fraction": float((seed_d >= t).mean()), "comparison": f"{model}: seed skyline", "kind": "skyline"}]
+            dist += [{"comparison": f"{model}: D -> D'", "kind": "observed", "score": v} for v in d_to_p]
+            dist += [{"comparison": f"{model}: D -> D'", "kind": "skyline", "score": v} for v in sky_feat]
+            x = book.acts(model, rev, site)
+            sae_D, sae_P = ctx.saes(cD)[site][0], ctx.saes(cP)[site][0]
+            with torch.no_grad():
+                z = sae_D.encode(x)
+                share, fires = mass_share(z, outside)
+                spec = (share >= SPECIFIC_MASS) & (fires >= MIN_FIRES) & live
+                for name_, sae in (("SAE_D", sae_D), ("SAE_D'", sae_P)):
+                    for part, mask in (("D' tokens", flags["in_subset"]), ("D \\ D' tokens", outside)):
+                        quality.append({"model": model, "site": site, "sae": name_, "tokens": part,
+                                        "explained_variance": explained_variance(x[mask], sae(x[mask]))})
+            specific_rows.append({
+                "model": model, "site": site, "n_features": int(len(share)), "n_specific": int(spec.sum()),
+                "missing_among_specific": float(missing_full[spec].mean()) if spec.any() else float("nan"),
+                "missing_among_others": float(missing_full[~spec & live].mean()) if (~spec & live).any() else float("nan"),
+                "outside_token_share": float(outside.float().mean()),
+            })
+            if model == m_full:
+                ref = (cD, site)
+    # model vs SAE data: same SAE data, different model; same model, different SAE data
+    effects = []
+    if ref is not None:
+        site = ref[1]
+        rf, rp = ctx.revisions(m_full)[-1], ctx.revisions(m_sub)[-1]
+        if site in ctx.sites_of(m_sub):
+            pairs = {
+                "SAE data (model D: SAE_D vs SAE_D')": (Cell(m_full, rf, "D"), Cell(m_full, rf, "D_prime")),
+                "SAE data (model D': SAE_D vs SAE_D')": (Cell(m_sub, rp, "D"), Cell(m_sub, rp, "D_prime")),
+                "model (SAE on D: model D vs model D')": (Cell(m_full, rf, "D"), Cell(m_sub, rp, "D")),
+                "model (SAE on D': model D vs model D')": (Cell(m_full, rf, "D_prime"), Cell(m_sub, rp, "D_prime")),
+            }
+            sky, _ = skyline_interval([book.codes(Cell(m_full, rf, "D"), site, s) for s in range(len(ctx.cfg.sae.seeds))])
+            for label, (a, b) in pairs.items():
+                ca, cb = book.codes(a, site, 0), book.codes(b, site, 0)
+                fa, fb = per_feature_mppc(ca, cb)
+                floor, _ = shuffled_floor(ca, cb, seed=ctx.cfg.seed)
+                value = (float(fa.mean()) + float(fb.mean())) / 2
+                effects.append(norm_row(NAME, label, "mppc (both directions)", value, floor, sky, site=site,
+                                        factor=label.split(" (")[0]))
+            res.tables["model_vs_sae_data"] = pd.DataFrame(effects)
+            eff = pd.DataFrame(effects).groupby("factor")["value"].mean()
+            lower = eff.idxmin()
+            res.findings.append(
+                f"Changing the {lower} moves features more (mean MPPC {eff.min():.3f}) than changing the "
+                f"{eff.idxmax()} ({eff.max():.3f}); seed skyline {sky}.")
+    table = pd.DataFrame(rows)
+    res.tables["subset_relation"] = table
+    res.tables["specific_features"] = pd.DataFrame(specific_rows)
+    res.tidy += rows + effects
+    for r in specific_rows:
+        res.findings.append(
+            f"{r['model']}:{r['site']}: {r['n_specific']} of {r['n_features']} SAE_D features fire "
+            f"(>= {SPECIFIC_MASS:.0%} of their mass) on text only in D \\ D'; of those "
+            + (f"{r['missing_among_specific']:.0%}" if np.isfinite(r["missing_among_specific"]) else "n/a")
+            + f" are missing from SAE_D' against {r['missing_among_others']:.0%} of the other features.")
+    for (model, site), grp in table[table["metric"].str.startswith("fraction")].groupby(["model", "site"]):
+        vals = dict(zip(grp["metric"], zip(grp["value"], grp["skyline"])))
+        miss, found = vals["fraction of D features missing from D'"], vals["fraction of D' features found in D"]
+        res.findings.append(
+            f"{model}:{site}: {found[0]:.0%} of D' features are found in D (seeds: {found[1]:.0%}); "
+            f"{miss[0]:.0%} of D features are missing from D' (seeds: {miss[1]:.0%}).")
+    q = pd.DataFrame(quality)
+    res.figures.append(("Shared fraction against the correlation threshold: D' in D, D in D', and between seeds",
+                        plots.threshold_curves(pd.DataFrame(curves), figures_dir / "subset_curves.png",
+                                               "Features matched across data subsets")))
+    res.figures.append(("Per-feature best correlation of SAE_D features in SAE_D', against seed copies",
+                        plots.similarity_distributions(pd.DataFrame(dist), figures_dir / "subset_distributions.png",
+                                                       "SAE_D features found in SAE_D'")))
+    res.tables["reconstruction"] = q.pivot_table(index=["model", "site", "sae"], columns="tokens",
+                                                 values="explained_variance").reset_index()
+    res.text = (f"Crossed design: models {m_full} (trained on D) and {m_sub} (trained on D') x SAEs trained on D or on "
+                f"D' activations. A feature is matched when its best activation correlation exceeds {thr}; the same "
+                "rate between two seeds of SAE_D is the noise level. The reconstruction table gives each SAE's "
+                "explained variance on evaluation tokens from D' and from D \\ D'.")
+    return res

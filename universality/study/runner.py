@@ -1,0 +1,117 @@
+"""Run a study end to end: build what the analyses need (cached), then write tables, figures and a report.
+
+Outputs under the study's ``out_dir``::
+
+    study.json            the config, cache hits and timings
+    results.csv           tidy rows of every analysis (value, floor, skyline, normalised, note)
+    tables/<analysis>__<table>.csv
+    figures/*.png
+    report.md, report.html (self-contained)
+    cache/<stage>-<hash>/ tokenizer, models, activation stores, SAEs, eval activations
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from analysis.report import Report, Section
+from universality.errors import ArtifactError
+from universality.io import atomic_write_text, read_json
+from universality.study.config import StudyConfig
+from universality.study.pipeline import StudyContext
+
+__all__ = ["run_study", "StudyOutcome", "ANALYSIS_MODULES"]
+
+log = logging.getLogger("universality.study")
+
+#: analysis name -> module with ``run(ctx, figures_dir) -> AnalysisResult``
+ANALYSIS_MODULES = {
+    "feature_evolution": "universality.study.analyses.feature_evolution",
+    "architecture_comparison": "universality.study.analyses.architecture_comparison",
+    "subset_generalization": "universality.study.analyses.subset_generalization",
+    "layer_flow": "universality.study.analyses.layer_flow",
+    "moe_experts": "universality.study.analyses.moe_experts",
+}
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    root: Path
+    report_md: Path
+    report_html: Path
+    results_csv: Path
+    seconds: float
+    cache_hits: int
+    cache_misses: int
+
+
+def _claim_folder(root: Path, cfg: StudyConfig) -> None:
+    """Refuse an output folder that already holds a different study (nothing there is touched)."""
+    marker = root / "study.json"
+    if marker.is_file():
+        held = read_json(marker).get("study")
+        if held != cfg.name:
+            raise ArtifactError(f"output folder {root} already holds study {held!r}, not {cfg.name!r}",
+                                "choose another folder (study.out_dir=...) or delete that one")
+    elif root.is_dir() and any(p.name != "hydra" for p in root.iterdir()):
+        raise ArtifactError(f"output folder {root} is not empty and holds no study",
+                            "choose an empty or new folder for study.out_dir")
+
+
+def _csv(df: pd.DataFrame, path: Path) -> Path:
+    return atomic_write_text(path, df.to_csv(index=False))
+
+
+def _setup_section(ctx: StudyContext, seconds: float) -> Section:
+    cfg = ctx.cfg
+    models = pd.DataFrame([{"model": m.name, "source": m.zoo or m.path, "trained on": m.data,
+                            "family": ctx.adapter(m.name).family, "d_model": ctx.adapter(m.name).d_model,
+                            "layers": ctx.adapter(m.name).n_layers, "revisions": ", ".join(ctx.revisions(m.name))}
+                           for m in cfg.models])
+    d, dp = ctx.subset("D"), ctx.subset("D_prime")
+    text = (f"Corpus {cfg.corpus.source}: D has {len(d.documents)} documents (hash {d.hash}); D' = {cfg.subset.kind} "
+            f"subset with {len(dp.documents)} documents (hash {dp.hash})"
+            + (", planted text family only in D \\ D'" if cfg.corpus.planted else "") + ". "
+            f"Sites: {', '.join(cfg.sites)}. SAEs: {cfg.sae.architecture}, {cfg.sae.expansion}x expansion, k={cfg.sae.k}, "
+            f"{cfg.sae.steps} steps of {cfg.sae.batch_size} rows, seeds {list(cfg.sae.seeds)}. "
+            f"Harvest: {cfg.harvest.train_tokens} tokens per cell; {len(ctx.eval_spans)} shared evaluation spans. "
+            f"Run time {seconds:.0f} s; {len(ctx.cache.hits)} stages reused from the cache, {len(ctx.cache.misses)} built.")
+    return Section("Setup", text, tables=[("Models", models)])
+
+
+def run_study(cfg: StudyConfig, out_dir: str | Path | None = None, progress: bool = True) -> StudyOutcome:
+    """Run every analysis of ``cfg`` and write the results table, figures and report."""
+    start = time.perf_counter()
+    root = Path(out_dir or cfg.out_dir)
+    _claim_folder(root, cfg)
+    ctx = StudyContext(cfg, root)
+    figures = root / "figures"
+    results = []
+    for name in tqdm(cfg.analyses, desc=f"study {cfg.name}", disable=not progress):
+        log.info("analysis %s", name)
+        results.append(importlib.import_module(ANALYSIS_MODULES[name]).run(ctx, figures))
+    tidy = pd.DataFrame([row for r in results for row in r.tidy])
+    results_csv = _csv(tidy, root / "results.csv")
+    for r in results:
+        for tname, table in r.tables.items():
+            _csv(table, root / "tables" / f"{r.name}__{tname.replace('/', '_')}.csv")
+    seconds = time.perf_counter() - start
+    sections = [_setup_section(ctx, seconds)]
+    for r in results:
+        shown = [(k.replace("_", " "), v) for k, v in r.tables.items() if not k.startswith("lineage_chains")]
+        sections.append(Section(r.title, r.text, tables=shown, figures=r.figures))
+    findings = [f for r in results for f in r.findings]
+    report = Report(f"Study: {cfg.name}", findings, sections,
+                    footer="Every similarity is reported with its floor (token-shuffled or random dictionary) and its "
+                           "seed-to-seed skyline; normalised = (x - floor) / (skyline - floor), left blank where "
+                           "skyline - floor is too small. Tables in tables/, tidy rows in results.csv.")
+    md, page = report.write(root)
+    ctx.write_manifest()
+    return StudyOutcome(root, md, page, results_csv, seconds, len(ctx.cache.hits), len(ctx.cache.misses))

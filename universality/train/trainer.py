@@ -1,0 +1,315 @@
+"""The trainer: many dictionaries from one activation stream (sites x seeds x widths x architectures).
+
+The trainer never sees a model: it consumes an *activation source*, an iterable yielding
+``{site: (batch, d)}`` dicts or plain ``(batch, d)`` tensors (site ``"default"``), optionally with
+``state_dict()``/``load_state_dict()`` for exact resumption (see ``docs/INTERFACES.md``).
+Each step reads one batch and takes one optimiser step for every dictionary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from universality.errors import ConfigError, DataError, TrainingDiverged
+from universality.io import stable_hash
+from universality.sae import SAE, geometric_median, make_sae
+from universality.train import checkpoint as ckpt
+from universality.train.config import RunConfig, TrainConfig
+from universality.train.dead import FiringTracker, auxk_loss, ghost_grads_loss, resample_dead_
+from universality.train.optim import flatten_optimizer_state, make_optimizer, reset_latent_state_, unflatten_optimizer_state
+from universality.train.schedules import lr_factor, warmup_factor
+
+__all__ = ["Trainer", "train_saes", "as_site_batch"]
+
+
+def as_site_batch(batch: Any) -> dict[str, Tensor]:
+    """A source item as ``{site: (batch, d)}`` (a plain tensor becomes site ``"default"``)."""
+    if isinstance(batch, Tensor):
+        batch = {"default": batch}
+    if not isinstance(batch, Mapping):
+        raise DataError(f"activation source yielded {type(batch).__name__}", "yield (batch, d) tensors or dicts site -> tensor")
+    for site, x in batch.items():
+        if not isinstance(x, Tensor) or x.ndim != 2:
+            raise DataError(f"site {site!r}: expected a (batch, d) tensor, got {getattr(x, 'shape', type(x).__name__)}", "flatten positions into rows")
+    return dict(batch)
+
+
+class Trainer:
+    """Holds the dictionaries, their optimisers and trackers; :meth:`fit` runs the loop."""
+
+    def __init__(self, configs: TrainConfig | Sequence[TrainConfig], run: RunConfig, meta: Mapping[str, Any] | None = None) -> None:
+        configs = [configs] if isinstance(configs, TrainConfig) else list(configs)
+        if not configs:
+            raise ConfigError("no TrainConfig given", "pass at least one TrainConfig")
+        keys = [c.key for c in configs]
+        if len(set(keys)) != len(keys):
+            dup = sorted({k for k in keys if keys.count(k) > 1})
+            raise ConfigError(f"two configs share the key(s) {dup}", "give them different seeds, widths or names")
+        self.configs = dict(zip(keys, configs))
+        self.keys = keys
+        self.run = run
+        self.meta = dict(meta or {})
+        self.device = torch.device(run.device)
+        self.saes: dict[str, SAE] = {k: make_sae(c.sae, seed=c.seed, device=self.device) for k, c in self.configs.items()}
+        self.optims = {k: make_optimizer(self.saes[k], c.lr) for k, c in self.configs.items()}
+        self.trackers = {k: FiringTracker(c.sae.d_sae, run.dead_window, self.device) for k, c in self.configs.items()}
+        self.scales: dict[str, float] = {}
+        self.step = 0
+        self.tokens = 0
+        self.generator = torch.Generator().manual_seed(run.seed)
+        self.last_losses: dict[str, dict[str, float]] = {}
+        self.config_hash = stable_hash({"configs": [c.to_dict() for c in configs], "run": self._run_identity()})
+
+    def _run_identity(self) -> dict[str, Any]:
+        d = self.run.to_dict()
+        for k in ("checkpoint_dir", "checkpoint_every", "out_dir", "device", "autocast"):
+            d.pop(k)
+        return d
+
+    # ------------------------------------------------------------------ initialisation
+    @property
+    def initialised(self) -> bool:
+        return bool(self.scales)
+
+    @torch.no_grad()
+    def initialise(self, batch: Mapping[str, Tensor]) -> None:
+        """Normalisation scale per site and ``b_dec`` at the geometric median (first batch)."""
+        medians: dict[str, Tensor] = {}
+        for key in self.keys:
+            cfg = self.configs[key]
+            x = self._rows(batch, cfg)[: self.run.init_rows]
+            if cfg.site not in self.scales:
+                msq = float(x.double().pow(2).sum(dim=1).mean())
+                if not math.isfinite(msq) or msq <= 0:
+                    raise DataError(f"site {cfg.site!r}: first batch has mean squared norm {msq}", "check the activation source")
+                self.scales[cfg.site] = math.sqrt(cfg.sae.d_in / msq) if self.run.normalize else 1.0
+                medians[cfg.site] = geometric_median(x * self.scales[cfg.site])
+            sae = self.saes[key]
+            sae.input_scale = self.scales[cfg.site]
+            sae.b_dec.copy_(medians[cfg.site].to(sae.b_dec.dtype))
+
+    def _rows(self, batch: Mapping[str, Tensor], cfg: TrainConfig) -> Tensor:
+        if cfg.site not in batch:
+            raise DataError(f"the activation source has no site {cfg.site!r} (it has {sorted(batch)})", "set TrainConfig.site to one of those")
+        x = batch[cfg.site]
+        if x.shape[1] != cfg.sae.d_in:
+            raise DataError(f"site {cfg.site!r} has width {x.shape[1]} but {cfg.key} expects d_in={cfg.sae.d_in}", "fix SAEConfig.d_in")
+        return x.to(self.device, torch.float32)
+
+    # ------------------------------------------------------------------ one step
+    def _autocast(self):
+        if self.run.autocast and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self, key: str, x_raw: Tensor) -> dict[str, float]:
+        """One optimiser step of dictionary ``key`` on raw rows ``x_raw``; returns the loss terms."""
+        cfg, sae, opt, tracker = self.configs[key], self.saes[key], self.optims[key], self.trackers[key]
+        x = x_raw * self.scales[cfg.site]
+        remedy = cfg.effective_remedy
+        with self._autocast():
+            out = sae.forward_train(x)
+            mse = (out.x_hat.float() - x).pow(2).sum(dim=1).mean()
+            loss = mse
+            terms = {"mse": mse}
+            if sae.uses_penalty:
+                coeff = cfg.sae.sparsity_coeff * warmup_factor(self.step, cfg.sparsity_warmup_steps)
+                terms["sparsity"] = out.sparsity
+                loss = loss + coeff * out.sparsity
+            for name, value in out.extra.items():
+                terms[name] = value
+                loss = loss + value
+            dead = tracker.dead_mask()
+            if remedy == "auxk":
+                k_aux = cfg.aux_k or max(1, cfg.sae.d_in // 2)
+                terms["auxk"] = auxk_loss(sae, x, out.x_hat, out.pre, dead, k_aux)
+                loss = loss + cfg.aux_coeff * terms["auxk"]
+            elif remedy == "ghost":
+                terms["ghost"] = ghost_grads_loss(sae, x, out.x_hat, out.pre, dead, mse)
+                loss = loss + terms["ghost"]
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss of {key} became {float(loss.detach())} at step {self.step}",
+                "lower the learning rate or check the activations; the last good checkpoint is kept",
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sae.remove_parallel_decoder_grad_()
+        if self.run.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), self.run.grad_clip)
+        lr = cfg.lr * lr_factor(self.step, self.run.steps, cfg.warmup_steps, cfg.decay_start)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.step()
+        sae.normalize_decoder_()
+        if out.active is not None:
+            tracker.update_sparse(*out.active)
+        else:
+            tracker.update(out.acts.detach())
+        if remedy == "resample" and (self.step + 1) % self.run.resample_every == 0:
+            revived = resample_dead_(sae, x, tracker.dead_mask(), self.generator)
+            if revived.numel():
+                reset_latent_state_(opt, sae, revived)
+                tracker.revive_(revived)
+        result = {name: float(v.detach()) for name, v in terms.items()}
+        result["loss"] = float(loss.detach())
+        return result
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, source: Iterable, progress: bool = True) -> dict[str, SAE]:
+        """Train until ``run.steps`` steps or the source ends; returns folded dictionaries by key."""
+        if ckpt.has_checkpoint(self.run.checkpoint_dir):
+            self.load_checkpoint(self.run.checkpoint_dir, source)
+        it = iter(source)
+        bar = tqdm(total=self.run.steps, initial=self.step, desc="train SAEs", unit="step", disable=not progress or None)
+        last_batch: dict[str, Tensor] | None = None
+        try:
+            while self.step < self.run.steps:
+                try:
+                    batch = as_site_batch(next(it))
+                except StopIteration:
+                    break
+                for site, x in batch.items():
+                    if not torch.isfinite(x).all():
+                        raise TrainingDiverged(
+                            f"activations of site {site!r} contain NaN/Inf at step {self.step}",
+                            "check the activation source; the last good checkpoint is kept",
+                        )
+                if not self.initialised:
+                    self.initialise(batch)
+                for key in self.keys:
+                    self.last_losses[key] = self.train_step(key, self._rows(batch, self.configs[key]))
+                self.step += 1
+                self.tokens += next(iter(batch.values())).shape[0]
+                last_batch = batch
+                bar.update(1)
+                if progress and self.step % 50 == 0:
+                    bar.set_postfix(mse=f"{sum(v['mse'] for v in self.last_losses.values()) / len(self.keys):.4g}")
+                every = self.run.checkpoint_every
+                if every and self.step % every == 0:
+                    self.save_checkpoint(self.run.checkpoint_dir, source)
+        finally:
+            bar.close()
+        if self.run.checkpoint_dir and (not self.run.checkpoint_every or self.step % self.run.checkpoint_every):
+            self.save_checkpoint(self.run.checkpoint_dir, source)
+        result = self.results(last_batch)
+        if self.run.out_dir:
+            for key, sae in result.items():
+                sae.save(Path(self.run.out_dir) / key)
+        return result
+
+    @torch.no_grad()
+    def results(self, eval_batch: Mapping[str, Tensor] | None = None) -> dict[str, SAE]:
+        """Folded copies (raw-activation, unit-decoder) of every dictionary, with ``meta`` filled in."""
+        from universality.eval.metrics import ReconstructionStats
+
+        out: dict[str, SAE] = {}
+        for key in self.keys:
+            cfg = self.configs[key]
+            sae = self.saes[key]
+            site_meta = self.meta.get(cfg.site)
+            meta = dict(site_meta if isinstance(site_meta, Mapping) else self.meta)
+            train = {k: v for k, v in cfg.to_dict().items() if k != "sae"}
+            meta.update(site=cfg.site, name=key, train={**train, "run": self.run.to_dict()},
+                        trained_steps=self.step, trained_tokens=self.tokens)
+            meta["normalisation"] = {"method": "mean_squared_norm" if self.run.normalize else "none",
+                                     "target_mean_squared_norm": cfg.sae.d_in, "scale": self.scales.get(cfg.site, 1.0)}
+            metrics: dict[str, Any] = {}
+            if eval_batch is not None:
+                stats = ReconstructionStats()
+                x = self._rows(eval_batch, cfg) * self.scales[cfg.site]
+                was = sae.training
+                sae.eval()
+                z = sae.encode(x)
+                stats.update(x, sae.decode(z), z)
+                sae.train(was)
+                metrics.update(stats.summary())
+                metrics["eval_rows"] = "last training batch"
+                metrics["units"] = "normalised inputs (mse, l1 scale with the normalisation)"
+            density = self.trackers[key].density()
+            metrics["dead_fraction_window"] = float(self.trackers[key].dead_mask().double().mean())
+            metrics["dense_fraction_window"] = float((density > 0.1).double().mean())
+            metrics.update({f"final_{k}": v for k, v in self.last_losses.get(key, {}).items()})
+            meta["metrics"] = metrics
+            sae.meta = meta
+            out[key] = sae.folded()
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, root: str | Path, source: Any) -> Path:
+        tensors: dict[str, Tensor] = dict(ckpt.rng_tensors(self.generator))
+        opt_meta: dict[str, Any] = {}
+        for i, key in enumerate(self.keys):
+            for name, value in self.saes[key].state_dict().items():
+                tensors[f"sae/{i}/{name}"] = value
+            flat, meta = flatten_optimizer_state(self.optims[key])
+            tensors.update({f"opt/{i}/{k}": v for k, v in flat.items()})
+            opt_meta[key] = meta
+            tensors.update({f"tracker/{i}/{k}": v for k, v in self.trackers[key].state_tensors().items()})
+        source_state = source.state_dict() if hasattr(source, "state_dict") else None
+        doc = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "keys": self.keys,
+            "config_hash": self.config_hash,
+            "configs": {k: c.to_dict() for k, c in self.configs.items()},
+            "scales": self.scales,
+            "optimizers": opt_meta,
+            "tracker_tokens": {k: self.trackers[k].count_tokens for k in self.keys},
+            "source_state": source_state,
+        }
+        return ckpt.write_checkpoint(root, tensors, doc)
+
+    def load_checkpoint(self, root: str | Path, source: Any) -> None:
+        tensors, doc = ckpt.read_checkpoint(root)
+        if doc["config_hash"] != self.config_hash or doc["keys"] != self.keys:
+            raise ConfigError(f"the checkpoint in {root} was written by other configs", "resume with the same configs or use a new checkpoint_dir")
+        if doc["source_state"] is not None:
+            if not hasattr(source, "load_state_dict"):
+                raise DataError("the checkpoint holds a source position but the source has no load_state_dict", "resume with the same kind of source")
+            source.load_state_dict(doc["source_state"])
+        elif doc["step"] > 0:
+            raise DataError("the source had no state_dict when the checkpoint was written, so its position is unknown", "use a source with state_dict() to resume")
+        for i, key in enumerate(self.keys):
+            self.saes[key].load_weights_({k: v.to(self.device) for k, v in ckpt.split_prefix(tensors, f"sae/{i}").items()}, source=str(root))
+            opt_t = {k: v.to(self.device) if not k.endswith("/step") else v for k, v in ckpt.split_prefix(tensors, f"opt/{i}").items()}
+            unflatten_optimizer_state(self.optims[key], opt_t, doc["optimizers"][key])
+            self.trackers[key].load_state({k: v.to(self.device) for k, v in ckpt.split_prefix(tensors, f"tracker/{i}").items()}, doc["tracker_tokens"][key])
+        self.scales = {k: float(v) for k, v in doc["scales"].items()}
+        for key in self.keys:
+            self.saes[key].input_scale = self.scales.get(self.configs[key].site, 1.0)
+        self.step = int(doc["step"])
+        self.tokens = int(doc["tokens"])
+        ckpt.restore_rng(tensors, self.generator)
+
+
+def train_saes(
+    source: Iterable,
+    configs: TrainConfig | Sequence[TrainConfig],
+    run: RunConfig | None = None,
+    *,
+    steps: int | None = None,
+    meta: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, SAE]:
+    """Train every dictionary in ``configs`` on one pass over ``source``.
+
+    Returns ``{key: SAE}`` with keys ``f"{site}/{arch}-{d_sae}-s{seed}"`` (or the config's
+    ``name``); the SAEs work on raw activations (normalisation folded in) and carry
+    ``meta`` (site, normalisation, hyper-parameters, final metrics, plus what ``meta`` gives:
+    model, revision, dataset, subset_hash; or a mapping site -> such a dict).
+    Give ``run`` (a :class:`RunConfig`) or just ``steps``.
+    """
+    if run is None:
+        if steps is None:
+            raise ConfigError("train_saes needs run=RunConfig(...) or steps=", "pass steps=1000 for example")
+        run = RunConfig(steps=steps)
+    return Trainer(configs, run, meta=meta).fit(source, progress=progress)
