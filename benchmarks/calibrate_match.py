@@ -19,7 +19,7 @@ method then estimates the shared fraction of A's latents:
 The truth is reported two ways: the world's planted fraction and the SAE-level truth (fraction of A's
 SAE latents whose best planted feature, cos > 0.9, is a shared one). Writes
 ``benchmarks/results/calibration.json`` and the table in ``docs/calibration.md``.
-Usage: ``python benchmarks/calibrate_match.py [--steps 400] [--features 48]``.
+Usage: ``python benchmarks/calibrate_match.py [--steps 200] [--batch 2048] [--features 48]``.
 """
 
 from __future__ import annotations
@@ -151,12 +151,12 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=200)
     p.add_argument("--features", type=int, default=48)
     p.add_argument("--d-a", type=int, default=24)
     p.add_argument("--d-b", type=int, default=32)
     p.add_argument("--k", type=int, default=3)
-    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=2048)
     p.add_argument("--tokens", type=int, default=8000)
     p.add_argument("--n-perm", type=int, default=19)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "calibration.json")

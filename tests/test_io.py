@@ -1,6 +1,7 @@
 """Atomic artifact I/O: nothing half-written is ever visible; corrupt files give clear errors."""
 
 import os
+import sys
 
 import pytest
 import torch
@@ -78,3 +79,26 @@ def test_hashes_are_stable(tmp_path):
     p = tmp_path / "f"
     p.write_bytes(b"abc")
     assert sha256_file(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_atomic_dir_swaps_in_one_step(tmp_path, monkeypatch):
+    """Replacing an existing folder never passes through a moment without it (renameat2 exchange)."""
+    from universality import io as uio
+
+    target = tmp_path / "sae"
+    with atomic_dir(target) as tmp:
+        (tmp / "v").write_text("1")
+    seen = []
+    real_replace = os.replace
+
+    def watching_replace(a, b):
+        seen.append(target.exists())
+        return real_replace(a, b)
+
+    monkeypatch.setattr(uio.os, "replace", watching_replace)
+    with atomic_dir(target) as tmp:
+        (tmp / "v").write_text("2")
+    assert (target / "v").read_text() == "2"
+    assert uio._exchange.__name__ == "_exchange"
+    if sys.platform.startswith("linux"):
+        assert seen == [], "a Linux swap must not fall back to two renames"

@@ -8,11 +8,13 @@ Folders (a dictionary, a shard set) are written as ``<name>.tmp-...`` and rename
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import os
 import secrets
 import shutil
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -140,11 +142,31 @@ def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") ->
         ) from None
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with ``renameat2(RENAME_EXCHANGE)``; False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    return rc == 0
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` whole.
 
-    On an exception the temporary folder is removed and whatever was at ``path`` is untouched.
+    On an exception the temporary folder is removed and whatever was at ``path`` is untouched. An
+    existing folder is swapped with the new one in one atomic ``renameat2(RENAME_EXCHANGE)`` on
+    Linux, so a reader (or a crash) sees either the old folder or the new one, never neither; where
+    that call is missing, the old folder is renamed away first (a brief window without ``path``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,11 +176,15 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
     tmp.mkdir()
     try:
         yield tmp
+        _fsync_dir(tmp)
         if path.exists():
-            old = _tmp_name(path.with_name(path.name + ".old"))
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            if _exchange(tmp, path):  # tmp now holds the old folder
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                old = _tmp_name(path.with_name(path.name + ".old"))
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
         _fsync_dir(path.parent)

@@ -24,8 +24,9 @@ __all__ = ["TopKSAE", "topk_encoder"]
 
 
 class _TopKEncoder(torch.autograd.Function):
-    """``TopK(ReLU(x W + b))`` with a sparse backward: only the ``k`` selected latents per row send
-    gradient to ``W`` (``batch * k * d_in`` work instead of a dense ``batch * d_sae * d_in`` matmul).
+    """``TopK(ReLU(x W + b))`` with a sparse backward on CUDA: only the ``k`` selected latents per row
+    send gradient to ``W`` (``batch * k * d_in`` work instead of a dense ``batch * d_sae * d_in``
+    matmul). On the CPU the same gradient is formed densely (scatter + BLAS), which is faster there.
     Also returns the dense pre-activations; a gradient on them (AuxK) takes the dense path."""
 
     @staticmethod
@@ -48,15 +49,22 @@ class _TopKEncoder(torch.autograd.Function):
         dense_BF = g_pre_BF.to(W_DF.dtype) if g_pre_BF is not None else None
         if g_vals_BK is not None:
             g_BK = (g_vals_BK * on_BK).to(W_DF.dtype)
-            if ctx.needs_input_grad[0]:
-                grad_x = torch.nn.functional.embedding_bag(idx_BK, W_FD.contiguous(), per_sample_weights=g_BK, mode="sum")
-            flat_idx = idx_BK.reshape(-1)
-            if ctx.needs_input_grad[1]:
-                contrib = (g_BK[:, :, None] * xw_BD[:, None, :]).reshape(-1, D)
-                grad_FD = torch.zeros(F, D, dtype=W_DF.dtype, device=W_DF.device).index_add_(0, flat_idx, contrib)
-                grad_W = grad_FD.t().contiguous()
-            if ctx.needs_input_grad[2]:
-                grad_b = torch.zeros(F, dtype=W_DF.dtype, device=W_DF.device).index_add_(0, flat_idx, g_BK.reshape(-1))
+            if x_BD.device.type == "cpu":
+                # CPU: scatter the k gradients per row into a dense (B, F) matrix and let BLAS do the
+                # products below. index_add_ with duplicate indices is serial-slow there, and collapses
+                # (100x and more) when torch's threads compete with other processes for the cores.
+                G_BF = torch.zeros(B, F, dtype=W_DF.dtype, device=W_DF.device).scatter_(1, idx_BK, g_BK)
+                dense_BF = G_BF if dense_BF is None else dense_BF + G_BF
+            else:
+                if ctx.needs_input_grad[0]:
+                    grad_x = torch.nn.functional.embedding_bag(idx_BK, W_FD.contiguous(), per_sample_weights=g_BK, mode="sum")
+                flat_idx = idx_BK.reshape(-1)
+                if ctx.needs_input_grad[1]:
+                    contrib = (g_BK[:, :, None] * xw_BD[:, None, :]).reshape(-1, D)
+                    grad_FD = torch.zeros(F, D, dtype=W_DF.dtype, device=W_DF.device).index_add_(0, flat_idx, contrib)
+                    grad_W = grad_FD.t().contiguous()
+                if ctx.needs_input_grad[2]:
+                    grad_b = torch.zeros(F, dtype=W_DF.dtype, device=W_DF.device).index_add_(0, flat_idx, g_BK.reshape(-1))
         if dense_BF is not None:
             if ctx.needs_input_grad[0]:
                 gx = dense_BF @ W_FD

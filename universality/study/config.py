@@ -49,7 +49,7 @@ class CorpusConfig:
     """The text D. ``source``: ``shakespeare`` (shipped), a ``.txt``/``.jsonl`` path, or ``hf:<name>``.
 
     ``planted``: add the planted-positive text family of :mod:`universality.zoo.planted` (a
-    synthetic word pattern in ``planted_docs`` extra documents tagged ``family=planted``), so a
+    synthetic word pattern in ``planted_docs`` extra documents with metadata ``planted=True``), so a
     subset that excludes those documents has a known missing feature.
 
     ``inject_after_step``: zoo models trained on D see another synthetic pattern only after this
@@ -134,16 +134,21 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class HarvestSpec:
-    """Tokens harvested per (model, checkpoint, data) for SAE training, and the shared eval spans."""
+    """Tokens harvested per (model, checkpoint, data) for SAE training, and the shared eval spans.
+
+    Documents are read in a stable hashed order, at most ``max_doc_tokens`` tokens of each, so a
+    harvest of ``train_tokens`` samples many documents rather than the first few long ones.
+    """
 
     train_tokens: int = 20_000
     context_length: int = 64
     batch_size: int = 16
     eval_spans: int = 96
     span_chars: int = 200
+    max_doc_tokens: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("train_tokens", "context_length", "batch_size", "eval_spans", "span_chars"):
+        for name in ("train_tokens", "context_length", "batch_size", "eval_spans", "span_chars", "max_doc_tokens"):
             _int("harvest", name, getattr(self, name))
 
 

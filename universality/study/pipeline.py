@@ -35,6 +35,8 @@ log = logging.getLogger("universality.study")
 _PLANTED_SEED = 7
 _INJECT_SEED = 11
 _INJECT_PREFIX = "injected/"
+_INJECT_HARVEST_COPIES = 16  # the injected text's share of a harvest of D: about what the model saw after S
+_INJECT_EVAL_COPIES = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,10 +94,11 @@ class StudyContext:
             pattern = synthetic_pattern(_PLANTED_SEED)
             pc = planted_corpus((d.text for d in source), n_planted=c.planted_docs, pattern=pattern,
                                 subset_spec=spec, name=f"{c.source}+planted")
-            return {"D": pc.full, "D_prime": pc.subset, "pattern": pattern}
+            planted = frozenset(d.id for d in pc.full.documents if d.meta.get("planted") is True)
+            return {"D": pc.full, "D_prime": pc.subset, "pattern": pattern, "planted_ids": planted}
         docs = list(source)
         return {"D": select_subset(docs, None, name=c.source), "D_prime": select_subset(docs, spec, name=c.source),
-                "pattern": None}
+                "pattern": None, "planted_ids": frozenset()}
 
     def subset(self, data: str):
         return self.corpus[data]
@@ -213,19 +216,37 @@ class StudyContext:
         h = self.cfg.harvest
         data = self.subset(cell.data)
         key = {"stage": "harvest", **self._model_key(cell.model, cell.revision), "data": data.hash, "sites": sites,
-               "tokens": h.train_tokens, "ctx": h.context_length, "batch": h.batch_size}
+               "tokens": h.train_tokens, "ctx": h.context_length, "batch": h.batch_size, "doc_tokens": h.max_doc_tokens,
+               "inject": None if self.injection is None or cell.data != "D" else list(self.injection["texts"])}
 
         def build(tmp: Path) -> None:
             from universality.activations import HarvestConfig
             from universality.data import PackingConfig
 
-            hc = HarvestConfig(packing=PackingConfig(context_len=h.context_length), batch_size=h.batch_size,
-                               max_tokens=h.train_tokens)
-            harvest(self.adapter_at(cell.model, cell.revision), data, sites, tmp / "store", hc,
-                    dataset_name=f"{self.cfg.corpus.source}:{cell.data}")
+            hc = HarvestConfig(packing=PackingConfig(context_len=h.context_length, max_doc_tokens=h.max_doc_tokens),
+                               batch_size=h.batch_size, max_tokens=h.train_tokens)
+            harvest(self.adapter_at(cell.model, cell.revision), self.harvest_documents(cell.data), sites,
+                    tmp / "store", hc, dataset_name=f"{self.cfg.corpus.source}:{cell.data}")
 
         rec = self.cache.run("harvest", key, build)
         return ActivationStore.open(rec.path / "store")
+
+    def _injected_documents(self, copies: int):
+        """``copies`` documents of each injected text (distinct ids, so spans and shuffles differ)."""
+        from universality.data import Document
+
+        return [Document(f"{_INJECT_PREFIX}{i}#{c}", t, {}) for i, t in enumerate(self.injection["texts"])
+                for c in range(copies)]
+
+    def harvest_documents(self, data: str):
+        """The documents an SAE of ``data`` reads: the subset (plus, for D, the injected curriculum
+        texts the zoo models were trained on), in a stable order hashed from the document ids."""
+        from universality.data import hash_unit
+
+        docs = list(self.subset(data).documents)
+        if data == "D" and self.injection is not None:
+            docs += self._injected_documents(_INJECT_HARVEST_COPIES)
+        return sorted(docs, key=lambda d: (hash_unit(d.id, f"harvest/{self.cfg.seed}"), d.id))
 
     # ------------------------------------------------------------------ SAEs
     def saes(self, cell: Cell) -> dict[str, list[Any]]:
@@ -271,18 +292,20 @@ class StudyContext:
     def eval_spans(self):
         """The one fixed set of evaluation spans every model is read on.
 
-        Half of the spans come from D' and half from D \\ D' (so both sides of every subset
-        comparison are measured, the planted family included), plus the injected pattern when the
-        study has one. Spans are picked by a stable hash of the document id (``make_eval_spans``).
+        The spans are split evenly over D', D \\ D' (without the planted family), the planted
+        family and the injected pattern (the last two when the study has them), so both sides of
+        every subset comparison and every planted positive are measured. Spans are picked by a stable hash of the document id (``make_eval_spans``).
         """
-        from universality.data import Document, EvalSpans, make_eval_spans
+        from universality.data import EvalSpans, make_eval_spans
 
         h = self.cfg.harvest
         inside = {d.id for d in self.subset("D_prime").documents}
+        planted = self.corpus["planted_ids"]
         d_docs = self.subset("D").documents
-        groups = [[d for d in d_docs if d.id in inside], [d for d in d_docs if d.id not in inside]]
+        groups = [[d for d in d_docs if d.id in inside], [d for d in d_docs if d.id not in inside | planted],
+                  [d for d in d_docs if d.id in planted]]
         if self.injection is not None:
-            groups.append([Document(f"{_INJECT_PREFIX}{i}", t, {}) for i, t in enumerate(self.injection["texts"])])
+            groups.append(self._injected_documents(_INJECT_EVAL_COPIES))
         groups = [g for g in groups if g]
         parts = []
         for i, group in enumerate(groups):
@@ -293,19 +316,20 @@ class StudyContext:
 
     def eval_span_flags(self, name: str) -> dict[str, torch.Tensor]:
         """Per text-token row of ``name``'s eval activations: ``span`` index, ``in_subset`` (document in
-        D') and ``injected`` (the curriculum pattern)."""
+        D'), ``planted`` (the planted family) and ``injected`` (the curriculum pattern)."""
         tokens = self.eval_tokens(name)
         in_sub = {d.id for d in self.subset("D_prime").documents}
         span_in = torch.tensor([doc in in_sub for doc in self.eval_spans.doc_ids])
         span_inj = torch.tensor([doc.startswith(_INJECT_PREFIX) for doc in self.eval_spans.doc_ids])
+        span_pl = torch.tensor([doc in self.corpus["planted_ids"] for doc in self.eval_spans.doc_ids])
         rows = torch.arange(tokens.input_ids.shape[0]).unsqueeze(1).expand_as(tokens.input_ids)[tokens.text_mask]
-        return {"span": rows, "in_subset": span_in[rows], "injected": span_inj[rows]}
+        return {"span": rows, "in_subset": span_in[rows], "injected": span_inj[rows], "planted": span_pl[rows]}
 
     def eval_tokens(self, name: str):
         from universality.data import tokenize_spans
 
         return tokenize_spans(self.eval_spans, self.adapter(name).tokenizer,
-                              max_len=self.cfg.harvest.context_length * 4)
+                              max_len=self.cfg.harvest.context_length)
 
     def eval_acts(self, name: str, revision: str) -> dict[str, torch.Tensor]:
         """``{site: (n_text_tokens, width)}`` on the shared spans, plus ``token_ids`` (cached on disk)."""
@@ -317,7 +341,7 @@ class StudyContext:
         sites = [s for s in adapter.sites if s in set(self.cfg.sites) or (
             "moe_experts" in self.cfg.analyses and s.endswith("mlp.hook_expert_indices"))]
         key = {"stage": "eval", **self._model_key(name, revision), "spans": self.eval_spans.hash, "sites": sites,
-               "max_len": self.cfg.harvest.context_length * 4}
+               "max_len": self.cfg.harvest.context_length}
 
         def build(tmp: Path) -> None:
             tokens = self.eval_tokens(name)

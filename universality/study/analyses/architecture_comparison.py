@@ -19,7 +19,7 @@ import torch
 from analysis import plots
 from universality.errors import ConfigError
 from universality.match import encode_codes, match
-from universality.study.analyses.common import AnalysisResult, Codebook, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
+from universality.study.analyses.common import A_SEED, B_SEED, AnalysisResult, Codebook, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
 from universality.study.pipeline import Cell
 
 NAME = "architecture_comparison"
@@ -65,8 +65,8 @@ def run(ctx, figures_dir) -> AnalysisResult:
             sky_b[site] = skyline_interval(cb_all[site])[0]
         heat = []
         for sa, sb in itertools.product(ca_all, cb_all):
-            fa, fb = per_feature_mppc(ca_all[sa][0], cb_all[sb][0])
-            floor, _ = shuffled_floor(ca_all[sa][0], cb_all[sb][0], seed=ctx.cfg.seed)
+            fa, fb = per_feature_mppc(ca_all[sa][A_SEED], cb_all[sb][B_SEED])
+            floor, _ = shuffled_floor(ca_all[sa][A_SEED], cb_all[sb][B_SEED], seed=ctx.cfg.seed)
             sky_mean = (sky_a[sa].mean + sky_b[sb].mean) / 2
             comp = f"{ma}:{sa} vs {mb}:{sb}"
             rows.append(norm_row(NAME, comp, "mppc", float(fa.mean()), floor, sky_mean, direction=f"{ma}->{mb}",
@@ -76,12 +76,12 @@ def run(ctx, figures_dir) -> AnalysisResult:
             if sa == list(ca_all)[-1] and sb == list(cb_all)[-1]:
                 dist += [{"comparison": f"{ma} -> {mb}", "kind": "observed", "score": v} for v in fa]
                 dist += [{"comparison": f"{ma} -> {mb}", "kind": "floor", "score": v}
-                         for v in shuffled_floor(ca_all[sa][0], cb_all[sb][0], seed=ctx.cfg.seed)[1]]
+                         for v in shuffled_floor(ca_all[sa][A_SEED], cb_all[sb][B_SEED], seed=ctx.cfg.seed)[1]]
                 dist += [{"comparison": f"{ma} -> {mb}", "kind": "skyline", "score": v}
                          for v in skyline_interval(ca_all[sa])[1]]
-            gw = match(ctx.saes(Cell(ma, ra_, "D"))[sa][0], ctx.saes(Cell(mb, rb_, "D"))[sb][0], method="gw",
+            gw = match(ctx.saes(Cell(ma, ra_, "D"))[sa][A_SEED], ctx.saes(Cell(mb, rb_, "D"))[sb][B_SEED], method="gw",
                        n_max=ctx.cfg.match.gw_max)
-            gw_sky = match(ctx.saes(Cell(ma, ra_, "D"))[sa][0], ctx.saes(Cell(ma, ra_, "D"))[sa][1], method="gw",
+            gw_sky = match(ctx.saes(Cell(ma, ra_, "D"))[sa][A_SEED], ctx.saes(Cell(ma, ra_, "D"))[sa][B_SEED], method="gw",
                            n_max=ctx.cfg.match.gw_max)
             rows.append({"analysis": NAME, "comparison": comp, "metric": "gw_distance", "value": float(gw.value),
                          "skyline": float(gw_sky.value), "note": "lower is closer; skyline = seed copies of A",

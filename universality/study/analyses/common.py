@@ -23,12 +23,17 @@ from universality.match import FeatureCodes, encode_codes
 from universality.match.baselines import normalise, shuffle_tokens
 from universality.match.summary import max_similarity
 
+#: Cross comparisons read side A's seed copy ``A_SEED`` and side B's ``B_SEED``: two SAEs with the same
+#: seed start from the same initial weights, which would make them look alike for that reason alone.
+#: The seed skyline compares different seeds too, so every figure and its skyline are on equal terms.
+A_SEED, B_SEED = 0, 1
+
 #: a feature is *specific* to a set of tokens when at least this share of its activation mass lies there ...
 SPECIFIC_MASS = 0.9
 #: ... and it fires on at least this many evaluation tokens
 MIN_FIRES = 5
 
-__all__ = ["SPECIFIC_MASS", "MIN_FIRES", "mass_share", "AnalysisResult", "Codebook", "Interval", "per_feature_mppc", "skyline_interval", "shuffled_floor", "norm_row"]
+__all__ = ["A_SEED", "B_SEED", "SPECIFIC_MASS", "MIN_FIRES", "mass_share", "AnalysisResult", "Codebook", "Interval", "per_feature_mppc", "skyline_interval", "shuffled_floor", "norm_row"]
 
 
 @dataclass

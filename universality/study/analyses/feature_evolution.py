@@ -14,7 +14,7 @@ import pandas as pd
 from analysis import plots
 from universality.errors import ConfigError
 from universality.match import lineage
-from universality.study.analyses.common import MIN_FIRES, SPECIFIC_MASS, AnalysisResult, mass_share, Codebook, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
+from universality.study.analyses.common import A_SEED, B_SEED, MIN_FIRES, SPECIFIC_MASS, AnalysisResult, mass_share, Codebook, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
 from universality.study.pipeline import Cell
 
 NAME = "feature_evolution"
@@ -50,20 +50,21 @@ def run(ctx, figures_dir) -> AnalysisResult:
         codes_by_rev = {}
         for rev in revs:
             cell = Cell(model, rev, "D")
-            codes_by_rev[rev] = book.codes(cell, site, 0)
-            if rev == final:  # seed 0 against itself says nothing; the skyline row covers the final SAE
+            codes_by_rev[rev] = book.codes(cell, site, A_SEED)
+            if rev == final:  # the final SAE against its own seed copies is the skyline row
                 continue
-            ra, rb = per_feature_mppc(codes_by_rev[rev], final_codes[0])
+            ra, rb = per_feature_mppc(codes_by_rev[rev], final_codes[B_SEED])
             rows.append(norm_row(NAME, f"{rev} -> {final}", "mppc", float(ra.mean()), floor, sky, site=site,
                                  revision=rev, step=_step(rev), direction="checkpoint->final",
                                  reverse=float(rb.mean())))
             dist += [{"comparison": rev, "kind": "observed", "score": v} for v in ra]
-        for ra_rev in revs:
+        for ra_rev in revs:  # seed A_SEED of the row checkpoint against seed B_SEED of the column one
             for rb_rev in revs:
-                a, b = per_feature_mppc(codes_by_rev[ra_rev], codes_by_rev[rb_rev])
+                a, b = per_feature_mppc(codes_by_rev[ra_rev], book.codes(Cell(model, rb_rev, "D"), site, B_SEED))
                 heat_rows.append({"site": site, "a": ra_rev, "b": rb_rev, "mppc": float(a.mean())})
-        lin = lineage([ctx.saes(Cell(model, r, "D"))[site][0] for r in revs], threshold=ctx.cfg.match.corr_threshold,
-                      view="activations", labels=revs,
+        # alternate the seed copies along the series, so no link joins two SAEs of the same seed
+        lin = lineage([ctx.saes(Cell(model, r, "D"))[site][(A_SEED, B_SEED)[i % 2]] for i, r in enumerate(revs)],
+                      threshold=ctx.cfg.match.corr_threshold, view="activations", labels=revs,
                       activations=[book.acts(model, r, site) for r in revs],
                       token_ids=book.token_ids(model, final))
         counts = lin.counts().reset_index()
@@ -136,7 +137,8 @@ def _pattern_births(ctx, model: str, final: str, site: str, chains: pd.DataFrame
     import torch
 
     flags = ctx.eval_span_flags(model)
-    sae = ctx.saes(Cell(model, final, "D"))[site][0]
+    revs = ctx.revisions(model)
+    sae = ctx.saes(Cell(model, final, "D"))[site][(A_SEED, B_SEED)[(len(revs) - 1) % 2]]  # the lineage's copy
     with torch.no_grad():
         z = sae.encode(ctx.eval_acts(model, final)[site].float())
     share, fires = mass_share(z, flags["injected"])

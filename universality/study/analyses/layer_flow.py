@@ -18,7 +18,7 @@ from universality.match import lineage
 from universality.match.summary import mmcs
 from universality.match.views import decoder_directions
 from universality.sites import Site
-from universality.study.analyses.common import AnalysisResult, Codebook, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
+from universality.study.analyses.common import A_SEED, B_SEED, AnalysisResult, Codebook, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
 from universality.study.pipeline import Cell
 
 NAME = "layer_flow"
@@ -35,17 +35,17 @@ def run(ctx, figures_dir) -> AnalysisResult:
     sky = {s: skyline_interval(codes[s])[0] for s in sites}
     rows, heat = [], []
     for sa, sb in itertools.product(sites, sites):
-        fa, fb = per_feature_mppc(codes[sa][0], codes[sb][0])
+        fa, fb = per_feature_mppc(codes[sa][A_SEED], codes[sb][B_SEED])
         heat.append({"a": sa, "b": sb, "mppc": float(fa.mean())})
         if Site.parse(sa) < Site.parse(sb):
-            floor, _ = shuffled_floor(codes[sa][0], codes[sb][0], seed=ctx.cfg.seed)
+            floor, _ = shuffled_floor(codes[sa][A_SEED], codes[sb][B_SEED], seed=ctx.cfg.seed)
             rows.append(norm_row(NAME, f"{sa} vs {sb}", "mppc", (float(fa.mean()) + float(fb.mean())) / 2, floor,
                                  (sky[sa].mean + sky[sb].mean) / 2, site_a=sa, site_b=sb))
-            A = ctx.saes(cell)[sa][0]
-            B = ctx.saes(cell)[sb][0]
+            A = ctx.saes(cell)[sa][A_SEED]
+            B = ctx.saes(cell)[sb][B_SEED]
             if "resid" in sa and "resid" in sb and A.W_dec.shape[1] == B.W_dec.shape[1]:
                 ab, ba = mmcs(decoder_directions(A), decoder_directions(B))
-                own = mmcs(decoder_directions(A), decoder_directions(ctx.saes(cell)[sa][1]))
+                own = mmcs(decoder_directions(A), decoder_directions(ctx.saes(cell)[sa][B_SEED]))
                 rows.append(norm_row(NAME, f"{sa} vs {sb}", "decoder mmcs", (ab + ba) / 2, float("nan"),
                                      sum(own) / 2, site_a=sa, site_b=sb))
     mat = pd.DataFrame(heat).pivot(index="a", columns="b", values="mppc").loc[sites, sites]
@@ -54,7 +54,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
                                       cbar_label="MPPC", vmin=0, vmax=1)))
     resid = [s for s in sites if s.endswith("hook_resid_post")]
     if len(resid) >= 2:
-        lin = lineage([ctx.saes(cell)[s][0] for s in resid], threshold=ctx.cfg.match.corr_threshold, view="activations",
+        lin = lineage([ctx.saes(cell)[s][(A_SEED, B_SEED)[i % 2]] for i, s in enumerate(resid)], threshold=ctx.cfg.match.corr_threshold, view="activations",
                       labels=resid, activations=[book.acts(model, rev, s) for s in resid],
                       token_ids=book.token_ids(model, rev))
         res.tables["residual_lineage_events"] = lin.counts().reset_index()

@@ -7,9 +7,11 @@ trained on D' activations}. The analysis asks
    (MPPC, Wang et al. 2024) of an SAE_D' feature among SAE_D features, and the reverse. A D feature
    whose best partner in SAE_D' correlates below ``match.corr_threshold`` is *missing from D'*; the
    same rate between two seeds of SAE_D is the noise level it must exceed.
-2. **Which missing features come from text only in D \\ D'?** A feature is *specific to D \\ D'* when
-   at least 90% of its activation mass on the evaluation spans lies on tokens of documents outside
-   D' (and it fires on at least 5 tokens). The planted-family check of the tests relies on this.
+2. **Which missing features come from text only in D \\ D'?** A feature is *specific* to a set of
+   tokens when at least 90% of its activation mass on the evaluation spans lies there (and it fires
+   on at least 5 tokens). Two sets are checked: all text of D \\ D', and the planted family (a
+   synthetic pattern only D \\ D' has, when the corpus is planted), whose features must be missing
+   from SAE_D'.
 3. **How well do D' features reconstruct D?** Explained variance of each SAE on evaluation tokens
    from D' and from D \\ D'.
 4. **Model or SAE data?** MPPC between SAEs that differ only in the SAE's data (same model) and
@@ -25,7 +27,7 @@ import torch
 from analysis import plots
 from universality.errors import ConfigError
 from universality.eval.metrics import explained_variance
-from universality.study.analyses.common import MIN_FIRES, SPECIFIC_MASS, AnalysisResult, Codebook, mass_share, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
+from universality.study.analyses.common import A_SEED, B_SEED, MIN_FIRES, SPECIFIC_MASS, AnalysisResult, Codebook, mass_share, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
 from universality.study.pipeline import Cell
 
 NAME = "subset_generalization"
@@ -60,12 +62,12 @@ def run(ctx, figures_dir) -> AnalysisResult:
         for site in ctx.sites_of(model):
             cD, cP = Cell(model, rev, "D"), Cell(model, rev, "D_prime")
             codes_D = [book.codes(cD, site, s) for s in range(len(ctx.cfg.sae.seeds))]
-            codes_P = book.codes(cP, site, 0)
+            codes_P = book.codes(cP, site, B_SEED)
             sky, sky_feat = skyline_interval(codes_D)
-            floor, _ = shuffled_floor(codes_D[0], codes_P, seed=ctx.cfg.seed)
-            d_full, _ = per_feature_mppc(codes_D[0], codes_P, live_only=False)
-            d_to_p, p_to_d = per_feature_mppc(codes_D[0], codes_P)
-            seed_d, _ = per_feature_mppc(codes_D[0], codes_D[1])
+            floor, _ = shuffled_floor(codes_D[A_SEED], codes_P, seed=ctx.cfg.seed)
+            d_full, _ = per_feature_mppc(codes_D[A_SEED], codes_P, live_only=False)
+            d_to_p, p_to_d = per_feature_mppc(codes_D[A_SEED], codes_P)
+            seed_d, _ = per_feature_mppc(codes_D[A_SEED], codes_D[B_SEED])
             comp = f"{model}:{site}"
             rows.append(norm_row(NAME, comp, "mppc SAE_D' -> SAE_D", float(p_to_d.mean()), floor, sky, model=model, site=site))
             rows.append(norm_row(NAME, comp, "mppc SAE_D -> SAE_D'", float(d_to_p.mean()), floor, sky, model=model, site=site))
@@ -73,6 +75,8 @@ def run(ctx, figures_dir) -> AnalysisResult:
             seed_missing = seed_d < thr
             live = ~np.isnan(d_full)
             missing_full = np.nan_to_num(d_full, nan=1.0) < thr  # per feature of SAE_D; dead ones are not "missing"
+            seed_full, _ = per_feature_mppc(codes_D[A_SEED], codes_D[B_SEED], live_only=False)
+            stable = np.nan_to_num(seed_full, nan=0.0) >= thr  # found again in SAE_D's other seed copy
             rows.append({"analysis": NAME, "comparison": comp, "metric": "fraction of D features missing from D'",
                          "value": float(missing.mean()), "skyline": float(seed_missing.mean()),
                          "note": "skyline column = the same rate between two seeds of SAE_D (noise level)",
@@ -87,21 +91,29 @@ def run(ctx, figures_dir) -> AnalysisResult:
             dist += [{"comparison": f"{model}: D -> D'", "kind": "observed", "score": v} for v in d_to_p]
             dist += [{"comparison": f"{model}: D -> D'", "kind": "skyline", "score": v} for v in sky_feat]
             x = book.acts(model, rev, site)
-            sae_D, sae_P = ctx.saes(cD)[site][0], ctx.saes(cP)[site][0]
+            sae_D, sae_P = ctx.saes(cD)[site][A_SEED], ctx.saes(cP)[site][B_SEED]
+            families = {"D \\ D' text": outside}
+            if bool(flags["planted"].any()):
+                families["planted family"] = flags["planted"]
             with torch.no_grad():
                 z = sae_D.encode(x)
-                share, fires = mass_share(z, outside)
-                spec = (share >= SPECIFIC_MASS) & (fires >= MIN_FIRES) & live
+                for family, rows_mask in families.items():
+                    share, fires = mass_share(z, rows_mask)
+                    spec = (share >= SPECIFIC_MASS) & (fires >= MIN_FIRES) & live
+                    specific_rows.append({
+                        "model": model, "site": site, "tokens": family, "n_features": int(len(share)),
+                        "n_specific": int(spec.sum()),
+                        "missing_among_specific": float(missing_full[spec].mean()) if spec.any() else float("nan"),
+                        "missing_among_others": float(missing_full[~spec & live].mean()) if (~spec & live).any() else float("nan"),
+                        "seed_stable_specific": int((spec & stable).sum()),
+                        "missing_among_seed_stable_specific": float(missing_full[spec & stable].mean())
+                        if (spec & stable).any() else float("nan"),
+                        "token_share": float(rows_mask.float().mean()),
+                    })
                 for name_, sae in (("SAE_D", sae_D), ("SAE_D'", sae_P)):
                     for part, mask in (("D' tokens", flags["in_subset"]), ("D \\ D' tokens", outside)):
                         quality.append({"model": model, "site": site, "sae": name_, "tokens": part,
                                         "explained_variance": explained_variance(x[mask], sae(x[mask]))})
-            specific_rows.append({
-                "model": model, "site": site, "n_features": int(len(share)), "n_specific": int(spec.sum()),
-                "missing_among_specific": float(missing_full[spec].mean()) if spec.any() else float("nan"),
-                "missing_among_others": float(missing_full[~spec & live].mean()) if (~spec & live).any() else float("nan"),
-                "outside_token_share": float(outside.float().mean()),
-            })
             if model == m_full:
                 ref = (cD, site)
     # model vs SAE data: same SAE data, different model; same model, different SAE data
@@ -118,7 +130,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
             }
             sky, _ = skyline_interval([book.codes(Cell(m_full, rf, "D"), site, s) for s in range(len(ctx.cfg.sae.seeds))])
             for label, (a, b) in pairs.items():
-                ca, cb = book.codes(a, site, 0), book.codes(b, site, 0)
+                ca, cb = book.codes(a, site, A_SEED), book.codes(b, site, B_SEED)
                 fa, fb = per_feature_mppc(ca, cb)
                 floor, _ = shuffled_floor(ca, cb, seed=ctx.cfg.seed)
                 value = (float(fa.mean()) + float(fb.mean())) / 2
@@ -137,9 +149,12 @@ def run(ctx, figures_dir) -> AnalysisResult:
     for r in specific_rows:
         res.findings.append(
             f"{r['model']}:{r['site']}: {r['n_specific']} of {r['n_features']} SAE_D features fire "
-            f"(>= {SPECIFIC_MASS:.0%} of their mass) on text only in D \\ D'; of those "
+            f"(>= {SPECIFIC_MASS:.0%} of their mass) on the {r['tokens']} (only in D \\ D'); of those "
             + (f"{r['missing_among_specific']:.0%}" if np.isfinite(r["missing_among_specific"]) else "n/a")
-            + f" are missing from SAE_D' against {r['missing_among_others']:.0%} of the other features.")
+            + f" are missing from SAE_D' against {r['missing_among_others']:.0%} of the other features; "
+            f"{r['seed_stable_specific']} of them are found again in another seed of SAE_D"
+            + (f", and {r['missing_among_seed_stable_specific']:.0%} of those are missing from SAE_D'."
+               if np.isfinite(r["missing_among_seed_stable_specific"]) else "."))
     for (model, site), grp in table[table["metric"].str.startswith("fraction")].groupby(["model", "site"]):
         vals = dict(zip(grp["metric"], zip(grp["value"], grp["skyline"])))
         miss, found = vals["fraction of D features missing from D'"], vals["fraction of D' features found in D"]
