@@ -65,10 +65,15 @@ def heatmap(matrix: pd.DataFrame, path: str | Path, title: str, cbar_label: str 
     if matrix.empty:
         raise DataError("heatmap got an empty matrix", "check that the study produced this comparison")
     annotate = matrix.size <= 100 if annotate is None else annotate
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * matrix.shape[1] + 2, 1.0 + 0.6 * matrix.shape[0] + 1))
+    label_len = max(len(str(v)) for v in [*matrix.index, *matrix.columns])
+    width = max(6.5, 2.5 + 0.09 * label_len + 0.9 * matrix.shape[1])
+    height = max(4.0, 1.5 + 0.05 * label_len + 0.55 * matrix.shape[0])
+    fig, ax = plt.subplots(figsize=(width, height))
     sns.heatmap(matrix.astype(float), annot=annotate, fmt=".2f", vmin=vmin, vmax=vmax, cmap="viridis",
                 cbar_kws={"label": cbar_label}, ax=ax)
-    ax.set(title=title)
+    ax.set_title(title, fontsize=11)
+    ax.tick_params(axis="x", labelrotation=30)
+    plt.setp(ax.get_xticklabels(), ha="right")
     return _save(fig, path)
 
 
