@@ -44,13 +44,14 @@ def test_compare_across_widths_refuses_weights_and_says_why():
 
 
 def test_tiny_skyline_floor_gap_gives_nan_and_a_note():
-    A = unit(torch.randn(16, 8))
+    A = unit(torch.randn(16, 32, generator=torch.Generator().manual_seed(123)))  # not the floor's seed (0)
     df = compare(A, A, skyline=A.clone(), n_perm=2, floor="random")
     row = df[df.metric == "mmcs"].iloc[0]
     assert row.value == pytest.approx(1.0, abs=1e-5)
-    # with only 16 directions in 8 dimensions a random dictionary already reaches a high MMCS, but the
-    # skyline is 1: the gap is real, so a ratio is printed; shrink the gap by comparing against itself
-    assert np.isfinite(row.normalised)
-    df2 = compare(A, A, skyline=unit(torch.randn(16, 8)), n_perm=2, floor="random")
+    # 16 random directions in 32 dimensions match a random dictionary far below 1 and the skyline is 1:
+    # the gap is real, so a ratio is printed (1: the copy is as similar as the skyline)
+    assert np.isfinite(row.normalised) and row.normalised == pytest.approx(1.0, abs=1e-4)
+    # a skyline below the floor (the negated dictionary: matched cosine -1) leaves no gap to divide by
+    df2 = compare(A, A, skyline=-A, n_perm=2, floor="random")
     r2 = df2[df2.metric == "mean_matched_cosine"].iloc[0]
     assert np.isnan(r2.normalised) and "too small" in r2.note
