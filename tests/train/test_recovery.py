@@ -6,7 +6,6 @@ what this configuration reached when the thresholds were set (CPU, torch 2.13, o
 from __future__ import annotations
 
 import pytest
-import torch
 
 from universality import synthetic as syn
 from universality.eval.metrics import evaluate

@@ -18,7 +18,6 @@ saves the folded dictionary, so a loaded dictionary works on raw activations.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar

@@ -7,6 +7,7 @@ and renamed whole, see :func:`universality.io.atomic_dir`).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from universality.errors import ArtifactError
 from universality.io import atomic_dir, read_json, stable_hash, write_json
 
 __all__ = ["StageCache", "StageRecord"]
+
+log = logging.getLogger("universality.study")
 
 
 @dataclass(frozen=True)
@@ -59,11 +62,11 @@ class StageCache:
                 self.hits.append(path.name)
             return StageRecord(name, key_hash, path, hit=True)
         start = time.perf_counter()
+        log.info("building stage %s", path.name)
         with atomic_dir(path) as tmp:
             build(tmp)
-            write_json(
-                tmp / "stage.json",
-                {"stage": name, "key_hash": key_hash, "key": key, "seconds": round(time.perf_counter() - start, 3)},
-            )
+            seconds = round(time.perf_counter() - start, 3)
+            write_json(tmp / "stage.json", {"stage": name, "key_hash": key_hash, "key": key, "seconds": seconds})
+        log.info("built stage %s in %.1f s", path.name, seconds)
         self.misses.append(path.name)
         return StageRecord(name, key_hash, path, hit=False)

@@ -15,8 +15,6 @@ Analyses (``universality.study.analyses``) ask for what they need; nothing else 
 from __future__ import annotations
 
 import dataclasses
-import logging
-from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,6 @@ from universality.study.config import ModelSpec, StudyConfig
 
 __all__ = ["StudyContext", "Cell"]
 
-log = logging.getLogger("universality.study")
 
 _PLANTED_SEED = 7
 _INJECT_SEED = 11
@@ -46,10 +43,6 @@ class Cell:
     model: str
     revision: str
     data: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.model}@{self.revision}" + ("" if self.data == "D" else f"[SAE on {self.data}]")
 
 
 class StudyContext:
@@ -155,7 +148,6 @@ class StudyContext:
             tok = AutoTokenizer.from_pretrained(str(self.tokenizer_dir))
             train_lm(zcfg, data, tmp / "model", tokenizer=tok, inject=inject, progress=True)
 
-        log.info("model %s (%s on %s)", name, spec.zoo, spec.data)
         return self.cache.run(f"model-{name}", key, build).path / "model"
 
     def adapter(self, name: str, revision: str | None = None):
@@ -283,7 +275,7 @@ class StudyContext:
         rec = self.cache.run("saes", key, build)
         out: dict[str, list[Any]] = {}
         for site in sites:
-            out[site] = [SAE.load(rec.path / "saes" / _sae_dir(site, seed)) for seed in sp.seeds]
+            out[site] = [SAE.load(rec.path / "saes" / _sae_key(site, seed)) for seed in sp.seeds]
         self._saes[cell] = out
         return out
 
@@ -362,14 +354,6 @@ class StudyContext:
 
 
 def _sae_key(site: str, seed: int) -> str:
+    """Name of a dictionary in ``train_saes`` and its folder (relative to the run's ``out_dir``)."""
     return f"{site}/s{seed}"
 
-
-def _sae_dir(site: str, seed: int) -> str:
-    """Folder (relative to the run's ``out_dir``) that train_saes writes for ``_sae_key(site, seed)``."""
-    return _sae_key(site, seed)
-
-
-def seeds_pairs(items: Sequence[Any]) -> list[tuple[Any, Any]]:
-    """All unordered pairs of seed copies (the skyline comparisons)."""
-    return [(items[i], items[j]) for i in range(len(items)) for j in range(i + 1, len(items))]
