@@ -16,7 +16,7 @@ the module's input or output is read, which tuple element, and how to shape it),
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -92,6 +92,31 @@ def format_site_list(names: Iterable[str], limit: int = 12) -> str:
 
 class _StopForward(Exception):
     """Raised from a hook once every requested site is captured; caught by ``capture``."""
+
+
+def run_capture(parsed: Sequence[Site], install: Callable[[Site], Any], run: Callable[[], Any]) -> None:
+    """Install one hook per site, run the forward pass without gradients until a hook raises
+    :class:`_StopForward` (the deepest site is filled), and remove every hook, also on error."""
+    handles = []
+    try:
+        for s in parsed:
+            handles.append(install(s))
+        with torch.no_grad():
+            try:
+                run()
+            except _StopForward:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def collect(parsed: Sequence[Site], captured: Mapping[str, Tensor], what: str) -> dict[str, Tensor]:
+    """The captured activations in request order; a site whose hook never fired is an error."""
+    missing = [s.name for s in parsed if s.name not in captured]
+    if missing:
+        raise RuntimeError(f"{what} for {missing} never fired; the site spec does not match the model")
+    return {s.name: captured[s.name] for s in parsed}
 
 
 def _get_module(root: nn.Module, path: str) -> nn.Module | None:
@@ -345,29 +370,17 @@ class HFAdapter(ModelAdapter):
             if len(captured) == wanted:
                 raise _StopForward
 
-        handles = []
-        try:
-            for s in parsed:
-                spec = self.spec.sites[s.hook]
-                module = self._module(spec.module, s.layer)
-                if spec.read == "input":
-                    hook = functools.partial(_capture_input_hook, store, s.name)
-                    handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-                else:
-                    hook = functools.partial(_capture_output_hook, store, s.name, spec.index, spec.flat)
-                    handles.append(module.register_forward_hook(hook))
-            with torch.no_grad():
-                try:
-                    self.model(**self._model_inputs(input_ids, attention_mask))
-                except _StopForward:
-                    pass
-        finally:
-            for h in handles:
-                h.remove()
-        missing = [s.name for s in parsed if s.name not in captured]
-        if missing:
-            raise RuntimeError(f"hooks for {missing} never fired; the {self.family} site spec does not match the model")
-        return {s.name: captured[s.name] for s in parsed}
+        def install(s: Site):
+            spec = self.spec.sites[s.hook]
+            module = self._module(spec.module, s.layer)
+            if spec.read == "input":
+                hook = functools.partial(_capture_input_hook, store, s.name)
+                return module.register_forward_pre_hook(hook, with_kwargs=True)
+            hook = functools.partial(_capture_output_hook, store, s.name, spec.index, spec.flat)
+            return module.register_forward_hook(hook)
+
+        run_capture(parsed, install, lambda: self.model(**self._model_inputs(input_ids, attention_mask)))
+        return collect(parsed, captured, f"hooks of the {self.family} site spec")
 
     # ---- forward with replacement -------------------------------------------------------------
     def forward(

@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from models.base import ModelAdapter, _StopForward, _checked
+from models.base import ModelAdapter, _checked, _StopForward, collect, run_capture
 from universality.errors import ModelLoadError
 from universality.sites import HOOKS, ROUTING_HOOKS, Site
 
@@ -86,22 +86,9 @@ class TLensAdapter(ModelAdapter):
             if len(captured) == wanted:
                 raise _StopForward
 
-        handles = []
-        try:
-            for s in parsed:
-                handles.append(self._hooks[s.name].register_forward_hook(functools.partial(grab, s.name)))
-            with torch.no_grad():
-                try:
-                    self._run(input_ids, attention_mask)
-                except _StopForward:
-                    pass
-        finally:
-            for h in handles:
-                h.remove()
-        missing = [s.name for s in parsed if s.name not in captured]
-        if missing:
-            raise RuntimeError(f"TransformerBridge hook points {missing} never fired")
-        return {s.name: captured[s.name] for s in parsed}
+        run_capture(parsed, lambda s: self._hooks[s.name].register_forward_hook(functools.partial(grab, s.name)),
+                    lambda: self._run(input_ids, attention_mask))
+        return collect(parsed, captured, "TransformerBridge hook points")
 
     def forward(
         self,

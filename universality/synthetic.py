@@ -39,10 +39,12 @@ __all__ = [
     "PlantedSource",
     "mean_max_cosine",
     "make_toy",
+    "generator",
 ]
 
 
-def _gen(seed: int) -> torch.Generator:
+def generator(seed: int) -> torch.Generator:
+    """A CPU generator seeded with ``seed`` (any integer, folded into the accepted range)."""
     return torch.Generator().manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
@@ -50,7 +52,7 @@ def planted_dictionary(n_features: int, d_in: int, seed: int = 0) -> Float[Tenso
     """``n_features`` random unit directions in ``R^d_in`` (normalised Gaussian rows)."""
     if n_features < 1 or d_in < 1:
         raise ConfigError(f"planted_dictionary needs positive sizes, got ({n_features}, {d_in})", "use e.g. (512, 256)")
-    D = torch.randn(n_features, d_in, generator=_gen(seed))
+    D = torch.randn(n_features, d_in, generator=generator(seed))
     return D / D.norm(dim=1, keepdim=True)
 
 
@@ -142,7 +144,7 @@ class PlantedSource:
 
     def batch(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
         """The codes and activations of batch ``index`` (a pure function of ``(seed, index)``)."""
-        gen = _gen(self.seed * 1_000_003 + index * 7_919 + 1)
+        gen = generator(self.seed * 1_000_003 + index * 7_919 + 1)
         codes = sample_codes(self.batch_size, self.probs, gen)
         acts = {site: embed(codes, D, self.noise_std, gen) for site, D in self.dictionaries.items()}
         return codes, acts

@@ -38,10 +38,6 @@ __all__ = [
 ]
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
-
-
 @dataclass(frozen=True)
 class PairedWorldConfig:
     """Sizes, shared fraction, sparsity and basis change of two paired planted worlds."""
@@ -108,7 +104,7 @@ class PairedWorld:
         """``n_tokens`` tokens of both worlds; shared features fire identically, private ones independently."""
         if n_tokens < 1:
             raise ConfigError(f"n_tokens must be >= 1, got {n_tokens}", "ask for at least one token")
-        g = _gen(self.cfg.seed * 7_919 + seed * 104_729 + 17)
+        g = syn.generator(self.cfg.seed * 7_919 + seed * 104_729 + 17)
         z_a = syn.sample_codes(n_tokens, self.probs_a, g)
         z_b = syn.sample_codes(n_tokens, self.probs_b, g)
         if len(self.shared_pairs):
@@ -161,7 +157,7 @@ class PairedSource:
 def make_paired_world(cfg: PairedWorldConfig) -> PairedWorld:
     """Draw the two worlds' dictionaries, probabilities and shared pairs from ``cfg.seed``."""
     n, s = cfg.n_features, cfg.n_shared
-    g = _gen(cfg.seed)
+    g = syn.generator(cfg.seed)
     D_a = syn.planted_dictionary(n, cfg.d_a, seed=cfg.seed * 2 + 1)
     if cfg.rotate:
         Q, _ = torch.linalg.qr(torch.randn(cfg.d_b, cfg.d_a, generator=g))  # (d_b, d_a), orthonormal columns
@@ -191,7 +187,7 @@ def seed_like_pair(
     directions (the unshared latents Paulo & Belrose 2025 observe), and the second copy is permuted.
     Returns ``(D1, D2, perm)`` with ``D2[perm[i]]`` the counterpart of ``D1[i]`` where both are kept.
     """
-    g = _gen(seed)
+    g = syn.generator(seed)
     D = torch.randn(n, d, generator=g)
     D = D / D.norm(dim=1, keepdim=True)
 
