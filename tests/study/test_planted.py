@@ -1,5 +1,6 @@
-"""Planted positive, so a report cannot be filled in by noise: a text family that occurs only in
-D \\ D' must show up as SAE_D features that the subset analysis flags as missing from D'."""
+"""Planted positives, so a report cannot be filled in by noise: a text family that occurs only in
+D \\ D' must show up as SAE_D features that the subset analysis flags as missing from D', and a
+passage a zoo model sees only after step S must show up as features the lineage finds born after S."""
 
 from pathlib import Path
 
@@ -49,3 +50,27 @@ def test_family_only_in_d_minus_dprime_is_flagged_missing(tmp_path):
     # flagged missing far more often than the other features (measured here: 0.60 against 0.18)
     assert row["missing_among_specific"] >= max(0.4, 2 * row["missing_among_others"])
     assert "missing from SAE_D'" in out.report_md.read_text()
+
+
+@pytest.mark.slow
+def test_passage_learned_after_step_s_is_born_after_s(tmp_path):
+    """A passage of common words enters training only after step S: SAEs of checkpoints up to S have
+    (almost) no feature that fires on it beyond what its words do elsewhere, the final SAE has
+    several, and the lineage says most of them are born after S."""
+    after, steps = 60, 160
+    model = (f"{{steps: {steps}, warmup_steps: 10, d_model: 48, n_heads: 2,"
+             f" checkpoint_steps: [0, {after // 2}, {after}, {(after + steps) // 2}, {steps}]}}")
+    cfg = _study("feature_evolution", tmp_path / "s", [
+        f"study.corpus.inject_after_step={after}",
+        f"study.models=[{{name: pythia, zoo: tiny_pythia, data: D, checkpoints: all, overrides: {model}}}]",
+    ])
+    out = run_study(cfg, progress=False)
+    site = "blocks.1.hook_resid_post"
+    per_rev = pd.read_csv(out.root / "tables" / f"feature_evolution__injected_passage_by_checkpoint_{site}.csv")
+    born = pd.read_csv(out.root / "tables" / f"feature_evolution__injected_passage_features_{site}.csv")
+    at_s = int(per_rev.loc[per_rev["step"] == after, "n_context"].iloc[0])
+    final = int(per_rev.loc[per_rev["step"] == steps, "n_context"].iloc[0])
+    # measured here: 0 features at steps 30 and 60, 4 at 160; 3 of the 4 born after step 60
+    assert at_s == 0 and final >= 2
+    assert born["born_after_injection"].mean() >= 2 / 3
+    assert "passage introduced after step 60" in out.report_md.read_text()

@@ -25,7 +25,8 @@ def shrink(cfg: StudyConfig, out: Path) -> StudyConfig:
         models.append(dataclasses.replace(m, overrides={**m.overrides, **small}))
     return dataclasses.replace(
         cfg, models=tuple(models), out_dir=str(out), tokenizer_vocab=300,
-        corpus=dataclasses.replace(cfg.corpus, max_docs=40, planted_docs=8),
+        corpus=dataclasses.replace(cfg.corpus, max_docs=40, planted_docs=8,
+                                   inject_after_step=None if cfg.corpus.inject_after_step is None else 8),
         harvest=HarvestSpec(train_tokens=2048, context_length=32, batch_size=16, eval_spans=24, span_chars=120,
                             max_doc_tokens=128),
         sae=dataclasses.replace(cfg.sae, steps=40, batch_size=128, expansion=2, k=4),

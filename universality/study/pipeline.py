@@ -102,9 +102,11 @@ class StudyContext:
         after = self.cfg.corpus.inject_after_step
         if after is None:
             return None
-        from universality.zoo import synthetic_pattern
+        from universality.zoo import word_passage
 
-        pattern = synthetic_pattern(_INJECT_SEED, marker="@@qv")
+        # common words in a fixed order: its tokens occur everywhere, only the order is new, so what
+        # SAEs find on it beyond its tokens is what the model learned after the step
+        pattern = word_passage((d.text for d in self.subset("D").documents), seed=_INJECT_SEED)
         return {"after_step": after, "texts": ("\n".join([pattern] * 4),)}
 
     # ------------------------------------------------------------- tokenizer

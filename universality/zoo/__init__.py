@@ -32,6 +32,7 @@ _LAZY = {
     "planted_corpus": "universality.zoo.planted",
     "PlantedCorpus": "universality.zoo.planted",
     "synthetic_pattern": "universality.zoo.planted",
+    "word_passage": "universality.zoo.planted",
     "checkpoint_schedule": "universality.zoo.schedule",
     "lr_at": "universality.zoo.schedule",
 }

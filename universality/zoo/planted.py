@@ -21,7 +21,7 @@ from typing import Any
 
 from universality.errors import ConfigError
 
-__all__ = ["synthetic_pattern", "PlantedCorpus", "planted_corpus", "PLANTED_FIELD"]
+__all__ = ["synthetic_pattern", "word_passage", "PlantedCorpus", "planted_corpus", "PLANTED_FIELD"]
 
 #: Metadata field marking planted documents (``True``) in :func:`planted_corpus`'s source.
 PLANTED_FIELD = "planted"
@@ -42,6 +42,29 @@ def synthetic_pattern(seed: int = 0, n_words: int = 24, marker: str = "@@zq") ->
         length = rng.randint(2, 3)
         words.append("".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(length)))
     return f"{marker} " + " ".join(words) + "."
+
+
+def word_passage(texts: Iterable[str], seed: int = 0, n_words: int = 24, vocabulary: int = 200) -> str:
+    """A fixed passage of ``n_words`` *common* words of ``texts`` in a seeded random order.
+
+    Every word is among the ``vocabulary`` most frequent lower-case words of ``texts``, so each of
+    its tokens also occurs all over the corpus: what sets the passage apart is its order, which a
+    model can only know after it has learned the passage. Features that fire on the passage more
+    than its tokens do elsewhere are therefore the model's doing, not the SAE's data
+    (:func:`universality.study.analyses.common.context_excess`). Same arguments, same passage.
+    """
+    import collections
+    import re
+
+    if n_words < 1 or vocabulary < 1:
+        raise ConfigError(f"n_words and vocabulary must be >= 1, got {n_words}, {vocabulary}", "ask for at least one word")
+    counts = collections.Counter(w for t in texts for w in re.findall(r"[a-z]+", t.lower()))
+    common = sorted(w for w, _ in counts.most_common(vocabulary))
+    if len(common) < 2:
+        raise ConfigError("word_passage needs a corpus with at least two distinct words", "pass the corpus text")
+    rng = random.Random(f"universality.zoo.planted.words/{seed}")
+    words = rng.sample(common, n_words) if n_words <= len(common) else [rng.choice(common) for _ in range(n_words)]
+    return " ".join(words).capitalize() + "."
 
 
 @dataclass(frozen=True)

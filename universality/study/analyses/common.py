@@ -33,7 +33,7 @@ SPECIFIC_MASS = 0.9
 #: ... and it fires on at least this many evaluation tokens
 MIN_FIRES = 5
 
-__all__ = ["A_SEED", "B_SEED", "SPECIFIC_MASS", "MIN_FIRES", "mass_share", "AnalysisResult", "Codebook", "Interval", "per_feature_mppc", "skyline_interval", "shuffled_floor", "norm_row"]
+__all__ = ["A_SEED", "B_SEED", "SPECIFIC_MASS", "MIN_FIRES", "CONTEXT_EXCESS", "mass_share", "context_excess", "AnalysisResult", "Codebook", "Interval", "per_feature_mppc", "skyline_interval", "shuffled_floor", "norm_row"]
 
 
 @dataclass
@@ -128,6 +128,39 @@ def norm_row(analysis: str, comparison: str, metric: str, value: float, floor: f
         row.update(skyline_lo=skyline.lo, skyline_hi=skyline.hi, n_seeds=skyline.n)
     row.update(extra)
     return row
+
+
+def context_excess(z: torch.Tensor, rows: torch.Tensor, token_ids: torch.Tensor) -> np.ndarray:
+    """Share of each feature's activation mass on the ``rows`` tokens beyond what token identity predicts.
+
+    .. math::
+        e_f = \\frac{\\sum_{t \\in R} z_{tf} - \\sum_{t \\in R} \\bar z_{v(t) f}}{\\sum_t z_{tf}}, \\qquad
+        \\bar z_{vf} = \\operatorname{mean}_{s \\notin R,\\, v(s) = v} z_{sf}
+
+    where :math:`v(t)` is token ``t``'s id: the expected mass on ``R`` if the feature responded to
+    token identity alone, estimated on the same token ids outside ``R`` (positions whose id never
+    occurs outside ``R`` are taken as fully explained by identity). A feature that fires on a word
+    wherever it occurs gets about 0; one that fires on words only inside the passage ``R`` gets
+    close to its mass share there. Negative values (firing less on ``R``) are kept.
+    ``z``: ``(T, n)`` codes; ``rows``: ``(T,)`` bool; ``token_ids``: ``(T,)``.
+    """
+    mass = z.clamp_min(0).double()
+    total = mass.sum(0)
+    ids = token_ids.long()
+    vocab = int(ids.max()) + 1 if ids.numel() else 1
+    outside = ~rows
+    sums = torch.zeros(vocab, mass.shape[1], dtype=torch.float64).index_add_(0, ids[outside], mass[outside])
+    counts = torch.zeros(vocab, dtype=torch.float64).index_add_(0, ids[outside], torch.ones(int(outside.sum()), dtype=torch.float64))
+    seen = counts > 0
+    mean = sums / counts.clamp_min(1).unsqueeze(1)
+    inside_ids = ids[rows]
+    expected_rows = torch.where(seen[inside_ids].unsqueeze(1), mean[inside_ids], mass[rows])
+    excess = mass[rows].sum(0) - expected_rows.sum(0)
+    return torch.where(total > 0, excess / total.clamp_min(1e-12), torch.zeros_like(total)).numpy()
+
+
+#: a feature responds to the injected passage's *context* when this share of its mass there is beyond token identity
+CONTEXT_EXCESS = 0.5
 
 
 def mass_share(z: torch.Tensor, rows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ import pandas as pd
 from analysis import plots
 from universality.errors import ConfigError
 from universality.match import lineage
-from universality.study.analyses.common import A_SEED, B_SEED, MIN_FIRES, SPECIFIC_MASS, AnalysisResult, mass_share, Codebook, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
+from universality.study.analyses.common import A_SEED, B_SEED, CONTEXT_EXCESS, MIN_FIRES, AnalysisResult, context_excess, Codebook, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
 from universality.study.pipeline import Cell
 
 NAME = "feature_evolution"
@@ -82,17 +82,21 @@ def run(ctx, figures_dir) -> AnalysisResult:
             res.findings.append(f"{site}: most features are born at {per_step.idxmax()} ({int(per_step.max())} births).")
         res.tables[f"lineage_chains_{site}"] = chains
         if ctx.injection is not None:
-            born = _pattern_births(ctx, model, final, site, chains)
-            res.tables[f"injected_pattern_features_{site}"] = born
+            per_rev, born = _passage_features(ctx, model, site, chains)
+            res.tables[f"injected_passage_by_checkpoint_{site}"] = per_rev
+            res.tables[f"injected_passage_features_{site}"] = born
             after = ctx.injection["after_step"]
+            counts_txt = ", ".join(f"{r.revision} {r.n_context}" for r in per_rev.itertuples())
+            res.findings.append(
+                f"{site}: features that fire on the passage introduced after step {after} beyond what its words "
+                f"explain elsewhere (context excess >= {CONTEXT_EXCESS}), per checkpoint: {counts_txt}.")
             if len(born):
                 late = int(born["born_after_injection"].sum())
                 res.findings.append(
-                    f"{site}: {len(born)} final features fire (>= {SPECIFIC_MASS:.0%} of their mass) on the pattern "
-                    f"introduced after step {after}; {late} of them are born after step {after} "
-                    f"(at {', '.join(sorted(set(born['born_at'])))}).")
+                    f"{site}: {late} of the final SAE's {len(born)} such features are born after step {after} "
+                    f"(at {', '.join(sorted(set(born['born_at']), key=_step))}).")
             else:
-                res.findings.append(f"{site}: no final feature is specific to the pattern introduced after step {after}.")
+                res.findings.append(f"{site}: the final SAE has no feature for the passage introduced after step {after}.")
     table = pd.DataFrame(rows)
     res.tables["similarity_to_final"] = table
     res.tidy += rows
@@ -132,21 +136,34 @@ def run(ctx, figures_dir) -> AnalysisResult:
     return res
 
 
-def _pattern_births(ctx, model: str, final: str, site: str, chains: pd.DataFrame) -> pd.DataFrame:
-    """Final-SAE features specific to the injected pattern, with the checkpoint their chain starts at."""
+def _passage_features(ctx, model: str, site: str, chains: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Features of each checkpoint's SAE that respond to the injected passage's context, and the
+    final SAE's such features with the checkpoint their lineage chain starts at.
+
+    The SAE of checkpoint ``i`` is the lineage's copy (seeds alternate along the series); a feature
+    counts when its :func:`~universality.study.analyses.common.context_excess` on the passage's
+    evaluation tokens is at least :data:`CONTEXT_EXCESS` and it fires at least :data:`MIN_FIRES` times.
+    """
     import torch
 
     flags = ctx.eval_span_flags(model)
     revs = ctx.revisions(model)
-    sae = ctx.saes(Cell(model, final, "D"))[site][(A_SEED, B_SEED)[(len(revs) - 1) % 2]]  # the lineage's copy
-    with torch.no_grad():
-        z = sae.encode(ctx.eval_acts(model, final)[site].float())
-    share, fires = mass_share(z, flags["injected"])
-    specific = [int(f) for f in ((share >= SPECIFIC_MASS) & (fires >= MIN_FIRES)).nonzero()[0]]
-    start_of = {int(row.features[-1]): row.start for row in chains.itertuples() if row.end == final}
     after = ctx.injection["after_step"]
-    rows = [{"site": site, "feature": f, "born_at": start_of.get(f, final), "mass_share": float(share[f]),
-             "fires": int(fires[f])} for f in specific]
-    out = pd.DataFrame(rows, columns=["site", "feature", "born_at", "mass_share", "fires"])
-    out["born_after_injection"] = out["born_at"].map(lambda r: _step(r) > after).astype(bool)
-    return out
+    per_rev, final_feats = [], []
+    for i, rev in enumerate(revs):
+        sae = ctx.saes(Cell(model, rev, "D"))[site][(A_SEED, B_SEED)[i % 2]]
+        acts = ctx.eval_acts(model, rev)
+        with torch.no_grad():
+            z = sae.encode(acts[site].float())
+        excess = context_excess(z, flags["injected"], acts["token_ids"])
+        fires = (z > 0).sum(0).numpy()
+        feats = [int(f) for f in ((excess >= CONTEXT_EXCESS) & (fires >= MIN_FIRES)).nonzero()[0]]
+        per_rev.append({"site": site, "revision": rev, "step": _step(rev), "after_injection": _step(rev) > after,
+                        "n_context": len(feats), "max_excess": float(excess.max()) if excess.size else 0.0})
+        if rev == revs[-1]:
+            final_feats = [(f, float(excess[f]), int(fires[f])) for f in feats]
+    start_of = {int(row.features[-1]): row.start for row in chains.itertuples() if row.end == revs[-1]}
+    born = pd.DataFrame([{"site": site, "feature": f, "born_at": start_of.get(f, revs[-1]), "context_excess": e, "fires": n}
+                         for f, e, n in final_feats], columns=["site", "feature", "born_at", "context_excess", "fires"])
+    born["born_after_injection"] = born["born_at"].map(lambda r: _step(r) > after).astype(bool)
+    return pd.DataFrame(per_rev), born
