@@ -1,7 +1,8 @@
 """Harvest and read throughput of the activation store, side by side in one run.
 
 A GPT-2-shaped model with random weights (no download; ``--small``: 256 wide, 4 layers; default:
-GPT-2-small shape, 768 wide, 12 layers) and a byte-level BPE tokenizer trained on the shipped
+GPT-2-small shape, 768 wide, 12 layers), or with ``--family gpt_neox`` a Pythia-70m-shaped GPT-NeoX
+(512 wide, 6 layers, 8 heads, d_mlp 2048; ``--small``: 128 wide, 4 layers) and a byte-level BPE tokenizer trained on the shipped
 Shakespeare corpus are saved to a temporary folder and opened with ``models.load``. On the same
 packed contexts of the corpus it times:
 
@@ -22,7 +23,7 @@ Goals: ``harvest / bare_forward <= 1.2``; read >= 1 GB/s from a local disk; resi
 reading bounded by the shuffle buffer, not by the store size.
 Writes ``benchmarks/results/activations-<machine>.json``.
 
-Usage: ``python benchmarks/activations.py [--small] [--device cuda] [--dtype bfloat16] [--tokens 200000]``
+Usage: ``python benchmarks/activations.py [--small] [--family gpt_neox] [--device cuda] [--dtype bfloat16] [--tokens 200000]``
 """
 
 from __future__ import annotations
@@ -75,23 +76,31 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def build_model(folder: Path, small: bool, seq: int) -> Path:
-    from transformers import AutoModelForCausalLM, GPT2Config
+def build_model(folder: Path, small: bool, seq: int, family: str = "gpt2") -> Path:
+    from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig
 
     docs = list(shakespeare())
     tok = train_byte_level_bpe([d.text for d in docs[:200]], 4096, folder)
     special = tok.convert_tokens_to_ids(tok.eos_token)
-    shape = dict(n_embd=256, n_layer=4, n_head=4) if small else dict(n_embd=768, n_layer=12, n_head=12)
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=max(seq, 256), bos_token_id=special, eos_token_id=special,
-                     pad_token_id=special, **shape)
+    ids = dict(bos_token_id=special, eos_token_id=special, pad_token_id=special)
+    if family == "gpt_neox":  # Pythia-70m's shape
+        shape = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512) if small else \
+            dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, intermediate_size=2048)
+        cfg = GPTNeoXConfig(vocab_size=len(tok), max_position_embeddings=max(seq, 256), rotary_pct=0.25,
+                            use_parallel_residual=True, **shape, **ids)
+    else:
+        shape = dict(n_embd=256, n_layer=4, n_head=4) if small else dict(n_embd=768, n_layer=12, n_head=12)
+        cfg = GPT2Config(vocab_size=len(tok), n_positions=max(seq, 256), **shape, **ids)
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(cfg).save_pretrained(str(folder))
     return folder
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--small", action="store_true")
+    ap.add_argument("--family", default="gpt2", choices=["gpt2", "gpt_neox"])
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--tokens", type=int, default=None, help="text tokens to harvest (default 60k CPU, 4M GPU)")
@@ -102,7 +111,7 @@ def main() -> None:
     ap.add_argument("--buffer", type=int, default=1 << 18)
     ap.add_argument("--workdir", default=None, help="folder for the model and store (default: a temporary one)")
     ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
@@ -112,7 +121,7 @@ def main() -> None:
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-activations-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        model_dir = build_model(work / "model", args.small, args.seq)
+        model_dir = build_model(work / "model", args.small, args.seq, args.family)
         adapter = models.load(str(model_dir), device=str(device), dtype=dtype)
         L = adapter.n_layers
         sites = [f"blocks.{L // 2}.hook_resid_post", f"blocks.{L - 1}.hook_mlp_out", f"blocks.{L - 1}.hook_resid_post"]
@@ -189,7 +198,7 @@ def main() -> None:
         timings: dict[str, list[float]] = {"bare_forward": [], "capture_only": [], "harvest": [], "harvest_inline_writer": [],
                                            "pipeline_only": []}
         store = None
-        for _ in range(2):  # interleaved repeats; the minimum is reported
+        for _ in range(args.repeats):  # interleaved repeats; the minimum is reported
             timings["bare_forward"].append(bare())
             timings["capture_only"].append(capture_only())
             t, store = run_harvest("store", True)
@@ -244,7 +253,8 @@ def main() -> None:
             "universality": universality.__version__,
             "git_commit": _git_commit(),
             "python": platform.python_version(),
-            "model": {"shape": "gpt2-256x4" if args.small else "gpt2-small-shape", "d_model": adapter.d_model,
+            "model": {"family": args.family, "shape": ("small" if args.small else "pythia-70m-shape" if args.family == "gpt_neox" else "gpt2-small-shape"),
+                      "d_model": adapter.d_model,
                       "n_layers": L, "dtype": args.dtype},
             "sites": sites,
             "contexts": sum(len(b) for b in batches),
@@ -277,6 +287,7 @@ def main() -> None:
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
+    return results
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from universality.io import atomic_write_text
 
 
 def main() -> None:
@@ -74,7 +75,7 @@ def main() -> None:
             print(name, results["models"][name], flush=True)
     results["machine"]["load_avg_1m_at_end"] = os.getloadavg()[0]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle  # for its exception type only: nothing here unpickles
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,13 @@ def _load_tokenizer(src: _Source, trust_remote_code: bool):
     return None
 
 
+def _pickle_refused(location: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"the weights of {location!r} are a pickle holding more than tensors, which torch.load(weights_only=True) refuses",
+        "get a safetensors copy of the model (save_pretrained(safe_serialization=True) where you trust its source)",
+    )
+
+
 def _load_hf_model(src: _Source, raw: dict[str, Any], dtype: torch.dtype, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM
 
@@ -155,7 +163,10 @@ def _load_hf_model(src: _Source, raw: dict[str, Any], dtype: torch.dtype, trust_
         from models.mamba_ssm import is_mamba_ssm_config, load_mamba_ssm
 
         if is_mamba_ssm_config(raw):
-            model = load_mamba_ssm(src.location, raw, revision=src.hub_revision, dtype=dtype)
+            try:
+                model = load_mamba_ssm(src.location, raw, revision=src.hub_revision, dtype=dtype)
+            except pickle.UnpicklingError as err:
+                raise _pickle_refused(src.location) from err
             return model, model.config.model_type
         raise ModelLoadError(
             f"config.json of {src.location!r} has no model_type",
@@ -164,10 +175,15 @@ def _load_hf_model(src: _Source, raw: dict[str, Any], dtype: torch.dtype, trust_
     model_type = raw["model_type"]
     family_spec(model_type)  # fail early with the list of supported families
     try:
+        # safetensors when present; a pytorch_model.bin is read with torch.load(weights_only=True), which
+        # refuses pickled code (stated here rather than left to the library default)
         model = AutoModelForCausalLM.from_pretrained(
-            src.location, revision=src.hub_revision, dtype=dtype, trust_remote_code=trust_remote_code
+            src.location, revision=src.hub_revision, dtype=dtype, trust_remote_code=trust_remote_code,
+            weights_only=True,
         )
-    except (OSError, ValueError) as err:
+    except pickle.UnpicklingError as err:
+        raise _pickle_refused(src.location) from err
+    except (OSError, ValueError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(
             f"cannot load weights of {src.location!r} ({first[:160]})",
@@ -215,11 +231,16 @@ def load(
     Raises :class:`~universality.errors.ModelLoadError` for an unknown name, path, revision or
     family, with a one-line message.
     """
-    loader = BACKENDS.get(backend)
+    if not isinstance(trust_remote_code, bool):
+        raise ConfigError(f"trust_remote_code must be True or False, got {trust_remote_code!r}",
+                          "leave it False unless you have read the model repository's code")
+    loader = BACKENDS.get(backend) if isinstance(backend, str) else None
     if loader is None:
         raise ModelLoadError(f"unknown backend {backend!r}", f"use one of {', '.join(BACKENDS)}")
     if not isinstance(name_or_path, (str, os.PathLike)) or not os.fspath(name_or_path):
         raise ModelLoadError(f"model name must be a non-empty string or path, got {name_or_path!r}", "pass a hub name or folder")
+    if revision is not None and (not isinstance(revision, str) or not revision):
+        raise ModelLoadError(f"revision must be a non-empty string, got {revision!r}", "pass e.g. revision='step1000'")
     src = _locate(name_or_path, revision)
     dev = resolve_device(device)
     dt = _resolve_dtype(dtype)

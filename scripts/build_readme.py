@@ -7,10 +7,11 @@ of those pages: ``python scripts/build_readme.py``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-API_ORDER = ["api_models.md", "api_data.md", "api_sae.md", "api_match.md", "api_zoo.md"]
+API_ORDER = ["api_models.md", "api_data.md", "api_sae.md", "api_match.md", "api_zoo.md", "api_scale.md", "api_perf.md"]
 
 
 def _headings(text: str):
@@ -44,5 +45,7 @@ def build() -> str:
 
 
 if __name__ == "__main__":
-    (ROOT / "README.md").write_text(build())
+    tmp = ROOT / ".README.md.tmp"  # written whole, then renamed: never a half-written README
+    tmp.write_text(build())
+    os.replace(tmp, ROOT / "README.md")
     print("README.md written")

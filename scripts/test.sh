@@ -8,7 +8,7 @@ args=()
 for a in "$@"; do
     if [ "$a" = "--fast" ]; then fast=1; else args+=("$a"); fi
 done
-bash scripts/setup.sh dev,bench || exit 1
+bash scripts/setup.sh dev,bench,sweeps || exit 1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 py=.venv/bin/python
 "$py" -m pytest -m "not slow" ${args[@]+"${args[@]}"}

@@ -8,6 +8,19 @@ into a non-zero exit with that line on stderr and no traceback.
 from __future__ import annotations
 
 
+__all__ = [
+    "UniversalityError",
+    "ConfigError",
+    "UnknownSiteError",
+    "ModelLoadError",
+    "DataError",
+    "ArtifactError",
+    "MatchError",
+    "TrainingDiverged",
+    "error_line",
+]
+
+
 class UniversalityError(Exception):
     """Base class. ``problem`` says what is wrong, ``fix`` what to do about it."""
 
@@ -43,3 +56,9 @@ class MatchError(UniversalityError, ValueError):
 
 class TrainingDiverged(UniversalityError, RuntimeError):
     """The loss or the activations became NaN/Inf during training."""
+
+
+def error_line(exc: BaseException) -> str:
+    """The line a command-line tool prints for ``exc``: ``"error: <problem>; <fix>"``, always one line."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"error: {text}"

@@ -128,7 +128,7 @@ def test_registry_and_config_validation():
         SAEConfig("gated", 4, 8, tied=True)
     with pytest.raises(ConfigError, match="decoder_norm"):
         SAEConfig("topk", 4, 8, k=2, decoder_norm="free")
-    with pytest.raises(ConfigError, match="positive integer"):
+    with pytest.raises(ConfigError, match="integer >= 1"):
         SAEConfig("relu", 0, 8)
     with pytest.raises(ConfigError):
         SAEConfig("relu", 4, 8, dtype="int8")

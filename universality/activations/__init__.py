@@ -4,17 +4,19 @@
 - :class:`ActivationStore` - ``open(path, expect=...)``, ``stats(site)``, ``iter_batches(...)``.
 - :class:`StoreReader` / :class:`LiveReader` - ``dict[site -> (batch, width)]`` batches through a
   bounded shuffle buffer, with ``state_dict()`` / ``load_state_dict()``.
+- :class:`DevicePrefetcher` - reads ahead in a thread, pins and copies batches to the GPU on a side stream.
 - :func:`span_activations` - text-token rows of shared evaluation spans (for cross-model matching).
 """
 
 from __future__ import annotations
 
 from universality.activations.harvest import HarvestConfig, capture_rows, check_sites, harvest, span_activations
-from universality.activations.readers import LiveReader, RowReader, StoreReader
+from universality.activations.readers import DevicePrefetcher, LiveReader, RowReader, StoreReader
 from universality.activations.store import ActivationStore
 
 __all__ = [
     "ActivationStore",
+    "DevicePrefetcher",
     "HarvestConfig",
     "LiveReader",
     "RowReader",

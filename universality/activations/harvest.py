@@ -8,6 +8,11 @@ left out unless ``include_bos=True``) and writes shards of about ``shard_rows`` 
 Writing overlaps the forward: tokenisation runs one batch ahead on a prefetch thread and shards are
 saved by a background writer thread (:class:`~universality.activations.writer.ShardWriter`).
 
+**Crash safety.** Every file is written under a temporary name and renamed
+(:mod:`universality.io`); a shard's safetensors file and document table are on disk before the
+manifest that lists them, and each manifest entry carries their SHA-256 (checked by the store
+when it reads them). A kill at any moment leaves a manifest whose listed files are all whole.
+
 **Resume.** The manifest records a key (hash of model, revision, sites, dataset, subset, packing,
 dtype and shard settings) and ``contexts_done`` after each complete shard. Running the same
 harvest again on the same folder continues after the last complete shard (packing is
@@ -39,7 +44,7 @@ from universality.data.packing import PAD, TEXT, PackedBatch, Packer, PackingCon
 from universality.data.sources import Document, as_documents
 from universality.data.subsets import Subset
 from universality.errors import ArtifactError, ConfigError, DataError, UnknownSiteError
-from universality.io import read_json, save_tensors, stable_hash, write_json
+from universality.io import is_temp_name, read_json, save_tensors_digest, sha256_file, stable_hash, write_json
 from universality.sites import parse_sites
 
 __all__ = ["HarvestConfig", "harvest", "check_sites", "capture_rows", "span_activations"]
@@ -239,11 +244,12 @@ class _StoreBuilder:
         tensors = {f"acts/{s}": a for s, a in acts.items()} | fields | stats
         fname = shard_name(index)
         docs_name = fname.replace(".safetensors", ".docs.json")
-        write_json(self.out_dir / docs_name, {"first_index": first_doc, "ids": doc_ids})
-        save_tensors(self.out_dir / fname, tensors, metadata={"format": FORMAT, "shard": str(index)})
+        docs_sha = sha256_file(write_json(self.out_dir / docs_name, {"first_index": first_doc, "ids": doc_ids}))
+        shard_sha = save_tensors_digest(self.out_dir / fname, tensors, metadata={"format": FORMAT, "shard": str(index)})
         self.add_stats(stats, rows)
         self.refresh_stats()
-        self.manifest["shards"].append({"file": fname, "docs": docs_name, "rows": rows, "contexts_end": contexts_done})
+        self.manifest["shards"].append({"file": fname, "docs": docs_name, "rows": rows, "contexts_end": contexts_done,
+                                        "sha256": shard_sha, "docs_sha256": docs_sha})
         self.manifest["contexts_done"] = contexts_done
         self.manifest["n_rows"] = self.manifest["n_tokens"] = self.manifest["n_rows"] + rows
         write_json(self.out_dir / MANIFEST, self.manifest)
@@ -312,10 +318,10 @@ def harvest(
                 "choose another out_dir, or pass overwrite=True to replace it",
             )
     if manifest is None:
-        if out_dir.exists():
+        if out_dir.exists():  # the manifest goes first: a kill midway leaves no manifest listing missing shards
+            manifest_path.unlink(missing_ok=True)
             for p in out_dir.glob("shard-*"):
                 p.unlink()
-            manifest_path.unlink(missing_ok=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         manifest = {
             "format": FORMAT,
@@ -346,8 +352,9 @@ def harvest(
         for i, shard in enumerate(manifest["shards"]):
             keys = [k for k in previous._header(i) if k.startswith("stat_")]
             builder.add_stats(previous.read_rows(i, keys), int(shard["rows"]))
-    for stray in out_dir.glob(".shard-*"):  # temporary files of an interrupted write
-        stray.unlink(missing_ok=True)
+    for stray in out_dir.iterdir():  # temporary files of an interrupted write
+        if is_temp_name(stray.name) and stray.is_file():
+            stray.unlink(missing_ok=True)
 
     packer = Packer(adapter.tokenizer, cfg.packing)
     start_context = int(manifest["contexts_done"])

@@ -19,7 +19,9 @@ largest count seen, for tests).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -30,7 +32,7 @@ from universality.errors import ConfigError
 from universality.io import stable_hash
 from universality.sites import parse_sites
 
-__all__ = ["RowReader", "StoreReader", "LiveReader"]
+__all__ = ["DevicePrefetcher", "RowReader", "StoreReader", "LiveReader"]
 
 _MIX = 0x9E3779B97F4A7C15
 
@@ -312,3 +314,151 @@ class LiveReader(RowReader):
             acts, _ = capture_rows(self.adapter, batch, self.sites, include_bos=self.include_bos)
             parts.append({s: a.cpu() for s, a in acts.items()})
         return {s: torch.cat([p[s] for p in parts]) for s in self.sites}
+
+
+_DONE = object()
+
+
+class DevicePrefetcher:
+    """Wraps an activation source: a background thread reads the next ``depth`` batches, pins them
+    and copies them to ``device`` asynchronously, so reading and the host-to-device copy overlap
+    with training.
+
+    On CUDA each batch is copied into page-locked (pinned) memory and sent with
+    ``non_blocking=True`` on a side CUDA stream; the consumer's stream waits on an event recorded
+    after the copy, and the tensors are marked as used by the consumer's stream (so the caching
+    allocator never hands their memory out early). On the CPU there is nothing to pin or copy: the
+    thread still reads ahead (useful when reading costs I/O), and the batches are the source's own.
+
+    Items are yielded in the source's order, unchanged (``dtype`` optionally casts floating
+    tensors on the device). ``state_dict()`` is the source's position *after the last batch this
+    wrapper yielded* (not after what the thread read ahead), so a trainer that checkpoints through
+    the wrapper resumes at exactly the next row; ``load_state_dict`` stops the thread and restores
+    the source. Iterating again continues from the last yielded batch.
+    """
+
+    def __init__(
+        self,
+        source: Iterable,
+        device: str | torch.device | None = None,
+        depth: int = 2,
+        dtype: torch.dtype | None = None,
+        pin_memory: bool | None = None,
+    ) -> None:
+        if not isinstance(depth, int) or depth < 1:
+            raise ConfigError(f"prefetch depth must be a positive integer, got {depth!r}", "pass e.g. depth=2")
+        self.source = source
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"prefetch device {self.device} asked for but CUDA is not available", "pass device='cpu'")
+        self.depth = depth
+        self.dtype = dtype
+        self.pin_memory = (self.device.type == "cuda") if pin_memory is None else bool(pin_memory and self.device.type == "cuda")
+        self._state = source.state_dict() if hasattr(source, "state_dict") else None
+        self._thread: threading.Thread | None = None
+        self._stop: threading.Event | None = None
+        self._queue: queue.Queue | None = None
+        self._read_ahead = False
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        if not hasattr(self.source, "state_dict"):
+            raise ConfigError(f"the wrapped source {type(self.source).__name__} has no state_dict", "wrap a resumable reader")
+        return self._state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.close()
+        self.source.load_state_dict(state)
+        self._state = self.source.state_dict() if hasattr(self.source, "state_dict") else state
+        self._read_ahead = False
+
+    # ------------------------------------------------------------------ transfer
+    def _to_device(self, item: Any, stream) -> Any:
+        if isinstance(item, Tensor):
+            t = item
+            if self.pin_memory and t.device.type == "cpu" and not t.is_pinned():
+                t = t.pin_memory()
+            if stream is not None:
+                with torch.cuda.stream(stream):
+                    t = t.to(self.device, non_blocking=True)
+            else:
+                t = t.to(self.device)
+            if self.dtype is not None and t.is_floating_point():
+                if stream is not None:
+                    with torch.cuda.stream(stream):
+                        t = t.to(self.dtype)
+                else:
+                    t = t.to(self.dtype)
+            return t
+        if isinstance(item, Mapping):
+            return {k: self._to_device(v, stream) for k, v in item.items()}
+        return item
+
+    def _worker(self, it: Iterator, out: queue.Queue, stop: threading.Event) -> None:
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        try:
+            for item in it:
+                moved = self._to_device(item, stream)
+                event = None
+                if stream is not None:
+                    event = torch.cuda.Event()
+                    event.record(stream)
+                state = self.source.state_dict() if hasattr(self.source, "state_dict") else None
+                while not stop.is_set():
+                    try:
+                        out.put((moved, event, state), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            out.put((_DONE, None, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            out.put((exc, None, None))
+
+    def _start(self) -> None:
+        self._stop = threading.Event()
+        self._queue = queue.Queue(maxsize=self.depth)
+        self._thread = threading.Thread(target=self._worker, args=(iter(self.source), self._queue, self._stop),
+                                        name="device-prefetch", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the background thread (the source's own position is then past what was read ahead;
+        :meth:`load_state_dict` rewinds it)."""
+        if self._thread is not None:
+            self._stop.set()
+            while self._thread.is_alive():
+                try:
+                    self._queue.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            self._thread = None
+
+    def _generate(self) -> Iterator[Any]:
+        if self._thread is not None:
+            self.close()
+        if self._read_ahead and self._state is not None and hasattr(self.source, "load_state_dict"):
+            self.source.load_state_dict(self._state)  # rewind what an earlier thread read ahead
+        self._read_ahead = True
+        self._start()
+        try:
+            while True:
+                item, event, state = self._queue.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                if event is not None:
+                    current = torch.cuda.current_stream(self.device)
+                    current.wait_event(event)
+                    for t in (item.values() if isinstance(item, Mapping) else [item]):
+                        if isinstance(t, Tensor) and t.device.type == "cuda":
+                            t.record_stream(current)
+                self._state = state
+                yield item
+        finally:
+            self.close()
+
+    def __iter__(self) -> Iterator[dict[str, Float[Tensor, "batch width"]]]:
+        return self._generate()

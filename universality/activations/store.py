@@ -16,6 +16,14 @@ accumulated in float64 from per-shard partial sums (so a resumed harvest has the
 A common normalisation (SAELens ``normalize_activations="expected_average_only_in"``, Anthropic's
 April 2024 update) scales inputs by ``sqrt(d / mean_sq_norm)``; :meth:`ActivationStore.norm_scale`
 returns that factor.
+
+**Checksums.** Each shard entry of the manifest records the SHA-256 of its safetensors file
+(``sha256``) and of its document table (``docs_sha256``). A store checks a shard the first time it
+reads from it (``verify="lazy"``, the default: one extra sequential read per shard, once per
+process), checks everything at :meth:`ActivationStore.open` (``verify="all"``) or on
+:meth:`ActivationStore.verify_all`, or trusts the files (``verify="none"``). A mismatch raises
+:class:`~universality.errors.ArtifactError` naming the shard. Stores written before checksums
+existed have no ``sha256`` entries and are read unchecked.
 """
 
 from __future__ import annotations
@@ -31,14 +39,15 @@ from typing import Any
 
 import torch
 
-from universality.errors import ArtifactError, UnknownSiteError
-from universality.io import read_json
+from universality.errors import ArtifactError, ConfigError, UnknownSiteError
+from universality.io import read_json, verify_sha256
 from universality.sites import parse_sites
 
-__all__ = ["ActivationStore", "MANIFEST", "FORMAT", "ROW_FIELDS", "shard_name"]
+__all__ = ["ActivationStore", "MANIFEST", "FORMAT", "ROW_FIELDS", "VERIFY_MODES", "shard_name"]
 
 MANIFEST = "manifest.json"
 FORMAT = "activation_store/1"
+VERIFY_MODES = ("lazy", "all", "none")
 ROW_FIELDS = ("token_ids", "doc_index", "position", "context_index", "char_start", "char_end")
 
 
@@ -60,18 +69,30 @@ def _site_names(sites) -> list[str]:
 class ActivationStore:
     """A harvested store, read-only. Open with :meth:`open`; stream with :meth:`iter_batches`."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, path: Path, manifest: dict[str, Any], verify: str = "lazy") -> None:
+        if verify not in VERIFY_MODES:
+            raise ConfigError(f"unknown verify mode {verify!r}", f"use one of {list(VERIFY_MODES)}")
         self.path = path
         self.manifest = manifest
+        self.verify = verify
         self._headers: dict[int, dict[str, tuple[torch.dtype, tuple[int, ...], int]]] = {}
+        self._verified: set[int] = set()
 
     # ----------------------------------------------------------------- opening
     @classmethod
-    def open(cls, path: str | os.PathLike, expect: Mapping[str, Any] | None = None, allow_partial: bool = False) -> "ActivationStore":
+    def open(
+        cls,
+        path: str | os.PathLike,
+        expect: Mapping[str, Any] | None = None,
+        allow_partial: bool = False,
+        verify: str = "lazy",
+    ) -> "ActivationStore":
         """Open the store at ``path``; ``expect`` checks manifest fields (see :meth:`check`).
 
         A store whose harvest has not finished raises :class:`ArtifactError` unless
-        ``allow_partial`` (then only its complete shards are visible).
+        ``allow_partial`` (then only its complete shards are visible). ``verify`` is ``"lazy"``
+        (check each shard's checksum on its first read), ``"all"`` (check every file now) or
+        ``"none"``; see the module docstring.
         """
         path = Path(path)
         if not (path / MANIFEST).is_file():
@@ -79,7 +100,13 @@ class ActivationStore:
         manifest = read_json(path / MANIFEST)
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise ArtifactError(f"{path / MANIFEST} is not a {FORMAT} manifest", "re-harvest with this version of universality")
-        store = cls(path, manifest)
+        for entry in manifest.get("shards", []):  # shard files live in the store folder itself, nowhere else
+            for field in ("file", "docs"):
+                name = entry.get(field) if isinstance(entry, dict) else None
+                if name is not None and (not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..")):
+                    raise ArtifactError(f"{path / MANIFEST} names shard file {name!r} outside the store",
+                                        "the manifest is corrupt or forged: delete the store and harvest again")
+        store = cls(path, manifest, verify=verify)
         if not manifest.get("complete") and not allow_partial:
             raise ArtifactError(
                 f"the harvest in {path} is not complete ({manifest.get('n_rows', 0)} rows so far)",
@@ -87,7 +114,36 @@ class ActivationStore:
             )
         if expect:
             store.check(expect)
+        if verify == "all":
+            store.verify_all()
         return store
+
+    # ----------------------------------------------------------------- checksums
+    def _fix(self) -> str:
+        return f"the store is corrupt: delete {self.path} and run the same harvest again"
+
+    def verify_shard(self, index: int) -> bool:
+        """Check shard ``index`` (its safetensors file and document table) against the manifest.
+
+        Returns False when the manifest records no checksum (an older store), True when checked;
+        a mismatch or a missing file raises :class:`ArtifactError` naming the shard.
+        """
+        entry = self.manifest["shards"][index]
+        sha = entry.get("sha256")
+        if sha is None:
+            return False
+        try:
+            verify_sha256(self.path / entry["file"], sha, self._fix())
+            if entry.get("docs_sha256") is not None:
+                verify_sha256(self.path / entry["docs"], entry["docs_sha256"], self._fix())
+        except ArtifactError as exc:
+            raise ArtifactError(f"shard {index} ({entry['file']}): {exc.problem}", exc.fix) from None
+        self._verified.add(index)
+        return True
+
+    def verify_all(self) -> int:
+        """Check every shard listed in the manifest; returns how many carried checksums."""
+        return sum(self.verify_shard(i) for i in range(len(self.manifest["shards"])))
 
     def check(self, expect: Mapping[str, Any]) -> None:
         """Raise :class:`ArtifactError` when the manifest does not match ``expect``.
@@ -162,7 +218,12 @@ class ActivationStore:
     def doc_ids(self) -> list[str]:
         """Document id of every ``doc_index`` value."""
         ids: list[str] = []
-        for shard in self.manifest["shards"]:
+        for i, shard in enumerate(self.manifest["shards"]):
+            if self.verify != "none" and shard.get("docs_sha256") is not None:
+                try:
+                    verify_sha256(self.path / shard["docs"], shard["docs_sha256"], self._fix())
+                except ArtifactError as exc:
+                    raise ArtifactError(f"shard {i} ({shard['docs']}): {exc.problem}", exc.fix) from None
             table = read_json(self.path / shard["docs"])
             if table["first_index"] != len(ids):
                 raise ArtifactError(f"document table {shard['docs']} is out of order", "the store is corrupt; re-harvest")
@@ -186,6 +247,8 @@ class ActivationStore:
         cached = self._headers.get(shard)
         if cached is not None:
             return cached
+        if self.verify != "none" and shard not in self._verified:
+            self.verify_shard(shard)  # first read of this shard: check its bytes once
         path = self._shard_path(shard)
         try:
             with open(path, "rb") as fh:

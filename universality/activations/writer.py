@@ -2,9 +2,11 @@
 
 Shards are written in order by one thread. For each shard the writer (1) computes the shard's
 normalisation partial sums in float64, (2) writes ``shard-XXXXX.safetensors`` and its document
-table atomically through :mod:`universality.io`, and only then (3) appends the shard to the
-manifest and rewrites it atomically. A crash at any point leaves a manifest that lists only
-complete shards; a half-written shard is a temporary file no reader ever opens.
+table atomically through :mod:`universality.io`, keeping the SHA-256 of the bytes written, and
+only then (3) appends the shard, with those checksums, to the manifest and rewrites it
+atomically. A crash at any point leaves a manifest that lists only complete shards; a
+half-written shard is a temporary file no reader ever opens. (The write function itself is
+``harvest._StoreBuilder.write_shard``; this module runs it.)
 """
 
 from __future__ import annotations

@@ -58,8 +58,11 @@ class HashFraction:
     salt: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.fraction, (int, float)) or not 0.0 < float(self.fraction) <= 1.0:
+        if (not isinstance(self.fraction, (int, float)) or isinstance(self.fraction, bool)
+                or not 0.0 < float(self.fraction) <= 1.0):
             raise ConfigError(f"fraction must be in (0, 1], got {self.fraction!r}", "pass e.g. fraction=0.5")
+        if not isinstance(self.salt, str):
+            raise ConfigError(f"HashFraction.salt must be a string, got {self.salt!r}", "pass e.g. salt='run1'")
 
     def keep(self, doc: Document) -> bool:
         return hash_unit(doc.id, self.salt) < self.fraction
@@ -73,11 +76,15 @@ class MetaEquals:
     values: tuple[Any, ...]
 
     def __post_init__(self) -> None:
-        if not self.field:
-            raise ConfigError("MetaEquals.field is empty", "name a metadata field, e.g. 'genre'")
+        if not isinstance(self.field, str) or not self.field:
+            raise ConfigError(f"MetaEquals.field must be a non-empty string, got {self.field!r}",
+                              "name a metadata field, e.g. 'genre'")
         values = self.values
-        if isinstance(values, (str, int, float, bool)):
+        if isinstance(values, (str, int, float, bool)) or values is None:
             values = (values,)
+        if not isinstance(values, (tuple, list, set, frozenset)):
+            raise ConfigError(f"MetaEquals.values must be a value or a list of values, got {type(values).__name__}",
+                              "pass e.g. values=('poetry', 'romance')")
         object.__setattr__(self, "values", tuple(values))
         if not self.values:
             raise ConfigError("MetaEquals.values is empty", "give at least one value")
@@ -94,7 +101,9 @@ class TextRegex:
     flags: str = ""
 
     def __post_init__(self) -> None:
-        if set(self.flags) - set(_FLAGS):
+        if not isinstance(self.pattern, str):
+            raise ConfigError(f"TextRegex.pattern must be a string, got {self.pattern!r}", "pass e.g. pattern=r'\\bghost\\b'")
+        if not isinstance(self.flags, str) or set(self.flags) - set(_FLAGS):
             raise ConfigError(f"unknown regex flags {self.flags!r}", "use letters from 'ims'")
         try:
             re.compile(self.pattern)
@@ -129,6 +138,9 @@ class AllOf:
     parts: tuple["SubsetSpec", ...]
 
     def __post_init__(self) -> None:
+        if not isinstance(self.parts, (tuple, list)):
+            raise ConfigError(f"AllOf.parts must be a tuple of subset specs, got {type(self.parts).__name__}",
+                              "pass e.g. AllOf((HashFraction(0.5), MetaEquals('genre', 'poetry')))")
         object.__setattr__(self, "parts", tuple(self.parts))
         if not self.parts or not all(isinstance(p, _SPEC_TYPES) for p in self.parts):
             raise ConfigError("AllOf.parts must be a non-empty tuple of subset specs", "pass e.g. (HashFraction(0.5), ...)")

@@ -6,16 +6,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
-from universality.errors import ConfigError, MatchError
+from universality.errors import ConfigError, DataError, MatchError
 from universality.match import assignment as asg
 from universality.match import transport as tr
 from universality.match.result import MatchResult
 from universality.match.similarity import _check_codes, dense_similarity, topk_partners
-from universality.match.views import VIEWS, FeatureCodes, directions, encode_codes
+from universality.match.views import VIEWS, FeatureCodes, directions, encode_codes, token_fingerprint
 
-__all__ = ["METHODS", "match", "resolve_view"]
+__all__ = ["METHODS", "match", "resolve_view", "check_activations"]
 
 METHODS = ("hungarian", "sparse", "mnn", "many_to_one", "emd", "sinkhorn", "unbalanced", "partial", "gw", "fgw")
 _WEIGHT_OK_ACROSS_WIDTHS = ("gw",)
@@ -25,6 +26,55 @@ def _pair(x: Any) -> tuple[Any, Any]:
     if isinstance(x, (tuple, list)) and len(x) == 2:
         return x[0], x[1]
     return x, x
+
+
+def _rows(x: Any, what: str) -> int:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, Tensor):
+        raise DataError(f"{what} must be a (tokens, d) tensor, got {type(x).__name__}", "pass a torch tensor of activations")
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise DataError(f"{what} must be a non-empty (tokens, d) tensor, got shape {tuple(x.shape)}",
+                        "flatten (batch, pos, d) activations to (batch*pos, d) and drop empty sets")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).any(dim=1).sum())
+        raise DataError(f"{what} hold NaN or Inf in {bad} of {x.shape[0]} rows",
+                        "drop or fix those rows (check the model's dtype / overflow) before matching")
+    return int(x.shape[0])
+
+
+def check_activations(
+    activations: Float[Tensor, "T d"] | tuple[Float[Tensor, "T d_a"], Float[Tensor, "T d_b"]],
+    token_ids: Int[Tensor, " T"] | tuple[Int[Tensor, " T"], Int[Tensor, " T"]] | None = None,
+) -> None:
+    """Validate the inputs of the activation view before any encoding.
+
+    ``activations`` is one ``(T, d)`` tensor or a pair ``(x_a, x_b)``: each must be 2-D, non-empty and
+    finite (:class:`DataError` otherwise). Both sides must be the same tokens: the same row count, and
+    when ``token_ids`` are given (one sequence or a pair), one id per row and equal fingerprints
+    (:func:`~universality.match.views.token_fingerprint`); otherwise :class:`MatchError`.
+    """
+    xa, xb = _pair(activations)
+    na = _rows(xa, "activations" if xb is xa else "activations of a")
+    nb = na if xb is xa else _rows(xb, "activations of b")
+    if na != nb:
+        raise MatchError(f"activations of a and b come from different tokens ({na} vs {nb} rows)",
+                         "harvest both models on the same token ids (see universality.data.alignment for different tokenizers)")
+    if token_ids is None:
+        return
+    ta, tb = _pair(token_ids)
+    for side, t, n in (("a", ta, na), ("b", tb, nb)):
+        if t is None:
+            continue
+        count = int(np.asarray(t.detach().cpu() if isinstance(t, Tensor) else t).reshape(-1).shape[0])
+        if count != n:
+            raise MatchError(f"{n} activation rows of {side} but {count} token ids", "give one token id per activation row")
+    if ta is not None and tb is not None and tb is not ta and token_fingerprint(ta) != token_fingerprint(tb):
+        raise MatchError(
+            f"activations of a and b come from different tokens (token fingerprints {token_fingerprint(ta)} vs "
+            f"{token_fingerprint(tb)})",
+            "encode the same token ids with both dictionaries (same dataset, subset, packing and tokenizer)",
+        )
 
 
 def _default_device() -> torch.device:
@@ -48,6 +98,7 @@ def resolve_view(
                 "view='activations' needs codes on shared tokens",
                 "pass activations=x (or (x_a, x_b) for two models) and token_ids, or FeatureCodes for a and b",
             )
+        check_activations(activations, token_ids)
         xa, xb = _pair(activations)
         ta, tb = _pair(token_ids)
         ca = a if isinstance(a, FeatureCodes) else encode_codes(a, xa, ta)

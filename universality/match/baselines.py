@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +29,7 @@ from universality.match.views import FeatureCodes, codes_from_dense
 
 __all__ = [
     "MIN_GAP",
+    "null_generator",
     "random_unit_dictionary",
     "covariance_matched_dictionary",
     "random_rotation",
@@ -38,9 +41,20 @@ __all__ = [
 MIN_GAP = 0.05  # a skyline - floor gap below this is too small to divide by
 
 
+def null_generator(kind: str, seed: int) -> torch.Generator:
+    """The generator of null sample ``seed`` of ``kind``, seeded by a hash of both.
+
+    Plain ``manual_seed(seed)`` would make the random-dictionary floor of seed ``s`` the very
+    initialisation of an SAE trained with seed ``s`` (both draw ``randn`` from the same stream), so
+    an untrained or barely trained dictionary would score 1.0 against its own floor.
+    """
+    digest = hashlib.sha256(f"universality.match.baselines/{kind}/{int(seed)}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
 def random_unit_dictionary(n: int, d: int, seed: int = 0) -> Float[Tensor, "n d"]:
     """``n`` directions drawn uniformly on the unit sphere in ``R^d``."""
-    g = torch.Generator().manual_seed(seed)
+    g = null_generator("random_unit_dictionary", seed)
     W = torch.randn(n, d, generator=g)
     return W / W.norm(dim=1, keepdim=True)
 
@@ -51,14 +65,14 @@ def covariance_matched_dictionary(n: int, x: Float[Tensor, "T d"], seed: int = 0
     x = x.double()
     cov = torch.cov(x.T) + 1e-6 * torch.eye(x.shape[1], dtype=torch.float64)
     L = torch.linalg.cholesky(cov)
-    g = torch.Generator().manual_seed(seed)
+    g = null_generator("covariance_matched_dictionary", seed)
     W = (torch.randn(n, x.shape[1], generator=g, dtype=torch.float64) @ L.T).float()
     return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def random_rotation(d: int, seed: int = 0) -> Float[Tensor, "d d"]:
     """A Haar-random orthogonal matrix (QR of a Gaussian with the sign fix of Mezzadri 2007)."""
-    g = torch.Generator().manual_seed(seed)
+    g = null_generator("random_rotation", seed)
     Q, R = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
     return (Q * torch.sign(torch.diagonal(R))[None, :]).float()
 
@@ -68,7 +82,7 @@ def shuffle_tokens(codes: FeatureCodes, seed: int = 0, block: int = 1) -> Featur
     structure), so that their pairing with another dictionary's tokens is destroyed; the fingerprint is
     kept so the shuffled codes remain comparable."""
     T = codes.n_tokens
-    g = torch.Generator().manual_seed(seed)
+    g = null_generator("shuffle_tokens", seed)
     nb = (T + block - 1) // block
     order = torch.randperm(nb, generator=g)
     perm = (order[:, None] * block + torch.arange(block)[None, :]).reshape(-1)

@@ -14,7 +14,7 @@ from torch import Tensor
 from universality.errors import MatchError
 from universality.match import baselines as bl
 from universality.match import summary as sm
-from universality.match.api import _pair
+from universality.match.api import _pair, check_activations
 from universality.match.views import FeatureCodes, decoder_directions, encode_codes, encoder_directions
 
 __all__ = ["compare", "COLUMNS"]
@@ -71,6 +71,8 @@ def compare(
         one row per metric (and direction, threshold) with the columns :data:`COLUMNS`; ``normalised`` is
         ``(value - floor) / (skyline - floor)`` or NaN with the reason in ``note``.
     """
+    if activations is not None:
+        check_activations(activations, token_ids)  # fail before any metric is computed
     sky_a, sky_b = _pair(skyline) if skyline is not None else (None, None)
     if skyline is not None and not (isinstance(skyline, (tuple, list))):
         sky_b = None

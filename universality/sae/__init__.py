@@ -2,7 +2,8 @@
 
 ``SAE.load(path)`` dispatches on ``cfg.json["architecture"]``; :func:`make_sae` builds a fresh
 one from an :class:`SAEConfig`. Architectures: ``relu`` (L1, optionally tied), ``topk``,
-``batchtopk``, ``jumprelu``, ``gated``.
+``batchtopk``, ``jumprelu``, ``gated``. :class:`StackedSAE` holds many same-shape TopK/BatchTopK
+dictionaries as one batched module (the trainer's ``RunConfig(stack=True)`` fast path).
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from universality.sae.base import FORMAT, SAE, SAEOutput
 from universality.sae.config import SAEConfig
 from universality.sae.init import geometric_median
 from universality.sae.registry import architectures, get_architecture, register
+from universality.sae.stacked import StackedSAE
 
 __all__ = [
     "FORMAT",
     "SAE",
     "SAEConfig",
     "SAEOutput",
+    "StackedSAE",
     "architectures",
     "geometric_median",
     "get_architecture",

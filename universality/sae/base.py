@@ -28,14 +28,14 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from universality.errors import ArtifactError, ConfigError
-from universality.io import atomic_dir, load_tensors, read_json, save_tensors, write_json
+from universality.io import atomic_dir, load_tensors, read_json, remove_stale_temps, save_tensors_digest, verify_sha256, write_json
 from universality.sae.config import SAEConfig
 from universality.sae.registry import get_architecture
 
 __all__ = ["SAE", "SAEOutput", "FORMAT"]
 
 FORMAT = "universality.sae/1"
-_RESERVED = ("format", "architecture", "sae")
+_RESERVED = ("format", "architecture", "sae", "weights_sha256")
 
 
 @dataclass
@@ -211,20 +211,29 @@ class SAE(nn.Module):
 
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | Path, overwrite: bool = True) -> Path:
-        """Write ``cfg.json`` + ``weights.safetensors`` (folded) atomically to the folder ``path``."""
+        """Write ``cfg.json`` + ``weights.safetensors`` (folded) atomically to the folder ``path``.
+
+        ``cfg.json`` records the SHA-256 of ``weights.safetensors`` (``weights_sha256``), which
+        :meth:`load` checks. Temporary folders that a killed save left beside ``path`` are removed.
+        """
         sae = self.folded()
         doc = {k: v for k, v in sae.meta.items() if k not in _RESERVED}
         doc.setdefault("normalisation", {"method": "none"})
         doc.update({"format": FORMAT, "architecture": self.architecture, "sae": self.cfg.to_dict()})
         tensors = {k: v.detach() for k, v in sae.state_dict().items()}
+        remove_stale_temps(Path(path).parent, Path(path).name)
         with atomic_dir(path, overwrite=overwrite) as tmp:
-            save_tensors(tmp / "weights.safetensors", tensors, metadata={"format": FORMAT})
+            doc["weights_sha256"] = save_tensors_digest(tmp / "weights.safetensors", tensors, metadata={"format": FORMAT})
             write_json(tmp / "cfg.json", doc)
         return Path(path)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> SAE:
-        """Load a dictionary folder: this project's format, or a SAELens or sparsify artifact."""
+        """Load a dictionary folder: this project's format, or a SAELens or sparsify artifact.
+
+        When ``cfg.json`` records ``weights_sha256`` the weights file is checked against it (a
+        mismatch raises :class:`ArtifactError`); dictionaries saved without it load unchecked.
+        """
         path = Path(path)
         if not path.is_dir():
             raise ArtifactError(f"{path} is not a folder", "pass the dictionary folder that holds cfg.json")
@@ -243,6 +252,9 @@ class SAE(nn.Module):
         if cls is not SAE and not issubclass(impl, cls):
             raise ArtifactError(f"{path} holds a {doc['architecture']!r} SAE, not {cls.architecture!r}", "load it with SAE.load")
         sae = impl(SAEConfig.from_dict(doc["sae"]), meta={k: v for k, v in doc.items() if k not in _RESERVED})
+        if doc.get("weights_sha256") is not None:
+            verify_sha256(path / "weights.safetensors", doc["weights_sha256"],
+                          f"the dictionary in {path} is corrupt; delete it and re-train or re-save it")
         sae.load_weights_(load_tensors(path / "weights.safetensors"), source=str(path))
         return sae.to(device) if device is not None else sae
 

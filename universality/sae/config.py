@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from universality.checks import check_bool, check_choice, check_int, check_number, check_text
 from universality.errors import ConfigError
 
 __all__ = ["SAEConfig"]
@@ -43,21 +44,20 @@ class SAEConfig:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        for name in ("d_in", "d_sae"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"SAEConfig.{name} must be a positive integer, got {value!r}", f"set {name}=768 or similar")
-        if self.dtype not in _DTYPES:
-            raise ConfigError(f"SAEConfig.dtype {self.dtype!r} is not supported", f"use one of {', '.join(_DTYPES)}")
-        if self.decoder_norm not in _DECODER_NORMS:
-            raise ConfigError(f"SAEConfig.decoder_norm {self.decoder_norm!r} is not supported", "use 'unit' or 'free'")
-        if self.sparsity_coeff < 0:
-            raise ConfigError(f"SAEConfig.sparsity_coeff must be >= 0, got {self.sparsity_coeff}", "use a non-negative penalty weight")
-        if self.jumprelu_bandwidth <= 0 or self.jumprelu_threshold <= 0:
-            raise ConfigError("SAEConfig.jumprelu_bandwidth and jumprelu_threshold must be > 0", "use e.g. 1e-3")
         from universality.sae.registry import get_architecture
 
-        get_architecture(self.architecture).validate_config(self)
+        check_text("SAEConfig", "architecture", self.architecture)
+        arch = get_architecture(self.architecture)  # unknown names: one line listing the registered ones
+        for name in ("d_in", "d_sae"):
+            check_int("SAEConfig", name, getattr(self, name))
+        check_int("SAEConfig", "k", self.k, none_ok=True)
+        check_choice("SAEConfig", "dtype", self.dtype, _DTYPES)
+        check_choice("SAEConfig", "decoder_norm", self.decoder_norm, _DECODER_NORMS)
+        check_number("SAEConfig", "sparsity_coeff", self.sparsity_coeff, 0.0)
+        check_number("SAEConfig", "jumprelu_bandwidth", self.jumprelu_bandwidth, 0.0, low_open=True)
+        check_number("SAEConfig", "jumprelu_threshold", self.jumprelu_threshold, 0.0, low_open=True)
+        check_bool("SAEConfig", "tied", self.tied)
+        arch.validate_config(self)
 
     @property
     def torch_dtype(self):

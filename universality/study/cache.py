@@ -2,7 +2,16 @@
 
 A rerun with the same stage config finds ``<root>/cache/<stage>-<hash>/stage.json`` and reuses the
 folder; a crash while building leaves no partial stage (the folder is built under a temporary name
-and renamed whole, see :func:`universality.io.atomic_dir`).
+and renamed whole, see :func:`universality.io.atomic_dir`); the next build of that stage removes
+the temporary folder a killed build left behind.
+
+``stage.json`` lists every file of the stage with its size and SHA-256
+(:func:`universality.io.file_digests`). On a hit the cache checks them once per
+:class:`StageCache` object: ``verify="auto"`` (default) hashes every file up to
+``hash_limit`` bytes and checks the size of larger ones (those are activation shards and
+dictionary weights, which carry their own checksums and are checked when read); ``"full"``
+hashes every file; ``"size"`` checks sizes only. A stage written before checksums existed is
+reused unchecked.
 """
 
 from __future__ import annotations
@@ -14,10 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from universality.errors import ArtifactError
-from universality.io import atomic_dir, read_json, stable_hash, write_json
+from universality.errors import ArtifactError, ConfigError
+from universality.io import atomic_dir, file_digests, read_json, remove_stale_temps, stable_hash, verify_digests, write_json
 
-__all__ = ["StageCache", "StageRecord"]
+__all__ = ["StageCache", "StageRecord", "VERIFY_MODES"]
+
+VERIFY_MODES = ("auto", "full", "size")
 
 log = logging.getLogger("universality.study")
 
@@ -39,10 +50,34 @@ class StageCache:
     built on disk (a stage built here and asked for again counts once, as a miss).
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, verify: str = "auto", hash_limit: int = 64 << 20) -> None:
+        if verify not in VERIFY_MODES:
+            raise ConfigError(f"unknown stage verify mode {verify!r}", f"use one of {list(VERIFY_MODES)}")
+        if not isinstance(hash_limit, int) or hash_limit < 0:
+            raise ConfigError(f"hash_limit must be an integer >= 0, got {hash_limit!r}", "pass a byte count, e.g. 64 << 20")
         self.root = Path(root)
+        self.verify = verify
+        self.hash_limit = hash_limit
         self.hits: list[str] = []
         self.misses: list[str] = []
+        self._checked: set[str] = set()
+
+    def check(self, path: Path, meta: dict[str, Any], mode: str | None = None) -> None:
+        """Check the files of the stage folder ``path`` against ``meta["files"]`` (see module doc)."""
+        files = meta.get("files")
+        if files is None:
+            return
+        mode = mode or self.verify
+        if mode not in VERIFY_MODES:
+            raise ConfigError(f"unknown stage verify mode {mode!r}", f"use one of {list(VERIFY_MODES)}")
+        fix = f"delete {path} and rerun the study (the stage is rebuilt)"
+        if mode == "full":
+            verify_digests(path, files, full=True, fix=fix)
+            return
+        small = {k: v for k, v in files.items() if int(v["bytes"]) <= self.hash_limit}
+        verify_digests(path, files, full=False, fix=fix)
+        if mode == "auto":
+            verify_digests(path, small, full=True, fix=fix)
 
     def path_for(self, name: str, key: Any) -> Path:
         return self.root / "cache" / f"{name}-{stable_hash(key)}"
@@ -58,15 +93,23 @@ class StageCache:
                 raise ArtifactError(
                     f"cached stage {path} does not match its key", "delete that folder and rerun the study"
                 )
+            if path.name not in self._checked:
+                self.check(path, meta)
+                self._checked.add(path.name)
             if path.name not in self.misses and path.name not in self.hits:
                 self.hits.append(path.name)
             return StageRecord(name, key_hash, path, hit=True)
         start = time.perf_counter()
+        for stale in remove_stale_temps(path.parent, path.name):  # a build that was killed
+            log.info("removed %s, left by a killed build", stale.name)
         log.info("building stage %s", path.name)
         with atomic_dir(path) as tmp:
             build(tmp)
             seconds = round(time.perf_counter() - start, 3)
-            write_json(tmp / "stage.json", {"stage": name, "key_hash": key_hash, "key": key, "seconds": seconds})
+            files = file_digests(tmp, exclude=("stage.json",))
+            write_json(tmp / "stage.json", {"stage": name, "key_hash": key_hash, "key": key, "seconds": seconds,
+                                            "files": files})
         log.info("built stage %s in %.1f s", path.name, seconds)
         self.misses.append(path.name)
+        self._checked.add(path.name)
         return StageRecord(name, key_hash, path, hit=False)

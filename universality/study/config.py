@@ -4,18 +4,26 @@ A study is a grid: models (zoo presets trained in place, or hub/local models) x 
 sites x data (D, or the subset D' inside D) x SAE seeds, and the analyses to run on it. Library
 code takes a :class:`StudyConfig`; :func:`study_from_dict` turns the YAML mapping (a plain dict,
 e.g. ``OmegaConf.to_container(cfg.study)``) into one and rejects unknown keys and bad values with a
-one-line :class:`~universality.errors.ConfigError`.
+one-line :class:`~universality.errors.ConfigError`; :func:`compose_study` does the same for
+``configs/config.yaml`` plus Hydra overrides (Hydra's own errors included) without running anything.
+
+Paths: ``out_dir`` may be anywhere; every name that becomes a path component below it (the study
+name, model names, revisions and checkpoint names, zoo preset names) is checked so it cannot leave
+its folder, and :func:`inside` / :meth:`StudyConfig.path` resolve a path and refuse one that would.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+import os
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from universality.errors import ConfigError
+from universality.errors import ConfigError, DataError, ModelLoadError, UnknownSiteError
 from universality.sites import Site
 
 __all__ = [
@@ -28,10 +36,65 @@ __all__ = [
     "MatchSpec",
     "StudyConfig",
     "study_from_dict",
+    "compose_study",
+    "check_inputs",
+    "hydra_problem",
+    "inside",
+    "check_name",
+    "check_revision",
     "register_configs",
+    "CONFIG_DIR",
 ]
 
+#: The Hydra config folder of ``python -m universality`` (``configs/`` at the repository root).
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
 ANALYSES = ("feature_evolution", "architecture_comparison", "subset_generalization", "layer_flow", "moe_experts")
+
+
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+
+
+def check_name(what: str, value: Any) -> str:
+    """A name that becomes one path component: letters, digits, ``_``, ``-``, ``.``; not starting with ``.``."""
+    if not isinstance(value, str) or not value or value[0] == "." or not set(value) <= _NAME_CHARS or len(value) > 128:
+        raise ConfigError(f"{what} {value!r} must be 1-128 letters, digits, _, - or . (not starting with .)",
+                          f"rename it, e.g. {what.split('.')[-1]}: my_study")
+    return value
+
+
+def check_revision(what: str, value: Any) -> str:
+    """A revision or checkpoint name (``step1000``, ``main``, hub refs such as ``refs/pr/1``).
+
+    It may contain ``/`` (hub refs) but never an absolute path, a backslash, an empty, ``.`` or ``..``
+    component, so a revision joined to a model folder stays inside that folder.
+    """
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{what} must be a non-empty string, got {value!r}", "use a revision name such as step1000 or main")
+    parts = value.split("/")
+    if "\\" in value or value.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in value:
+        raise ConfigError(f"{what} {value!r} would leave the model folder", "use a plain revision name such as step1000")
+    return value
+
+
+def inside(root: str | os.PathLike, *parts: str | os.PathLike) -> Path:
+    """``root/parts...`` resolved, or :class:`ConfigError` when it would leave ``root``.
+
+    Relative parts are joined to ``root``; ``..`` components, absolute parts and symlinks that lead
+    outside ``root`` are refused. ``root`` itself may be anywhere.
+    """
+    base = Path(root).resolve()
+    for p in parts:
+        if not isinstance(p, (str, os.PathLike)) or not os.fspath(p):
+            raise ConfigError(f"path part {p!r} under {root} is empty or not a string", "give a relative file or folder name")
+        if Path(p).is_absolute():
+            raise ConfigError(f"path {os.fspath(p)!r} is absolute but must lie inside {root}",
+                              "give a path relative to the output folder")
+    target = base.joinpath(*parts).resolve()
+    if target != base and base not in target.parents:
+        raise ConfigError(f"path {os.path.join(*map(os.fspath, parts))!r} leaves the output folder {root}",
+                          "remove '..' (and links out of the folder) from the path")
+    return target
 
 
 def _int(owner: str, name: str, value: Any, low: int = 1) -> None:
@@ -44,6 +107,47 @@ def _num(owner: str, name: str, value: Any, low: float, high: float) -> None:
         raise ConfigError(f"{owner}.{name} must be a number in [{low}, {high}], got {value!r}", f"fix {name}")
 
 
+def _bool(owner: str, name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{owner}.{name} must be true or false, got {value!r}", f"set {name}: true or {name}: false")
+
+
+def _str(owner: str, name: str, value: Any, empty_ok: bool = True) -> None:
+    if not isinstance(value, str) or (not empty_ok and not value):
+        raise ConfigError(f"{owner}.{name} must be a {'' if empty_ok else 'non-empty '}string, got {value!r}", f"fix {name}")
+
+
+def _seq(owner: str, name: str, value: Any) -> tuple[Any, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ConfigError(f"{owner}.{name} must be a list, got {value!r}", f"write {name} as a YAML list")
+    return tuple(value)
+
+
+def _check_zoo(model: str, zoo: Any) -> None:
+    """A zoo preset name (``configs/zoo/<name>.yaml``) or a path to such a YAML file."""
+    if not isinstance(zoo, str) or not zoo:
+        raise ConfigError(f"model {model!r}: zoo must be a preset name, got {zoo!r}", "use e.g. zoo: tiny_pythia")
+    if zoo.endswith((".yaml", ".yml")):
+        if not Path(zoo).expanduser().is_file():
+            raise ConfigError(f"model {model!r}: zoo preset file {zoo!r} does not exist", "check the path")
+        return
+    from universality.zoo.config import preset_names
+
+    presets = preset_names()
+    if zoo not in presets:
+        raise ConfigError(f"model {model!r}: unknown zoo preset {zoo!r}", f"use one of {', '.join(presets)} or a YAML path")
+
+
+def _check_architecture(name: Any) -> None:
+    if name == "topk":  # the default, always registered; skip importing the SAE package (and torch)
+        return
+    from universality.sae.registry import architectures
+
+    known = architectures()
+    if not isinstance(name, str) or name not in known:
+        raise ConfigError(f"sae.architecture {name!r} is not a registered SAE architecture", f"use one of {', '.join(known)}")
+
+
 @dataclass(frozen=True)
 class CorpusConfig:
     """The text D. ``source``: ``shakespeare`` (shipped), a ``.txt``/``.jsonl`` path, or ``hf:<name>``.
@@ -52,9 +156,10 @@ class CorpusConfig:
     synthetic word pattern in ``planted_docs`` extra documents with metadata ``planted=True``), so a
     subset that excludes those documents has a known missing feature.
 
-    ``inject_after_step``: zoo models trained on D see another synthetic pattern only after this
-    step (a curriculum, :class:`universality.zoo.InjectSpec`), so the features of that pattern have a
-    known birth step for the lineage; the evaluation spans then include the pattern.
+    ``inject_after_step``: zoo models trained on D see a passage of common words in a fixed order
+    (:func:`universality.zoo.word_passage`) only after this step (a curriculum,
+    :class:`universality.zoo.InjectSpec`), so features of that passage beyond its words have a known
+    birth step for the lineage; the evaluation spans then include the passage.
     """
 
     source: str = "shakespeare"
@@ -69,8 +174,10 @@ class CorpusConfig:
             _int("corpus", "inject_after_step", self.inject_after_step, 0)
         if not isinstance(self.source, str) or not self.source:
             raise ConfigError("corpus.source must be a non-empty string", "use shakespeare, a file path, or hf:<dataset>")
+        _str("corpus", "text_field", self.text_field, empty_ok=False)
         if self.max_docs is not None:
             _int("corpus", "max_docs", self.max_docs)
+        _bool("corpus", "planted", self.planted)
         _int("corpus", "planted_docs", self.planted_docs)
 
 
@@ -89,11 +196,23 @@ class SubsetConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("fraction", "meta", "regex"):
+        if not isinstance(self.kind, str) or self.kind not in ("fraction", "meta", "regex"):
             raise ConfigError(f"subset.kind {self.kind!r} is not supported", "use fraction, meta or regex")
         _num("subset", "fraction", self.fraction, 0.0, 1.0)
-        if self.kind == "regex" and not self.pattern:
-            raise ConfigError("subset.kind is regex but subset.pattern is empty", "set subset.pattern")
+        if self.kind == "fraction" and self.fraction == 0:
+            raise ConfigError("subset.fraction is 0, so D' would be empty", "use a fraction in (0, 1]")
+        for name in ("field", "value", "pattern"):
+            _str("subset", name, getattr(self, name))
+        _bool("subset", "complement", self.complement)
+        _int("subset", "seed", self.seed, 0)
+        if self.kind == "regex":
+            if not self.pattern:
+                raise ConfigError("subset.kind is regex but subset.pattern is empty", "set subset.pattern")
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ConfigError(f"subset.pattern {self.pattern!r} is not a regular expression ({exc})",
+                                  "fix the pattern (Python re syntax)") from None
         if self.kind == "meta" and not (self.field and self.value):
             raise ConfigError("subset.kind is meta but subset.field/value are empty", "set subset.field and subset.value")
 
@@ -116,17 +235,32 @@ class ModelSpec:
     checkpoints: Any = "final"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.replace("_", "").replace("-", "").isalnum():
+        if (not isinstance(self.name, str) or not self.name.isascii()
+                or not self.name.replace("_", "").replace("-", "").isalnum()):
             raise ConfigError(f"model name {self.name!r} must be letters, digits, - or _", "rename the model")
         if (self.zoo is None) == (self.path is None):
             raise ConfigError(f"model {self.name!r} needs exactly one of zoo (a preset) or path (hub name or folder)",
                               "set models[].zoo or models[].path")
-        if self.data not in ("D", "D_prime"):
+        if self.zoo is not None:
+            _check_zoo(self.name, self.zoo)
+        if self.path is not None:
+            _str(f"models[{self.name}]", "path", self.path, empty_ok=False)
+        if self.revision is not None:
+            check_revision(f"model {self.name!r} revision", self.revision)
+        if not isinstance(self.data, str) or self.data not in ("D", "D_prime"):
             raise ConfigError(f"model {self.name!r}: data must be D or D_prime, got {self.data!r}", "fix models[].data")
+        if not isinstance(self.overrides, Mapping) or not all(isinstance(k, str) for k in self.overrides):
+            raise ConfigError(f"model {self.name!r}: overrides must be a mapping of preset fields, got {self.overrides!r}",
+                              "write overrides as {field: value}, e.g. {steps: 100}")
+        if "name" in self.overrides:
+            check_name(f"model {self.name!r} overrides.name", self.overrides["name"])
         ck = self.checkpoints
         if not (ck in ("final", "all") or (isinstance(ck, (list, tuple)) and ck and all(isinstance(c, str) for c in ck))):
             raise ConfigError(f"model {self.name!r}: checkpoints must be final, all or a list of revision names",
                               "e.g. checkpoints: [step0, step64, step200]")
+        if isinstance(ck, (list, tuple)):
+            for c in ck:
+                check_revision(f"model {self.name!r} checkpoint", c)
         object.__setattr__(self, "overrides", dict(self.overrides))
         if isinstance(ck, list):
             object.__setattr__(self, "checkpoints", tuple(ck))
@@ -166,15 +300,17 @@ class SAESpec:
     seeds: tuple[int, ...] = (0, 1, 2)
 
     def __post_init__(self) -> None:
+        _check_architecture(self.architecture)
         _int("sae", "expansion", self.expansion)
         _int("sae", "k", self.k)
         _int("sae", "steps", self.steps)
         _int("sae", "batch_size", self.batch_size)
         _num("sae", "lr", self.lr, 1e-7, 1.0)
         _num("sae", "sparsity_coeff", self.sparsity_coeff, 0.0, 1e3)
-        seeds = tuple(self.seeds)
-        if len(seeds) < 2 or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
-            raise ConfigError(f"sae.seeds must hold at least 2 distinct integers (the skyline), got {list(seeds)}",
+        seeds = _seq("sae", "seeds", self.seeds)
+        if (len(seeds) < 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+                or len(set(seeds)) != len(seeds)):
+            raise ConfigError(f"sae.seeds must hold at least 2 distinct integers >= 0 (the skyline), got {list(seeds)}",
                               "use e.g. seeds: [0, 1, 2]")
         object.__setattr__(self, "seeds", seeds)
 
@@ -189,10 +325,10 @@ class MatchSpec:
     corr_threshold: float = 0.5
 
     def __post_init__(self) -> None:
-        th = tuple(float(t) for t in self.thresholds)
-        if not th or any(not 0.0 <= t <= 1.0 for t in th):
-            raise ConfigError(f"match.thresholds must be numbers in [0, 1], got {list(self.thresholds)}", "fix match.thresholds")
-        object.__setattr__(self, "thresholds", th)
+        raw = _seq("match", "thresholds", self.thresholds)
+        if not raw or any(not isinstance(t, (int, float)) or isinstance(t, bool) or not 0.0 <= t <= 1.0 for t in raw):
+            raise ConfigError(f"match.thresholds must be numbers in [0, 1], got {list(raw)}", "fix match.thresholds")
+        object.__setattr__(self, "thresholds", tuple(float(t) for t in raw))
         _int("match", "n_perm", self.n_perm, 0)
         _int("match", "gw_max", self.gw_max, 8)
         _num("match", "corr_threshold", self.corr_threshold, 0.0, 1.0)
@@ -219,21 +355,46 @@ class StudyConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError("study.name must be a non-empty string", "name the study")
-        unknown = [a for a in self.analyses if a not in ANALYSES]
-        if unknown or not self.analyses:
+        check_name("study.name", self.name)
+        if not isinstance(self.out_dir, (str, os.PathLike)) or not os.fspath(self.out_dir) or "\x00" in os.fspath(self.out_dir):
+            raise ConfigError(f"study.out_dir must be a non-empty path, got {self.out_dir!r}", "set study.out_dir=runs/<name>")
+        analyses = _seq("study", "analyses", self.analyses)
+        unknown = [a for a in analyses if not isinstance(a, str) or a not in ANALYSES]
+        if unknown or not analyses:
             raise ConfigError(f"unknown or missing analyses {unknown or '[]'}", f"use some of {', '.join(ANALYSES)}")
-        if not self.models:
+        models = _seq("study", "models", self.models)
+        if not models:
             raise ConfigError("study.models is empty", "list at least one model")
-        names = [m.name for m in self.models]
+        if not all(isinstance(m, ModelSpec) for m in models):
+            raise ConfigError("study.models must hold ModelSpec entries", "build the study with study_from_dict")
+        names = [m.name for m in models]
         if len(set(names)) != len(names):
             raise ConfigError(f"model names repeat: {names}", "give every model a distinct name")
-        for s in self.sites:
-            Site.parse(s)
-        if not self.sites:
+        sites = _seq("study", "sites", self.sites)
+        for s in sites:
+            if not isinstance(s, str):
+                raise ConfigError(f"study.sites holds {s!r}, not a site name", "list names like blocks.1.hook_resid_post")
+            try:
+                Site.parse(s)
+            except UnknownSiteError as exc:
+                raise ConfigError(f"study.sites: {exc.problem}", exc.fix) from None
+        if not sites:
             raise ConfigError("study.sites is empty", "list at least one site, e.g. blocks.1.hook_resid_post")
+        for key, cls in (("corpus", CorpusConfig), ("subset", SubsetConfig), ("harvest", HarvestSpec),
+                         ("sae", SAESpec), ("match", MatchSpec)):
+            if not isinstance(getattr(self, key), cls):
+                raise ConfigError(f"study.{key} must be a {cls.__name__}", "build the study with study_from_dict")
         _int("study", "tokenizer_vocab", self.tokenizer_vocab, 257)
-        if not isinstance(self.device, str) or not (self.device in ("cpu", "cuda") or self.device.startswith("cuda:")):
+        _int("study", "seed", self.seed, 0)
+        if not isinstance(self.device, str) or not (self.device in ("cpu", "cuda") or
+                                                    (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise ConfigError(f"study.device must be cpu or cuda[:N], got {self.device!r}", "fix study.device")
+        for key, value in (("analyses", analyses), ("models", models), ("sites", sites)):
+            object.__setattr__(self, key, value)
+
+    def path(self, *parts: str) -> Path:
+        """A path inside :attr:`out_dir` (see :func:`inside`); ``ConfigError`` when ``parts`` would leave it."""
+        return inside(self.out_dir, *parts)
 
     def model(self, name: str) -> ModelSpec:
         for m in self.models:
@@ -252,6 +413,9 @@ def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}", f"write {where} as key: value pairs")
     names = {f.name for f in dataclasses.fields(cls)}
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"non-string key(s) {bad} in {where}", f"valid keys are {sorted(names)}")
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {where}", f"valid keys are {sorted(names)}")
@@ -283,6 +447,85 @@ def study_from_dict(data: Mapping[str, Any]) -> StudyConfig:
         if token in cfg.out_dir:
             cfg = dataclasses.replace(cfg, out_dir=cfg.out_dir.replace(token, cfg.name))
     return cfg
+
+
+def _has_text(path: Path, probe: int = 1 << 16) -> bool:
+    """Whether the first ``probe`` bytes of a (possibly gzipped) file hold anything but whitespace."""
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            return bool(fh.read(probe).strip())
+    except OSError as exc:
+        raise DataError(f"cannot read corpus file {str(path)!r} ({exc})", "check the file and its permissions") from None
+
+
+def check_inputs(cfg: StudyConfig) -> None:
+    """Check, without reading them whole, that a study's local inputs are there before anything runs.
+
+    A corpus given as a path must exist and hold some text (a non-blank file, or a folder with a
+    non-empty file); a model given as a local path must be a folder. Hub names and ``hf:`` datasets
+    are left to their loaders. Raises :class:`DataError` / :class:`ModelLoadError`; writes nothing.
+    """
+    src = cfg.corpus.source
+    if src != "shakespeare" and not src.startswith("hf:"):
+        path = Path(src).expanduser()
+        if not path.exists():
+            raise DataError(f"corpus source {src!r} does not exist",
+                            "set study.corpus.source to shakespeare, a .jsonl/.txt file or folder, or hf:<dataset>")
+        if path.is_file() and not _has_text(path):
+            raise DataError(f"corpus file {src!r} is empty", "point study.corpus.source at a file that holds documents")
+        if path.is_dir() and not any(f.is_file() and f.stat().st_size > 0 for f in path.rglob("*")):
+            raise DataError(f"corpus folder {src!r} holds no non-empty file", "put text files in it, or fix the path")
+    for m in cfg.models:
+        if m.path is not None and (m.path.startswith((".", "/", "~")) or Path(m.path).expanduser().exists()):
+            if not Path(m.path).expanduser().is_dir():
+                raise ModelLoadError(f"model {m.name!r}: no model folder at {m.path!r}",
+                                     "fix models[].path, or give a hub name like EleutherAI/pythia-70m")
+
+
+def hydra_problem(exc: BaseException) -> str:
+    """One line from a Hydra/OmegaConf error: its first line plus the first line of its cause."""
+    def first(e: BaseException) -> str:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        return lines[0] if lines else type(e).__name__
+
+    text = first(exc).rstrip(".")
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and first(cause) not in text:
+        text += f" ({first(cause).rstrip('.')})"
+    return text
+
+
+def compose_study(overrides: Sequence[str] = (), config_dir: str | os.PathLike = CONFIG_DIR,
+                  config_name: str = "config") -> StudyConfig:
+    """Compose ``configs/config.yaml`` with Hydra ``overrides`` (``study=...``, ``study.sae.steps=...``)
+    and validate it, without running anything or writing any file.
+
+    Hydra's own errors (an unknown key, a value of the wrong type, a missing config group option)
+    become a one-line :class:`ConfigError`, like the study's own validation errors.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides):
+        raise ConfigError(f"overrides must be a list of strings, got {overrides!r}", "pass e.g. ['study.sae.steps=100']")
+    register_configs()
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
+            cfg = compose(config_name=config_name, overrides=list(overrides))
+        data = OmegaConf.to_container(cfg.study, resolve=True)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"config error: {hydra_problem(exc)}",
+                          "check the override's key and value against configs/study/*.yaml "
+                          "(python -m universality --cfg job prints the composed config)") from None
+    return study_from_dict(data)
 
 
 def _thaw(node: Any) -> None:

@@ -5,6 +5,11 @@ Tensors: every SAE's parameters and buffers (``sae/{key}/{name}``), its optimize
 (``rng/torch``, ``rng/trainer``, ``rng/cuda``). JSON: the step, the token count, the configs
 (and their hash, checked on resume), the normalisation scales, the optimizer's scalar state and
 param groups, and the activation source's ``state_dict()``. Nothing is pickled.
+
+``state.json`` records the SHA-256 of ``state.safetensors`` (``state_sha256``), taken from the
+bytes as written; :func:`read_checkpoint` checks it and raises
+:class:`~universality.errors.ArtifactError` on a mismatch (checkpoints written before this field
+existed load unchecked). The folder is replaced whole, so a kill leaves the previous checkpoint.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch
 from torch import Tensor
 
 from universality.errors import ArtifactError
-from universality.io import atomic_dir, load_tensors, read_json, save_tensors, write_json
+from universality.io import atomic_dir, load_tensors, read_json, remove_stale_temps, save_tensors_digest, verify_sha256, write_json
 
 __all__ = ["CHECKPOINT_FORMAT", "write_checkpoint", "read_checkpoint", "has_checkpoint", "split_prefix"]
 
@@ -33,18 +38,26 @@ def has_checkpoint(root: str | Path | None) -> bool:
 
 
 def write_checkpoint(root: str | Path, tensors: dict[str, Tensor], doc: dict[str, Any]) -> Path:
-    """Replace the checkpoint under ``root`` atomically (the previous one stays until this one is whole)."""
+    """Replace the checkpoint under ``root`` atomically (the previous one stays until this one is whole).
+
+    Temporary folders that a killed run left beside it are removed first.
+    """
+    remove_stale_temps(root, _NAME)
     with atomic_dir(_folder(root)) as tmp:
-        save_tensors(tmp / "state.safetensors", tensors, metadata={"format": CHECKPOINT_FORMAT})
-        write_json(tmp / "state.json", {**doc, "format": CHECKPOINT_FORMAT})
+        sha = save_tensors_digest(tmp / "state.safetensors", tensors, metadata={"format": CHECKPOINT_FORMAT})
+        write_json(tmp / "state.json", {**doc, "format": CHECKPOINT_FORMAT, "state_sha256": sha})
     return _folder(root)
 
 
-def read_checkpoint(root: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+def read_checkpoint(root: str | Path, verify: bool = True) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``(tensors, doc)`` of the checkpoint under ``root``; ``verify`` checks ``state_sha256``."""
     folder = _folder(root)
     doc = read_json(folder / "state.json")
     if doc.get("format") != CHECKPOINT_FORMAT:
         raise ArtifactError(f"{folder} is not a {CHECKPOINT_FORMAT} checkpoint", "point checkpoint_dir at a training checkpoint folder")
+    if verify and doc.get("state_sha256") is not None:
+        verify_sha256(folder / "state.safetensors", doc["state_sha256"],
+                      f"the checkpoint is corrupt: delete {folder} to restart training from step 0, or restore it from a copy")
     return load_tensors(folder / "state.safetensors"), doc
 
 

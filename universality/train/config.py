@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
+from universality.checks import check_bool, check_choice, check_int, check_number, check_text
 from universality.errors import ConfigError
 from universality.sae.config import SAEConfig
 
@@ -43,22 +45,24 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.sae, SAEConfig):
             raise ConfigError(f"TrainConfig.sae must be an SAEConfig, got {type(self.sae).__name__}", "wrap the architecture in SAEConfig(...)")
-        if not self.lr > 0:
-            raise ConfigError(f"TrainConfig.lr must be > 0, got {self.lr}", "use e.g. 4e-4")
-        if self.warmup_steps < 0 or self.sparsity_warmup_steps < 0:
-            raise ConfigError("warm-up steps must be >= 0", "use 0 to disable a warm-up")
-        if not 0.0 <= self.decay_start <= 1.0:
-            raise ConfigError(f"decay_start must be in [0, 1], got {self.decay_start}", "use 1.0 for no decay")
-        if self.remedy not in REMEDIES:
-            raise ConfigError(f"unknown dead-latent remedy {self.remedy!r}", f"use one of {', '.join(REMEDIES)}")
-        if self.aux_coeff < 0 or (self.aux_k is not None and self.aux_k < 1):
-            raise ConfigError("aux_coeff must be >= 0 and aux_k >= 1", "use aux_coeff=1/32, aux_k=None")
+        check_text("TrainConfig", "site", self.site)
+        check_int("TrainConfig", "seed", self.seed, 0)
+        check_number("TrainConfig", "lr", self.lr, 0.0, low_open=True)
+        check_int("TrainConfig", "warmup_steps", self.warmup_steps, 0)
+        check_int("TrainConfig", "sparsity_warmup_steps", self.sparsity_warmup_steps, 0)
+        check_number("TrainConfig", "decay_start", self.decay_start, 0.0, 1.0)
+        check_choice("TrainConfig", "remedy", self.remedy, REMEDIES)
+        check_number("TrainConfig", "aux_coeff", self.aux_coeff, 0.0)
+        check_int("TrainConfig", "aux_k", self.aux_k, 1, none_ok=True)
+        check_text("TrainConfig", "name", self.name, none_ok=True)
+        for part in self.key.split("/"):  # the key names the dictionary's folder under out_dir
+            if part in ("", ".", "..") or "\\" in part or "\x00" in part:
+                raise ConfigError(f"TrainConfig key {self.key!r} would leave its output folder",
+                                  "use a name of plain path parts without '..', empty parts or a leading '/'")
         from universality.sae.registry import get_architecture
 
         if get_architecture(self.sae.architecture).uses_penalty and self.sae.sparsity_coeff <= 0:
             raise ConfigError(f"{self.sae.architecture} SAEs need sparsity_coeff > 0", "set SAEConfig(sparsity_coeff=...)")
-        if not isinstance(self.site, str) or not self.site:
-            raise ConfigError("TrainConfig.site must be a non-empty string", "use a site name or 'default'")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -99,6 +103,11 @@ class RunConfig:
     ``autocast``: bf16 autocast on CUDA (ignored on the CPU). ``checkpoint_every``: steps between
     checkpoints in ``checkpoint_dir`` (0: only at the end). ``out_dir``: write one artifact folder
     per dictionary there.
+    ``stack``: train the dictionaries that differ only in seed/site (same architecture, shape and
+    hyper-parameters; TopK/BatchTopK with AuxK or no remedy) as one stacked module with one fused
+    Adam (:mod:`universality.train.stacked_step`); the result equals unstacked training up to
+    floating-point rounding. ``compile``: ``torch.compile`` the memory-bound parts of the stacked
+    step (needs ``stack``).
     """
 
     steps: int
@@ -113,20 +122,32 @@ class RunConfig:
     checkpoint_every: int = 0
     out_dir: str | None = None
     init_rows: int = 4096
+    # --- fast paths (issue 7): keep these last, with defaults ---
+    stack: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ConfigError(f"RunConfig.steps must be a positive integer, got {self.steps!r}", "set steps=")
-        if self.dead_window < 1 or self.resample_every < 1:
-            raise ConfigError("dead_window and resample_every must be >= 1", "use e.g. dead_window=1_000_000")
-        if self.grad_clip < 0:
-            raise ConfigError(f"grad_clip must be >= 0, got {self.grad_clip}", "use 0 to disable clipping")
-        if self.checkpoint_every < 0:
-            raise ConfigError("checkpoint_every must be >= 0", "use 0 to checkpoint only at the end")
+        check_int("RunConfig", "steps", self.steps)
+        check_bool("RunConfig", "normalize", self.normalize)
+        check_int("RunConfig", "dead_window", self.dead_window)
+        check_int("RunConfig", "resample_every", self.resample_every)
+        check_number("RunConfig", "grad_clip", self.grad_clip, 0.0)
+        check_bool("RunConfig", "autocast", self.autocast)
+        check_text("RunConfig", "device", self.device)
+        check_int("RunConfig", "seed", self.seed, 0)
+        for name in ("checkpoint_dir", "out_dir"):  # paths are kept as strings (JSON-able, hashable)
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, name, os.fspath(value))
+            check_text("RunConfig", name, getattr(self, name), none_ok=True)
+        check_int("RunConfig", "checkpoint_every", self.checkpoint_every, 0)
+        check_int("RunConfig", "init_rows", self.init_rows)
+        check_bool("RunConfig", "stack", self.stack)
+        check_bool("RunConfig", "compile", self.compile)
         if self.checkpoint_every and not self.checkpoint_dir:
             raise ConfigError("checkpoint_every is set but checkpoint_dir is not", "set checkpoint_dir")
-        if self.init_rows < 1:
-            raise ConfigError("init_rows must be >= 1", "use e.g. 4096")
+        if self.compile and not self.stack:
+            raise ConfigError("compile=True compiles the stacked training step, but stack=False", "set stack=True as well")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -26,6 +26,7 @@ from universality.train.config import RunConfig, TrainConfig
 from universality.train.dead import FiringTracker, auxk_loss, ghost_grads_loss, resample_dead_
 from universality.train.optim import flatten_optimizer_state, make_optimizer, reset_latent_state_, unflatten_optimizer_state
 from universality.train.schedules import lr_factor, warmup_factor
+from universality.train.stacked_step import StackedGroup, group_keys
 
 __all__ = ["Trainer", "train_saes", "as_site_batch"]
 
@@ -66,12 +67,20 @@ class Trainer:
         self.tokens = 0
         self.generator = torch.Generator().manual_seed(run.seed)
         self.last_losses: dict[str, dict[str, float]] = {}
+        self.eval_metrics: dict[str, dict[str, Any]] = {}
         self.config_hash = stable_hash({"configs": [c.to_dict() for c in configs], "run": self._run_identity()})
+        self.stacks: list[StackedGroup] = []
+        self.solo_keys: list[str] = list(keys)
+        if run.stack:
+            self._build_stacks()
 
     def _run_identity(self) -> dict[str, Any]:
         d = self.run.to_dict()
         for k in ("checkpoint_dir", "checkpoint_every", "out_dir", "device", "autocast"):
             d.pop(k)
+        d.pop("compile", None)  # compiling changes no result
+        if not d.get("stack"):
+            d.pop("stack", None)  # unstacked runs keep the hash (and checkpoints) they had before the field existed
         return d
 
     # ------------------------------------------------------------------ initialisation
@@ -95,6 +104,8 @@ class Trainer:
             sae = self.saes[key]
             sae.input_scale = self.scales[cfg.site]
             sae.b_dec.copy_(medians[cfg.site].to(sae.b_dec.dtype))
+        for group in self.stacks:
+            group.pull_(self.saes)
 
     def _rows(self, batch: Mapping[str, Tensor], cfg: TrainConfig) -> Tensor:
         if cfg.site not in batch:
@@ -103,6 +114,17 @@ class Trainer:
         if x.shape[1] != cfg.sae.d_in:
             raise DataError(f"site {cfg.site!r} has width {x.shape[1]} but {cfg.key} expects d_in={cfg.sae.d_in}", "fix SAEConfig.d_in")
         return x.to(self.device, torch.float32)
+
+    # ------------------------------------------------------------------ hooks (universality.train.distributed)
+    # Overridden by ``distributed.DataParallelTrainer``: the forward goes through DDP, the token
+    # count is the global batch. Keep these two small; nothing else in this file depends on them.
+    def _forward_train(self, key: str, sae: SAE, x: Tensor) -> Any:
+        """The training forward pass of dictionary ``key`` (an :class:`~universality.sae.base.SAEOutput`)."""
+        return sae.forward_train(x)
+
+    def _rows_in(self, batch: Mapping[str, Tensor]) -> int:
+        """Rows (tokens) one step consumed, for ``self.tokens``."""
+        return next(iter(batch.values())).shape[0]
 
     # ------------------------------------------------------------------ one step
     def _autocast(self):
@@ -116,7 +138,7 @@ class Trainer:
         x = x_raw * self.scales[cfg.site]
         remedy = cfg.effective_remedy
         with self._autocast():
-            out = sae.forward_train(x)
+            out = self._forward_train(key, sae, x)
             mse = (out.x_hat.float() - x).pow(2).sum(dim=1).mean()
             loss = mse
             terms = {"mse": mse}
@@ -185,32 +207,57 @@ class Trainer:
                         )
                 if not self.initialised:
                     self.initialise(batch)
-                for key in self.keys:
+                for key in self.solo_keys:
                     self.last_losses[key] = self.train_step(key, self._rows(batch, self.configs[key]))
+                self._stacked_steps(batch)
                 self.step += 1
-                self.tokens += next(iter(batch.values())).shape[0]
+                self.tokens += self._rows_in(batch)
                 last_batch = batch
                 bar.update(1)
                 if progress and self.step % 50 == 0:
                     bar.set_postfix(mse=f"{sum(v['mse'] for v in self.last_losses.values()) / len(self.keys):.4g}")
                 every = self.run.checkpoint_every
                 if every and self.step % every == 0:
+                    self.measure(batch)
                     self.save_checkpoint(self.run.checkpoint_dir, source)
         finally:
             bar.close()
+        if last_batch is not None:
+            self.measure(last_batch)
         if self.run.checkpoint_dir and (not self.run.checkpoint_every or self.step % self.run.checkpoint_every):
             self.save_checkpoint(self.run.checkpoint_dir, source)
-        result = self.results(last_batch)
+        result = self.results()
         if self.run.out_dir:
             for key, sae in result.items():
                 sae.save(Path(self.run.out_dir) / key)
         return result
 
     @torch.no_grad()
-    def results(self, eval_batch: Mapping[str, Tensor] | None = None) -> dict[str, SAE]:
-        """Folded copies (raw-activation, unit-decoder) of every dictionary, with ``meta`` filled in."""
+    def measure(self, batch: Mapping[str, Tensor]) -> None:
+        """Reconstruction metrics of every dictionary on ``batch`` (kept, and saved with checkpoints, so
+        a run resumed from its final checkpoint reports the same metrics)."""
         from universality.eval.metrics import ReconstructionStats
 
+        self._push_stacks()
+        for key in self.keys:
+            cfg, sae = self.configs[key], self.saes[key]
+            stats = ReconstructionStats()
+            x = self._rows(batch, cfg) * self.scales[cfg.site]
+            was = sae.training
+            sae.eval()
+            z = sae.encode(x)
+            stats.update(x, sae.decode(z), z)
+            sae.train(was)
+            self.eval_metrics[key] = {**stats.summary(), "eval_rows": "last training batch",
+                                      "units": "normalised inputs (mse, l1 scale with the normalisation)"}
+
+    @torch.no_grad()
+    def results(self, eval_batch: Mapping[str, Tensor] | None = None) -> dict[str, SAE]:
+        """Folded copies (raw-activation, unit-decoder) of every dictionary, with ``meta`` filled in
+        (metrics on ``eval_batch`` when given, else those of the last :meth:`measure`)."""
+        if eval_batch is not None:
+            self.measure(eval_batch)
+        self._push_stacks()
         out: dict[str, SAE] = {}
         for key in self.keys:
             cfg = self.configs[key]
@@ -218,22 +265,12 @@ class Trainer:
             site_meta = self.meta.get(cfg.site)
             meta = dict(site_meta if isinstance(site_meta, Mapping) else self.meta)
             train = {k: v for k, v in cfg.to_dict().items() if k != "sae"}
-            meta.update(site=cfg.site, name=key, train={**train, "run": self.run.to_dict()},
+            run = {k: v for k, v in self.run.to_dict().items() if k not in ("checkpoint_dir", "out_dir")}  # places, not settings
+            meta.update(site=cfg.site, name=key, train={**train, "run": run},
                         trained_steps=self.step, trained_tokens=self.tokens)
             meta["normalisation"] = {"method": "mean_squared_norm" if self.run.normalize else "none",
                                      "target_mean_squared_norm": cfg.sae.d_in, "scale": self.scales.get(cfg.site, 1.0)}
-            metrics: dict[str, Any] = {}
-            if eval_batch is not None:
-                stats = ReconstructionStats()
-                x = self._rows(eval_batch, cfg) * self.scales[cfg.site]
-                was = sae.training
-                sae.eval()
-                z = sae.encode(x)
-                stats.update(x, sae.decode(z), z)
-                sae.train(was)
-                metrics.update(stats.summary())
-                metrics["eval_rows"] = "last training batch"
-                metrics["units"] = "normalised inputs (mse, l1 scale with the normalisation)"
+            metrics: dict[str, Any] = dict(self.eval_metrics.get(key, {}))
             density = self.trackers[key].density()
             metrics["dead_fraction_window"] = float(self.trackers[key].dead_mask().double().mean())
             metrics["dense_fraction_window"] = float((density > 0.1).double().mean())
@@ -245,6 +282,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, root: str | Path, source: Any) -> Path:
+        self._push_stacks()
         tensors: dict[str, Tensor] = dict(ckpt.rng_tensors(self.generator))
         opt_meta: dict[str, Any] = {}
         for i, key in enumerate(self.keys):
@@ -265,7 +303,11 @@ class Trainer:
             "optimizers": opt_meta,
             "tracker_tokens": {k: self.trackers[k].count_tokens for k in self.keys},
             "source_state": source_state,
+            "last_losses": self.last_losses,
+            "eval_metrics": self.eval_metrics,
         }
+        if self.stacks:
+            doc["stack_optimizers"] = self._stack_state_into(tensors)
         return ckpt.write_checkpoint(root, tensors, doc)
 
     def load_checkpoint(self, root: str | Path, source: Any) -> None:
@@ -288,7 +330,45 @@ class Trainer:
             self.saes[key].input_scale = self.scales.get(self.configs[key].site, 1.0)
         self.step = int(doc["step"])
         self.tokens = int(doc["tokens"])
+        self.last_losses = dict(doc.get("last_losses") or {})
+        self.eval_metrics = dict(doc.get("eval_metrics") or {})
         ckpt.restore_rng(tensors, self.generator)
+        self._load_stack_state(tensors, doc.get("stack_optimizers") or [])
+
+    # ------------------------------------------------------------------ stacked fast path (RunConfig.stack)
+    # The stacked groups hold the live weights of their members during training; ``self.saes`` of
+    # those members are refreshed from the stacks (``_push_stacks``) before results and checkpoints.
+    def _build_stacks(self) -> None:
+        if type(self)._forward_train is not Trainer._forward_train:
+            raise ConfigError(f"{type(self).__name__} overrides the training forward, which a stacked step would bypass",
+                              "set RunConfig.stack=False with this trainer")
+        groups, self.solo_keys = group_keys(self.configs)
+        self.stacks = [StackedGroup(g, self.configs, self.saes, self.trackers, self.run, self.device, self._autocast) for g in groups]
+
+    def _stacked_steps(self, batch: Mapping[str, Tensor]) -> None:
+        for group in self.stacks:
+            xs = [self._rows(batch, self.configs[k]) * self.scales[self.configs[k].site] for k in group.keys]
+            self.last_losses.update(group.step(xs, self.step))
+
+    def _push_stacks(self) -> None:
+        for group in self.stacks:
+            group.push_(self.saes)
+
+    def _stack_state_into(self, tensors: dict[str, Tensor]) -> list[dict[str, Any]]:
+        metas = []
+        for g, group in enumerate(self.stacks):
+            flat, meta = group.optimizer_state()
+            tensors.update({f"stackopt/{g}/{k}": v for k, v in flat.items()})
+            metas.append({"keys": group.keys, **meta})
+        return metas
+
+    def _load_stack_state(self, tensors: dict[str, Tensor], metas: list[dict[str, Any]]) -> None:
+        if len(metas) != len(self.stacks) or any(m["keys"] != g.keys for m, g in zip(metas, self.stacks)):
+            raise ConfigError("the checkpoint's stacked groups differ from this run's", "resume with the same configs and RunConfig.stack")
+        for g, group in enumerate(self.stacks):
+            group.pull_(self.saes)
+            flat = {k: v.to(self.device) if not k.endswith("/step") else v for k, v in ckpt.split_prefix(tensors, f"stackopt/{g}").items()}
+            group.load_optimizer_state(flat, metas[g])
 
 
 def train_saes(

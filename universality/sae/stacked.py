@@ -1,0 +1,374 @@
+"""Many same-shape TopK / BatchTopK dictionaries as one module with stacked weights.
+
+``n`` dictionaries with the same :class:`~universality.sae.config.SAEConfig` (different seeds,
+or different sites of the same width) are held as
+
+- ``W_enc`` ``(n, d_in, d_sae)``, ``b_enc`` ``(n, d_sae)``,
+- ``W_dec`` ``(n, d_sae, d_in)`` with unit-norm rows, ``b_dec`` ``(n, d_in)``,
+
+so one batched matmul (``torch.baddbmm``) encodes a ``(n, batch, d_in)`` input for all of them and
+one optimiser step updates all of them: seeds and sites share kernel launches (sparsify trains its
+hookpoints x seeds from one pass in the same spirit; the batching here goes one step further and
+fuses the dictionaries themselves). Dictionary ``i`` of the stack computes exactly what the
+individual SAE computes (same formulas, see :mod:`universality.sae.topk` and
+:mod:`universality.sae.batchtopk`).
+
+The TopK decoder is *k-sparse*: each token's reconstruction gathers only its ``k`` active decoder
+rows, and the backward pass touches only those rows (``index_add_`` on CUDA; on the CPU a scatter
+into a dense code and one ``bmm``, which BLAS does faster there), as :mod:`universality.sae.topk`
+does for one dictionary.
+
+A stack is a training device, not an artifact: :meth:`StackedSAE.from_saes` builds one from
+individual SAEs and :meth:`StackedSAE.to_saes` / :meth:`StackedSAE.copy_to_` give them back, so
+artifacts stay one folder per dictionary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from universality.errors import ConfigError
+from universality.sae.base import SAE
+from universality.sae.config import SAEConfig
+from universality.sae.registry import get_architecture
+
+__all__ = [
+    "STACKABLE",
+    "StackedOutput",
+    "StackedSAE",
+    "normalize_rows_",
+    "remove_parallel_",
+    "stacked_sparse_decode",
+    "stacked_topk_encoder",
+]
+
+#: Architectures a stack can hold (no sparsity penalty, unit decoder rows).
+STACKABLE = ("topk", "batchtopk")
+_THRESHOLD_RATE = 0.01  # BatchTopK's running threshold rate, as in universality.sae.batchtopk
+
+
+def _compute_dtype(t: Tensor) -> torch.dtype:
+    """The dtype matmuls run in: autocast's on CUDA when it is on, the tensor's own otherwise."""
+    if t.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+        return torch.get_autocast_dtype("cuda")
+    return t.dtype
+
+
+def _dense_backward(device: torch.device) -> bool:
+    """Whether the k-sparse backward scatters into a dense code and uses BLAS (the CPU), rather than
+    touching only the ``k`` rows with ``index_add_`` (CUDA; also the path tests force on the CPU)."""
+    return device.type == "cpu"
+
+
+def _flat_index(idx_NBK: Tensor, n_latents: int) -> Tensor:
+    """Row indices into the ``(n * d_sae, ...)`` flattening of a stacked weight."""
+    offset_N11 = torch.arange(idx_NBK.shape[0], device=idx_NBK.device).view(-1, 1, 1) * n_latents
+    return idx_NBK + offset_N11
+
+
+class _StackedTopKEncoder(torch.autograd.Function):
+    """``TopK(ReLU(x W_i + b_i))`` for each dictionary ``i``, with a k-sparse backward.
+
+    Returns ``(values, indices, pre)``; the dense pre-activations carry a gradient only when a loss
+    reads them (AuxK), which then takes the dense path.
+    """
+
+    @staticmethod
+    def forward(ctx, x_NBD: Tensor, W_NDF: Tensor, b_NF: Tensor, k: int):
+        dt = _compute_dtype(W_NDF)
+        xc_NBD, Wc_NDF = x_NBD.to(dt), W_NDF.to(dt)
+        pre_NBF = torch.baddbmm(b_NF.to(dt).unsqueeze(1), xc_NBD, Wc_NDF)
+        vals_NBK, idx_NBK = torch.relu(pre_NBF).topk(k, dim=-1, sorted=False)
+        ctx.save_for_backward(xc_NBD, Wc_NDF, idx_NBK, vals_NBK > 0)
+        ctx.in_dtypes = (x_NBD.dtype, W_NDF.dtype, b_NF.dtype)
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(idx_NBK)
+        return vals_NBK, idx_NBK, pre_NBF
+
+    @staticmethod
+    def backward(ctx, g_vals_NBK, _g_idx, g_pre_NBF):
+        x_NBD, W_NDF, idx_NBK, on_NBK = ctx.saved_tensors
+        N, B, D = x_NBD.shape
+        Fn = W_NDF.shape[2]
+        need_x, need_W, need_b = ctx.needs_input_grad[:3]
+        acc = torch.float32 if W_NDF.dtype in (torch.bfloat16, torch.float16) else W_NDF.dtype
+        grad_x = grad_W = grad_b = None
+        dense_NBF = g_pre_NBF.to(W_NDF.dtype) if g_pre_NBF is not None else None
+        if g_vals_NBK is not None:
+            g_NBK = (g_vals_NBK * on_NBK).to(W_NDF.dtype)
+            if _dense_backward(x_NBD.device) or dense_NBF is not None:
+                # scatter into a dense code, then one matmul: on the CPU (index_add_ with repeated indices is
+                # serial there), and on CUDA when AuxK already sends a dense gradient (its matmuls are paid anyway)
+                G_NBF = torch.zeros(N, B, Fn, dtype=W_NDF.dtype, device=W_NDF.device).scatter_(2, idx_NBK, g_NBK)
+                dense_NBF = G_NBF if dense_NBF is None else dense_NBF + G_NBF
+            else:
+                flat_idx = _flat_index(idx_NBK, Fn).reshape(-1)
+                if need_x:
+                    W_flat = W_NDF.transpose(1, 2).reshape(N * Fn, D)
+                    grad_x = F.embedding_bag(flat_idx.view(N * B, -1), W_flat, per_sample_weights=g_NBK.reshape(N * B, -1),
+                                             mode="sum").view(N, B, D).to(acc)
+                if need_W:  # one dictionary at a time: the (batch * k, d_in) contributions stay small
+                    g_NFD = torch.zeros(N, Fn, D, dtype=acc, device=W_NDF.device)
+                    for i in range(N):
+                        contrib = (g_NBK[i].unsqueeze(-1) * x_NBD[i].unsqueeze(1)).reshape(-1, D).to(acc)
+                        g_NFD[i].index_add_(0, idx_NBK[i].reshape(-1), contrib)
+                    grad_W = g_NFD.transpose(1, 2)
+                if need_b:
+                    grad_b = torch.zeros(N * Fn, dtype=acc, device=W_NDF.device).index_add_(
+                        0, flat_idx, g_NBK.reshape(-1).to(acc)).view(N, Fn)
+        if dense_NBF is not None:
+            if need_x:
+                gx = torch.bmm(dense_NBF, W_NDF.transpose(1, 2))
+                grad_x = gx if grad_x is None else grad_x + gx
+            if need_W:
+                gW = torch.bmm(x_NBD.transpose(1, 2), dense_NBF)
+                grad_W = gW if grad_W is None else grad_W + gW
+            if need_b:
+                gb = dense_NBF.sum(dim=1)
+                grad_b = gb if grad_b is None else grad_b + gb
+        dx, dW, db = ctx.in_dtypes
+        return (None if grad_x is None else grad_x.to(dx), None if grad_W is None else grad_W.to(dW),
+                None if grad_b is None else grad_b.to(db), None)
+
+
+class _StackedSparseDecode(torch.autograd.Function):
+    """``out[i, b] = sum_j vals[i, b, j] * W[i, idx[i, b, j]]`` touching only the ``k`` gathered rows."""
+
+    @staticmethod
+    def forward(ctx, idx_NBK: Tensor, vals_NBK: Tensor, W_NFD: Tensor):
+        N, B, K = idx_NBK.shape
+        Fn, D = W_NFD.shape[1:]
+        dt = _compute_dtype(W_NFD)
+        W_flat = W_NFD.to(dt).reshape(N * Fn, D)
+        flat_NB_K = _flat_index(idx_NBK, Fn).reshape(N * B, K)
+        vc = vals_NBK.to(dt)
+        out = F.embedding_bag(flat_NB_K, W_flat, per_sample_weights=vc.reshape(N * B, K), mode="sum")
+        ctx.save_for_backward(idx_NBK, flat_NB_K, vc, W_flat)
+        ctx.shape = (N, B, K, Fn, D)
+        ctx.in_dtypes = (vals_NBK.dtype, W_NFD.dtype)
+        return out.view(N, B, D)
+
+    @staticmethod
+    def backward(ctx, g_NBD):
+        idx_NBK, flat_NB_K, v_NBK, W_flat = ctx.saved_tensors
+        N, B, K, Fn, D = ctx.shape
+        g = g_NBD.to(W_flat.dtype)
+        grad_vals = grad_W = None
+        if ctx.needs_input_grad[1]:  # <W_dec row, g> for each active row, gathered one dictionary at a time
+            flat_NBK = flat_NB_K.view(N, B, K)
+            grad_vals = torch.stack([
+                torch.bmm(W_flat.index_select(0, flat_NBK[i].reshape(-1)).view(B, K, D), g[i].reshape(B, D, 1)).view(B, K)
+                for i in range(N)
+            ]).to(ctx.in_dtypes[0])
+        if ctx.needs_input_grad[2]:
+            if _dense_backward(g.device):
+                # CPU: scatter the k values into a dense code and let BLAS form Z^T g (as topk.py does)
+                Z_NBF = torch.zeros(N, B, Fn, dtype=W_flat.dtype, device=g.device).scatter_add_(2, idx_NBK, v_NBK)
+                grad_W = torch.bmm(Z_NBF.transpose(1, 2), g.reshape(N, B, D))
+            else:
+                acc = torch.float32 if W_flat.dtype in (torch.bfloat16, torch.float16) else W_flat.dtype
+                grad_W = torch.zeros(N, Fn, D, dtype=acc, device=g.device)
+                for i in range(N):  # one dictionary at a time: the (batch * k, d_in) contributions stay small
+                    contrib = (v_NBK[i].unsqueeze(-1) * g[i].unsqueeze(1)).reshape(-1, D).to(acc)
+                    grad_W[i].index_add_(0, idx_NBK[i].reshape(-1), contrib)
+            grad_W = grad_W.to(ctx.in_dtypes[1])
+        return None, grad_vals, grad_W
+
+
+def stacked_topk_encoder(
+    x: Float[Tensor, "n batch d_in"], W_enc: Float[Tensor, "n d_in d_sae"], b_enc: Float[Tensor, "n d_sae"], k: int
+) -> tuple[Float[Tensor, "n batch k"], Int[Tensor, "n batch k"], Float[Tensor, "n batch d_sae"]]:
+    """``(values, indices, pre)`` of ``TopK_k(ReLU(x_i W_enc,i + b_enc,i))`` for each dictionary ``i``
+    (Gao et al. 2024), with a backward that sends gradient only through the ``k`` kept latents."""
+    return _StackedTopKEncoder.apply(x, W_enc, b_enc, k)
+
+
+def stacked_sparse_decode(
+    idx: Int[Tensor, "n batch k"], vals: Float[Tensor, "n batch k"], W_dec: Float[Tensor, "n d_sae d_in"]
+) -> Float[Tensor, "n batch d_in"]:
+    """``sum_j vals[i, b, j] W_dec[i, idx[i, b, j]]`` (no bias), gathering ``k`` rows per token; its
+    backward touches only those rows of ``W_dec``."""
+    return _StackedSparseDecode.apply(idx, vals, W_dec)
+
+
+def remove_parallel_(g: Float[Tensor, "*n d_sae d_in"], W_dec: Float[Tensor, "*n d_sae d_in"]) -> None:
+    """``g_j -= <g_j, w_j> w_j`` for each unit decoder row ``w_j`` (in place; Bricken et al. 2023)."""
+    g -= (g * W_dec).sum(dim=-1, keepdim=True) * W_dec
+
+
+def normalize_rows_(W_dec: Float[Tensor, "*n d_sae d_in"]) -> None:
+    """Scale every decoder row to unit norm (in place)."""
+    W_dec /= W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+@dataclass
+class StackedOutput:
+    """One training forward pass of a stack.
+
+    ``x_hat`` ``(n, batch, d_in)``; ``pre`` the dense pre-activations ``(n, batch, d_sae)`` (for
+    AuxK); ``active`` ``(indices, values)`` ``(n, batch, k)`` for TopK, else ``None``; ``acts`` the
+    dense code (BatchTopK only, else ``None``).
+    """
+
+    x_hat: Float[Tensor, "n batch d_in"]
+    pre: Float[Tensor, "n batch d_sae"]
+    active: tuple[Tensor, Tensor] | None = None
+    acts: Tensor | None = None
+
+
+class StackedSAE(nn.Module):
+    """``n`` TopK or BatchTopK dictionaries of one :class:`SAEConfig`, trained as one module."""
+
+    def __init__(self, cfg: SAEConfig, n: int, device: str | torch.device | None = None) -> None:
+        super().__init__()
+        if cfg.architecture not in STACKABLE:
+            raise ConfigError(f"a stack holds {'/'.join(STACKABLE)} dictionaries, not {cfg.architecture!r}",
+                              "train other architectures unstacked (RunConfig.stack=False)")
+        if not isinstance(n, int) or n < 1:
+            raise ConfigError(f"a stack needs n >= 1 dictionaries, got {n!r}", "pass the number of dictionaries")
+        self.cfg, self.n = cfg, n
+        dt = cfg.torch_dtype
+        D, Fn = cfg.d_in, cfg.d_sae
+        # parameter order W_dec, W_enc, b_enc, b_dec: the same as an individual SAE's
+        self.W_dec = nn.Parameter(torch.zeros(n, Fn, D, dtype=dt, device=device))
+        self.W_enc = nn.Parameter(torch.zeros(n, D, Fn, dtype=dt, device=device))
+        self.b_enc = nn.Parameter(torch.zeros(n, Fn, dtype=dt, device=device))
+        self.b_dec = nn.Parameter(torch.zeros(n, D, dtype=dt, device=device))
+        if cfg.architecture == "batchtopk":
+            self.register_buffer("threshold", torch.full((n,), -1.0, dtype=dt, device=device))
+        self.input_scales: list[float] = [1.0] * n
+
+    # ----------------------------------------------------------------- conversion
+    @classmethod
+    def from_saes(cls, saes: Sequence[SAE], device: str | torch.device | None = None) -> StackedSAE:
+        """A stack holding copies of ``saes`` (all of one config and architecture)."""
+        saes = list(saes)
+        if not saes:
+            raise ConfigError("no SAEs to stack", "pass at least one SAE")
+        cfg = saes[0].cfg
+        for s in saes[1:]:
+            if s.cfg != cfg:
+                raise ConfigError(f"cannot stack SAEs with different configs ({s.cfg} vs {cfg})",
+                                  "stack only dictionaries of one SAEConfig")
+        stack = cls(cfg, len(saes), device=device if device is not None else saes[0].W_dec.device)
+        stack.load_from_(saes)
+        return stack
+
+    @torch.no_grad()
+    def load_from_(self, saes: Sequence[SAE]) -> None:
+        """Copy the weights (and BatchTopK thresholds, input scales) of ``saes`` into the stack."""
+        if len(saes) != self.n:
+            raise ConfigError(f"{len(saes)} SAEs given to a stack of {self.n}", "pass one SAE per stacked dictionary")
+        for i, sae in enumerate(saes):
+            if sae.cfg != self.cfg:
+                raise ConfigError(f"SAE {i} has config {sae.cfg}, the stack {self.cfg}", "stack only dictionaries of one SAEConfig")
+            for name in ("W_dec", "W_enc", "b_enc", "b_dec"):
+                getattr(self, name)[i].copy_(getattr(sae, name))
+            if self.cfg.architecture == "batchtopk":
+                self.threshold[i].copy_(sae.threshold)
+            self.input_scales[i] = float(sae.input_scale)
+
+    @torch.no_grad()
+    def copy_to_(self, saes: Sequence[SAE]) -> None:
+        """Write dictionary ``i`` of the stack into ``saes[i]`` (in place)."""
+        if len(saes) != self.n:
+            raise ConfigError(f"{len(saes)} SAEs given to a stack of {self.n}", "pass one SAE per stacked dictionary")
+        for i, sae in enumerate(saes):
+            for name in ("W_dec", "W_enc", "b_enc", "b_dec"):
+                getattr(sae, name).copy_(getattr(self, name)[i])
+            if self.cfg.architecture == "batchtopk":
+                sae.threshold.copy_(self.threshold[i])
+            sae.input_scale = self.input_scales[i]
+
+    def to_saes(self, metas: Sequence[dict] | None = None) -> list[SAE]:
+        """New individual SAE objects holding copies of the stacked dictionaries."""
+        impl = get_architecture(self.cfg.architecture)
+        out = [impl(self.cfg, meta=(metas[i] if metas else None), device=self.W_dec.device) for i in range(self.n)]
+        self.copy_to_(out)
+        return out
+
+    # ----------------------------------------------------------------- forward
+    def _check(self, x: Tensor) -> Tensor:
+        if x.ndim != 3 or x.shape[0] != self.n or x.shape[2] != self.cfg.d_in:
+            raise ConfigError(f"a stack of {self.n} dictionaries of d_in={self.cfg.d_in} needs input (n, batch, d_in), "
+                              f"got {tuple(x.shape)}", "stack one (batch, d_in) block per dictionary")
+        return x.to(self.W_dec.dtype)
+
+    def pre_acts(self, x: Float[Tensor, "n batch d_in"]) -> Float[Tensor, "n batch d_sae"]:
+        """``(x_i - b_dec,i) W_enc,i + b_enc,i`` for every dictionary ``i``."""
+        x_NBD = self._check(x)
+        return torch.baddbmm(self.b_enc.unsqueeze(1), x_NBD - self.b_dec.unsqueeze(1), self.W_enc)
+
+    def encode(self, x: Float[Tensor, "n batch d_in"]) -> Float[Tensor, "n batch d_sae"]:
+        """Dense latents with each individual SAE's inference behaviour."""
+        pre_NBF = self.pre_acts(x)
+        if self.cfg.architecture == "topk":
+            vals, idx = torch.relu(pre_NBF).topk(self.cfg.k, dim=-1, sorted=False)
+            return torch.zeros_like(pre_NBF).scatter_(-1, idx, vals)
+        out = []
+        for i in range(self.n):  # BatchTopK inference: the learned threshold (batch selection until trained)
+            thr = float(self.threshold[i])
+            out.append(self._batch_topk(pre_NBF[i : i + 1])[0] if thr < 0 else torch.relu(pre_NBF[i]) * (pre_NBF[i] > thr))
+        return torch.stack(out)
+
+    def decode(self, z: Float[Tensor, "n batch d_sae"]) -> Float[Tensor, "n batch d_in"]:
+        """``z_i W_dec,i + b_dec,i``."""
+        return torch.baddbmm(self.b_dec.unsqueeze(1), z.to(self.W_dec.dtype), self.W_dec)
+
+    def decode_sparse(self, idx: Int[Tensor, "n batch k"], vals: Float[Tensor, "n batch k"]) -> Float[Tensor, "n batch d_in"]:
+        """Decode from ``k`` active latents per row (k-sparse gather) plus ``b_dec``."""
+        return stacked_sparse_decode(idx, vals, self.W_dec) + self.b_dec.unsqueeze(1)
+
+    def forward(self, x: Float[Tensor, "n batch d_in"]) -> Float[Tensor, "n batch d_in"]:
+        return self.decode(self.encode(x))
+
+    def _batch_topk(self, pre_NBF: Tensor) -> Tensor:
+        N, B, Fn = pre_NBF.shape
+        flat = torch.relu(pre_NBF).reshape(N, B * Fn)
+        n_keep = min(self.cfg.k * B, B * Fn)
+        vals, idx = flat.topk(n_keep, dim=1, sorted=False)
+        return torch.zeros_like(flat).scatter(1, idx, vals).view(N, B, Fn)
+
+    def forward_train(self, x: Float[Tensor, "n batch d_in"]) -> StackedOutput:
+        """Training forward pass of every dictionary (same maths as their ``forward_train``)."""
+        x_NBD = self._check(x)
+        xc_NBD = x_NBD - self.b_dec.unsqueeze(1)
+        if self.cfg.architecture == "topk":
+            vals, idx, pre = stacked_topk_encoder(xc_NBD, self.W_enc, self.b_enc, self.cfg.k)
+            x_hat = self.decode_sparse(idx, vals)
+            return StackedOutput(x_hat, pre, active=(idx, vals.detach()))
+        pre = torch.baddbmm(self.b_enc.unsqueeze(1), xc_NBD, self.W_enc)
+        z = self._batch_topk(pre)
+        self._update_threshold_(z.detach())
+        return StackedOutput(self.decode(z), pre, acts=z)
+
+    @torch.no_grad()
+    def _update_threshold_(self, z_NBF: Tensor) -> None:
+        """BatchTopK running threshold: the smallest kept activation, EMA with rate 0.01 (Bussmann et al. 2024)."""
+        pos = z_NBF > 0
+        has = pos.flatten(1).any(dim=1)
+        low = z_NBF.masked_fill(~pos, float("inf")).flatten(1).amin(dim=1).to(self.threshold.dtype)
+        thr = self.threshold
+        new = torch.where(thr < 0, low, thr + _THRESHOLD_RATE * (low - thr))
+        self.threshold.copy_(torch.where(has, new, thr))
+
+    # ----------------------------------------------------------------- decoder constraint
+    @torch.no_grad()
+    def remove_parallel_decoder_grad_(self) -> None:
+        """Remove each decoder-row gradient's component along its (unit) row (Bricken et al. 2023)."""
+        if self.W_dec.grad is not None:
+            remove_parallel_(self.W_dec.grad, self.W_dec)
+
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Project every decoder row back to unit norm."""
+        normalize_rows_(self.W_dec)
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, architecture={self.cfg.architecture}, d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}, k={self.cfg.k}"
