@@ -52,9 +52,9 @@ def precheck(overrides: Sequence[str]) -> None:
 
     study = compose_study(overrides, CONFIG_DIR)
     check_inputs(study)
-    from universality.study.runner import claim_folder  # heavy import: only once the config is valid
+    from universality.study.runner import check_out_folder  # heavy import: only once the config is valid
 
-    claim_folder(Path(study.out_dir), study)
+    check_out_folder(Path(study.out_dir), study)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

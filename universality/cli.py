@@ -329,9 +329,9 @@ def run_validate(overrides: Sequence[str]) -> dict[str, Any]:
 
     study = compose_study(overrides)
     check_inputs(study)
-    from universality.study.runner import claim_folder
+    from universality.study.runner import check_out_folder
 
-    claim_folder(Path(study.out_dir), study)
+    check_out_folder(Path(study.out_dir), study)
     return {"study": study.name, "out_dir": study.out_dir, "analyses": list(study.analyses),
             "models": [m.name for m in study.models], "sites": list(study.sites), "seeds": list(study.sae.seeds)}
 

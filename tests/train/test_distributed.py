@@ -8,6 +8,7 @@ placement plan, the rank slicing and the job-file checks run in the default tier
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import itertools
 import os
 import subprocess
@@ -331,14 +332,20 @@ def _resume_worker(rank: int, root: str, first: bool) -> None:
         run = RunConfig(steps=STEPS, checkpoint_dir=f"{root}/{name}/ckpt", checkpoint_every=5, out_dir=f"{root}/{name}/out")
         train_distributed(_FailAt(toy_source(), fail_at), configs(), run, DistributedConfig(backend="gloo", timeout_s=120), progress=False)
 
-    if first:  # an uninterrupted run, and a run that crashes (on both ranks) after its step-15 checkpoint
-        job("full", None)
-        try:
-            job("crashed", 17)
-        except RuntimeError as exc:
-            write_json(Path(root) / f"crash{rank}.json", str(exc))
-    else:  # fresh processes resume the crashed run
-        job("crashed", None)
+    # several jobs in one process: create the group once and let train_distributed join it (creating
+    # and destroying the default group per job races: a fast rank can rendezvous at the old store)
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
+    try:
+        if first:  # an uninterrupted run, and a run that crashes (on both ranks) after its step-15 checkpoint
+            job("full", None)
+            try:
+                job("crashed", 17)
+            except RuntimeError as exc:
+                write_json(Path(root) / f"crash{rank}.json", str(exc))
+        else:  # fresh processes resume the crashed run
+            job("crashed", None)
+    finally:
+        dist.destroy_process_group()
 
 
 def _sites_worker(rank: int, job: str, out: str) -> None:

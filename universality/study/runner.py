@@ -27,7 +27,7 @@ from universality.io import atomic_write_text, read_json
 from universality.study.config import StudyConfig
 from universality.study.pipeline import StudyContext
 
-__all__ = ["run_study", "StudyOutcome", "ANALYSIS_MODULES"]
+__all__ = ["run_study", "check_out_folder", "StudyOutcome", "ANALYSIS_MODULES"]
 
 log = logging.getLogger("universality.study")
 
@@ -52,7 +52,7 @@ class StudyOutcome:
     cache_misses: int
 
 
-def claim_folder(root: Path, cfg: StudyConfig) -> None:
+def check_out_folder(root: Path, cfg: StudyConfig) -> None:
     """Refuse an output folder that already holds a different study (nothing there is touched)."""
     marker = root / "study.json"
     if marker.is_file():
@@ -90,7 +90,7 @@ def run_study(cfg: StudyConfig, out_dir: str | Path | None = None, progress: boo
     """Run every analysis of ``cfg`` and write the results table, figures and report."""
     start = time.perf_counter()
     root = Path(out_dir or cfg.out_dir)
-    claim_folder(root, cfg)
+    check_out_folder(root, cfg)
     ctx = StudyContext(cfg, root)
     figures = root / "figures"
     results = []

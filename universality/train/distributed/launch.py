@@ -70,7 +70,10 @@ def train_distributed(
     default process group, runs :class:`DataParallelTrainer` (``mode="data"``: every rank returns
     the same dictionaries, rank 0 writes them) or a plain :class:`Trainer` over this rank's sites
     (``mode="sites"``, plan from :func:`place_sites`), and destroys the group if it created it.
-    Outside a launcher (no ``WORLD_SIZE``) it is plain single-process training.
+    Outside a launcher (no ``WORLD_SIZE``) it is plain single-process training. A process that runs
+    several jobs one after another should create the group once itself (``dist.init_process_group``)
+    and destroy it at the end: re-creating the default group per job can deadlock, since a fast rank
+    may reach the new rendezvous while a slower one still serves the old store.
     """
     cfg = dist_cfg or DistributedConfig()
     configs = [configs] if isinstance(configs, TrainConfig) else list(configs)
