@@ -15,7 +15,6 @@ its folder, and :func:`inside` / :meth:`StudyConfig.path` resolve a path and ref
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from universality.checks import check_bool, check_int, check_number
 from universality.errors import ConfigError, DataError, ModelLoadError, UnknownSiteError
 from universality.sites import Site
 
@@ -97,19 +97,12 @@ def inside(root: str | os.PathLike, *parts: str | os.PathLike) -> Path:
     return target
 
 
-def _int(owner: str, name: str, value: Any, low: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ConfigError(f"{owner}.{name} must be an integer >= {low}, got {value!r}", f"set {name} to an integer >= {low}")
+_int = check_int
+_bool = check_bool
 
 
 def _num(owner: str, name: str, value: Any, low: float, high: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or not low <= value <= high:
-        raise ConfigError(f"{owner}.{name} must be a number in [{low}, {high}], got {value!r}", f"fix {name}")
-
-
-def _bool(owner: str, name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{owner}.{name} must be true or false, got {value!r}", f"set {name}: true or {name}: false")
+    check_number(owner, name, value, low, high)
 
 
 def _str(owner: str, name: str, value: Any, empty_ok: bool = True) -> None:
