@@ -18,6 +18,17 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 _DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (restored after): tiny models run fastest, and bitwise
+    reproducibly, on one thread, even on a crowded 2-core machine. Folders whose tests all want it
+    use it from an autouse fixture in their conftest."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(params=_DEVICES)
 def device(request) -> str:
     """Runs a test on the CPU, and again on CUDA when a GPU is present."""

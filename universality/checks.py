@@ -7,13 +7,14 @@ float where an integer belongs, ``"yes"`` for a flag) is reported like a wrong v
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from universality.errors import ConfigError
 
-__all__ = ["check_int", "check_number", "check_bool", "check_choice", "check_text"]
+__all__ = ["check_int", "check_number", "check_bool", "check_choice", "check_text", "known_fields", "leaves_folder"]
 
 
 def check_int(owner: str, name: str, value: Any, low: int = 1, *, none_ok: bool = False) -> None:
@@ -51,3 +52,20 @@ def check_text(owner: str, name: str, value: Any, *, none_ok: bool = False) -> N
         return
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{owner}.{name} must be a non-empty string, got {value!r}", f"set {name} to a non-empty string")
+
+
+def known_fields(cls: type, data: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
+    """``data`` as a dict, or a :class:`ConfigError` naming the keys that are not fields of dataclass ``cls``."""
+    data = dict(data or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown {what} fields {unknown}", f"use only {sorted(names)}")
+    return data
+
+
+def leaves_folder(relative: str) -> bool:
+    """Whether the ``/``-separated ``relative`` path, joined to a folder, could leave it: an absolute
+    path, a backslash or NUL, or an empty, ``.`` or ``..`` component."""
+    return ("\\" in relative or "\x00" in relative or relative.startswith("/")
+            or any(p in ("", ".", "..") for p in relative.split("/")))

@@ -9,15 +9,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test here runs on one intra-op thread (``one_thread`` in tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")

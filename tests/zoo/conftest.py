@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from universality.zoo import ZooModelConfig, from_dict
 
@@ -16,12 +15,8 @@ TINY_FAMILIES = {
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest (and bitwise reproducibly) on one thread, even on a crowded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test here runs on one intra-op thread (``one_thread`` in tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from universality.checks import check_bool, check_choice, check_int, check_number, check_text
-from universality.errors import ConfigError
+from universality.checks import check_bool, check_choice, check_int, check_number, check_text, known_fields
 
 __all__ = ["SAEConfig"]
 
@@ -70,11 +69,7 @@ class SAEConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SAEConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"unknown SAEConfig fields {unknown}", f"use only {sorted(names)}")
-        return cls(**data)
+        return cls(**known_fields(cls, data, "SAEConfig"))
 
     def replace(self, **changes: Any) -> SAEConfig:
         return dataclasses.replace(self, **changes)

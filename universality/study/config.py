@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from universality.checks import check_bool, check_int, check_number
+from universality.checks import check_bool, check_int, check_number, leaves_folder
 from universality.errors import ConfigError, DataError, ModelLoadError, UnknownSiteError
 from universality.sites import Site
 
@@ -71,8 +71,7 @@ def check_revision(what: str, value: Any) -> str:
     """
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{what} must be a non-empty string, got {value!r}", "use a revision name such as step1000 or main")
-    parts = value.split("/")
-    if "\\" in value or value.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in value:
+    if leaves_folder(value):
         raise ConfigError(f"{what} {value!r} would leave the model folder", "use a plain revision name such as step1000")
     return value
 
@@ -95,14 +94,6 @@ def inside(root: str | os.PathLike, *parts: str | os.PathLike) -> Path:
         raise ConfigError(f"path {os.path.join(*map(os.fspath, parts))!r} leaves the output folder {root}",
                           "remove '..' (and links out of the folder) from the path")
     return target
-
-
-_int = check_int
-_bool = check_bool
-
-
-def _num(owner: str, name: str, value: Any, low: float, high: float) -> None:
-    check_number(owner, name, value, low, high)
 
 
 def _str(owner: str, name: str, value: Any, empty_ok: bool = True) -> None:
@@ -164,14 +155,14 @@ class CorpusConfig:
 
     def __post_init__(self) -> None:
         if self.inject_after_step is not None:
-            _int("corpus", "inject_after_step", self.inject_after_step, 0)
+            check_int("corpus", "inject_after_step", self.inject_after_step, 0)
         if not isinstance(self.source, str) or not self.source:
             raise ConfigError("corpus.source must be a non-empty string", "use shakespeare, a file path, or hf:<dataset>")
         _str("corpus", "text_field", self.text_field, empty_ok=False)
         if self.max_docs is not None:
-            _int("corpus", "max_docs", self.max_docs)
-        _bool("corpus", "planted", self.planted)
-        _int("corpus", "planted_docs", self.planted_docs)
+            check_int("corpus", "max_docs", self.max_docs)
+        check_bool("corpus", "planted", self.planted)
+        check_int("corpus", "planted_docs", self.planted_docs)
 
 
 @dataclass(frozen=True)
@@ -191,13 +182,13 @@ class SubsetConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.kind, str) or self.kind not in ("fraction", "meta", "regex"):
             raise ConfigError(f"subset.kind {self.kind!r} is not supported", "use fraction, meta or regex")
-        _num("subset", "fraction", self.fraction, 0.0, 1.0)
+        check_number("subset", "fraction", self.fraction, 0.0, 1.0)
         if self.kind == "fraction" and self.fraction == 0:
             raise ConfigError("subset.fraction is 0, so D' would be empty", "use a fraction in (0, 1]")
         for name in ("field", "value", "pattern"):
             _str("subset", name, getattr(self, name))
-        _bool("subset", "complement", self.complement)
-        _int("subset", "seed", self.seed, 0)
+        check_bool("subset", "complement", self.complement)
+        check_int("subset", "seed", self.seed, 0)
         if self.kind == "regex":
             if not self.pattern:
                 raise ConfigError("subset.kind is regex but subset.pattern is empty", "set subset.pattern")
@@ -276,7 +267,7 @@ class HarvestSpec:
 
     def __post_init__(self) -> None:
         for name in ("train_tokens", "context_length", "batch_size", "eval_spans", "span_chars", "max_doc_tokens"):
-            _int("harvest", name, getattr(self, name))
+            check_int("harvest", name, getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -294,12 +285,12 @@ class SAESpec:
 
     def __post_init__(self) -> None:
         _check_architecture(self.architecture)
-        _int("sae", "expansion", self.expansion)
-        _int("sae", "k", self.k)
-        _int("sae", "steps", self.steps)
-        _int("sae", "batch_size", self.batch_size)
-        _num("sae", "lr", self.lr, 1e-7, 1.0)
-        _num("sae", "sparsity_coeff", self.sparsity_coeff, 0.0, 1e3)
+        check_int("sae", "expansion", self.expansion)
+        check_int("sae", "k", self.k)
+        check_int("sae", "steps", self.steps)
+        check_int("sae", "batch_size", self.batch_size)
+        check_number("sae", "lr", self.lr, 1e-7, 1.0)
+        check_number("sae", "sparsity_coeff", self.sparsity_coeff, 0.0, 1e3)
         seeds = _seq("sae", "seeds", self.seeds)
         if (len(seeds) < 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
                 or len(set(seeds)) != len(seeds)):
@@ -322,9 +313,9 @@ class MatchSpec:
         if not raw or any(not isinstance(t, (int, float)) or isinstance(t, bool) or not 0.0 <= t <= 1.0 for t in raw):
             raise ConfigError(f"match.thresholds must be numbers in [0, 1], got {list(raw)}", "fix match.thresholds")
         object.__setattr__(self, "thresholds", tuple(float(t) for t in raw))
-        _int("match", "n_perm", self.n_perm, 0)
-        _int("match", "gw_max", self.gw_max, 8)
-        _num("match", "corr_threshold", self.corr_threshold, 0.0, 1.0)
+        check_int("match", "n_perm", self.n_perm, 0)
+        check_int("match", "gw_max", self.gw_max, 8)
+        check_number("match", "corr_threshold", self.corr_threshold, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -377,8 +368,8 @@ class StudyConfig:
                          ("sae", SAESpec), ("match", MatchSpec)):
             if not isinstance(getattr(self, key), cls):
                 raise ConfigError(f"study.{key} must be a {cls.__name__}", "build the study with study_from_dict")
-        _int("study", "tokenizer_vocab", self.tokenizer_vocab, 257)
-        _int("study", "seed", self.seed, 0)
+        check_int("study", "tokenizer_vocab", self.tokenizer_vocab, 257)
+        check_int("study", "seed", self.seed, 0)
         if not isinstance(self.device, str) or not (self.device in ("cpu", "cuda") or
                                                     (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise ConfigError(f"study.device must be cpu or cuda[:N], got {self.device!r}", "fix study.device")

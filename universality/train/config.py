@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from universality.checks import check_bool, check_choice, check_int, check_number, check_text
+from universality.checks import check_bool, check_choice, check_int, check_number, check_text, known_fields, leaves_folder
 from universality.errors import ConfigError
 from universality.sae.config import SAEConfig
 
@@ -55,10 +55,9 @@ class TrainConfig:
         check_number("TrainConfig", "aux_coeff", self.aux_coeff, 0.0)
         check_int("TrainConfig", "aux_k", self.aux_k, 1, none_ok=True)
         check_text("TrainConfig", "name", self.name, none_ok=True)
-        for part in self.key.split("/"):  # the key names the dictionary's folder under out_dir
-            if part in ("", ".", "..") or "\\" in part or "\x00" in part:
-                raise ConfigError(f"TrainConfig key {self.key!r} would leave its output folder",
-                                  "use a name of plain path parts without '..', empty parts or a leading '/'")
+        if leaves_folder(self.key):  # the key names the dictionary's folder under out_dir
+            raise ConfigError(f"TrainConfig key {self.key!r} would leave its output folder",
+                              "use a name of plain path parts without '..', empty parts or a leading '/'")
         from universality.sae.registry import get_architecture
 
         if get_architecture(self.sae.architecture).uses_penalty and self.sae.sparsity_coeff <= 0:
@@ -67,11 +66,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from a plain mapping (e.g. YAML or an OmegaConf container); ``sae`` may be a mapping."""
-        data = dict(data)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"unknown TrainConfig fields {unknown}", f"use only {sorted(names)}")
+        data = known_fields(cls, data, "TrainConfig")
         if isinstance(data.get("sae"), dict):
             data["sae"] = SAEConfig.from_dict(dict(data["sae"]))
         return cls(**data)

@@ -222,9 +222,11 @@ class Trainer:
                     self.save_checkpoint(self.run.checkpoint_dir, source)
         finally:
             bar.close()
-        if last_batch is not None:
+        every = self.run.checkpoint_every
+        at_checkpoint = bool(every) and self.step % every == 0  # the loop measured and saved this step already
+        if last_batch is not None and not at_checkpoint:
             self.measure(last_batch)
-        if self.run.checkpoint_dir and (not self.run.checkpoint_every or self.step % self.run.checkpoint_every):
+        if self.run.checkpoint_dir and not at_checkpoint:
             self.save_checkpoint(self.run.checkpoint_dir, source)
         result = self.results()
         if self.run.out_dir:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from universality.checks import known_fields
 from universality.errors import ConfigError
 
 __all__ = ["ZooModelConfig", "InjectSpec", "FAMILIES", "from_dict", "load_preset", "preset_names", "register_configs"]
@@ -169,10 +170,7 @@ def from_dict(data: Mapping[str, Any]) -> ZooModelConfig:
         data = OmegaConf.to_container(data, resolve=True)
     if not isinstance(data, Mapping):
         raise ConfigError(f"a zoo config must be a mapping, got {type(data).__name__}", "pass a dict of ZooModelConfig fields")
-    names = {f.name for f in dataclasses.fields(ZooModelConfig)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"unknown ZooModelConfig fields {unknown}", f"use only {sorted(names)}")
+    known_fields(ZooModelConfig, data, "ZooModelConfig")
     if "family" not in data:
         raise ConfigError("a zoo config needs a 'family'", f"add family: one of {', '.join(FAMILIES)}")
     values = dict(data)

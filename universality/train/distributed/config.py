@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from universality.checks import known_fields
 from universality.errors import ConfigError
 
 __all__ = ["MODES", "BACKENDS", "DistributedConfig"]
@@ -43,13 +43,4 @@ class DistributedConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DistributedConfig:
-        return cls(**_known_fields(cls, data, "distributed"))
-
-
-def _known_fields(cls: type, data: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
-    data = dict(data or {})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"unknown {what} fields {unknown}", f"use only {sorted(names)}")
-    return data
+        return cls(**known_fields(cls, data, "distributed"))

@@ -13,7 +13,8 @@ from typing import Any
 from universality.errors import ConfigError, UniversalityError
 from universality.sae import SAE
 from universality.train.config import RunConfig, TrainConfig
-from universality.train.distributed.config import DistributedConfig, _known_fields
+from universality.checks import known_fields
+from universality.train.distributed.config import DistributedConfig
 from universality.train.distributed.launch import _env_world, train_distributed
 from universality.train.distributed.placement import place_sites
 
@@ -58,7 +59,7 @@ class SourceSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SourceSpec:
-        data = _known_fields(cls, data, "source")
+        data = known_fields(cls, data, "source")
         if "sites" in data:
             data["sites"] = (data["sites"],) if isinstance(data["sites"], str) else tuple(data["sites"])
         return cls(**data)
@@ -101,7 +102,7 @@ def load_job(path: str | Path) -> tuple[SourceSpec, list[TrainConfig], RunConfig
     return (
         SourceSpec.from_dict(doc["source"]),
         [TrainConfig.from_dict(t) for t in train],
-        RunConfig(**_known_fields(RunConfig, doc["run"], "run")),
+        RunConfig(**known_fields(RunConfig, doc["run"], "run")),
         DistributedConfig.from_dict(doc.get("distributed") or {}),
     )
 
