@@ -40,16 +40,16 @@ def train_all(worlds: dict, steps: int, batch: int, k: int, lr: float = 1e-2) ->
     """One ``train_saes`` pass over every world: a TopK SAE on each side, plus a second seed on the
     null world's side A (the seed-to-seed skyline)."""
     from universality.match.worlds import PairedSource
-    from universality.sae import SAEConfig
+    from universality.sae import sae_config
     from universality.train import TrainConfig, train_saes
 
     cfgs = []
     for name, w in worlds.items():
         for side, d in (("a", w.cfg.d_a), ("b", w.cfg.d_b)):
-            sae = SAEConfig("topk", d_in=d, d_sae=w.cfg.n_features, k=k)
+            sae = sae_config("topk", d_in=d, d_sae=w.cfg.n_features, k=k)
             cfgs.append(TrainConfig(sae, site=f"{name}/{side}", seed=0, lr=lr, name=f"{name}/{side}"))
     w0 = worlds["rot0"]
-    cfgs.append(TrainConfig(SAEConfig("topk", d_in=w0.cfg.d_a, d_sae=w0.cfg.n_features, k=k), site="rot0/a",
+    cfgs.append(TrainConfig(sae_config("topk", d_in=w0.cfg.d_a, d_sae=w0.cfg.n_features, k=k), site="rot0/a",
                             seed=1, lr=lr, name="rot0/a-seed1"))
     return train_saes(PairedSource(worlds, batch, seed=0, n_batches=steps), cfgs, steps=steps, progress=False)
 

@@ -44,7 +44,7 @@ import torch  # noqa: E402
 
 from universality import synthetic as syn  # noqa: E402
 from universality.eval.metrics import explained_variance  # noqa: E402
-from universality.sae import SAEConfig  # noqa: E402
+from universality.sae import sae_config  # noqa: E402
 from universality.train import RunConfig, TrainConfig, train_saes  # noqa: E402
 from universality.io import atomic_write_text
 
@@ -105,7 +105,7 @@ def reset_mem(device) -> None:
 
 
 def run_ours(batches, held, args, device, n=1, stack=False, compile=False):
-    cfgs = [TrainConfig(SAEConfig("topk", args.d_in, args.d_sae, k=args.k), lr=args.lr, seed=i, name=f"ours{i}") for i in range(n)]
+    cfgs = [TrainConfig(sae_config("topk", args.d_in, args.d_sae, k=args.k), lr=args.lr, seed=i, name=f"ours{i}") for i in range(n)]
     run = RunConfig(steps=len(batches), device=str(device), autocast=device.type == "cuda", stack=stack, compile=compile)
     sync(device)
     t = time.perf_counter()
@@ -114,7 +114,7 @@ def run_ours(batches, held, args, device, n=1, stack=False, compile=False):
     wall = time.perf_counter() - t
     with torch.no_grad():
         ev = sum(explained_variance(held, sae(held)) for sae in saes.values()) / n
-    call = (f"train_saes(batches, [TrainConfig(SAEConfig('topk', {args.d_in}, {args.d_sae}, k={args.k}), lr={args.lr}, seed=i) "
+    call = (f"train_saes(batches, [TrainConfig(sae_config('topk', {args.d_in}, {args.d_sae}, k={args.k}), lr={args.lr}, seed=i) "
             f"for i in range({n})], RunConfig(steps={len(batches)}, device='{device}', autocast={device.type == 'cuda'}, "
             f"stack={stack}, compile={compile}))")
     return wall, ev, call

@@ -4,8 +4,8 @@ Each model family declares its sites as *data* (:class:`SiteSpec`: a module path
 the module's input or output is read, which tuple element, and how to shape it), gathered in a
 :class:`FamilySpec`. :class:`HFAdapter` turns a spec into plain torch forward hooks:
 
-* :meth:`HFAdapter.capture` registers one hook per requested site, runs the model once, and raises a
-  private ``_StopForward`` from the hook that fills the last requested site, so no layer after the
+* :meth:`HFAdapter.capture` registers one hook per requested site, runs the model once, and raises
+  :class:`StopForward` from the hook that fills the last requested site, so no layer after the
   deepest requested site runs (SAELens' ``StopForward`` idea). Handles are removed in ``finally``.
 * :meth:`HFAdapter.forward` returns full logits with sites replaced by ``fn(act)``: a residual site
   replaces the block input/output, a component site replaces the component output (so the residual
@@ -27,7 +27,17 @@ from torch import Tensor, nn
 from universality.errors import ConfigError, ModelLoadError, UnknownSiteError
 from universality.sites import HOOKS, Site, parse_sites
 
-__all__ = ["SiteSpec", "FamilySpec", "ModelAdapter", "HFAdapter", "format_site_list"]
+__all__ = [
+    "SiteSpec",
+    "FamilySpec",
+    "ModelAdapter",
+    "HFAdapter",
+    "StopForward",
+    "checked_replacement",
+    "collect",
+    "format_site_list",
+    "run_capture",
+]
 
 Width = Literal["d_model", "n_experts", "top_k"]
 
@@ -90,13 +100,13 @@ def format_site_list(names: Iterable[str], limit: int = 12) -> str:
     return f"{', '.join(head)}, ..., {', '.join(tail)} ({len(names)} sites in all)"
 
 
-class _StopForward(Exception):
+class StopForward(Exception):
     """Raised from a hook once every requested site is captured; caught by ``capture``."""
 
 
 def run_capture(parsed: Sequence[Site], install: Callable[[Site], Any], run: Callable[[], Any]) -> None:
     """Install one hook per site, run the forward pass without gradients until a hook raises
-    :class:`_StopForward` (the deepest site is filled), and remove every hook, also on error."""
+    :class:`StopForward` (the deepest site is filled), and remove every hook, also on error."""
     handles = []
     try:
         for s in parsed:
@@ -104,7 +114,7 @@ def run_capture(parsed: Sequence[Site], install: Callable[[Site], Any], run: Cal
         with torch.no_grad():
             try:
                 run()
-            except _StopForward:
+            except StopForward:
                 pass
     finally:
         for h in handles:
@@ -206,14 +216,17 @@ class ModelAdapter:
 
     def at_revision(self, revision: str) -> "ModelAdapter":
         """Load another checkpoint of this model's series (same backend, device, dtype)."""
-        from models.loading import load
-
         if self.checkpoints and revision not in self.checkpoints:
             raise ModelLoadError(
                 f"{self.name} has no revision {revision!r}",
                 f"use one of {format_site_list(self.checkpoints, 8)}",
             )
-        return load(
+        if self._reload is None:
+            raise ModelLoadError(
+                f"{self.name} was not opened with models.load, so it has no series to reload",
+                "open the model with models.load(name_or_path, revision=...)",
+            )
+        return self._reload(
             self._series_source,
             revision=revision,
             backend=self._backend,
@@ -222,10 +235,12 @@ class ModelAdapter:
             trust_remote_code=self._trust_remote_code,
         )
 
-    # Set by the loader.
+    # Set by the loader (models.loading.load), which also sets ``_reload`` to itself: at_revision
+    # calls it, so this module need not import the loader (which imports this module).
     _series_source: str = ""
     _backend: str = "hf"
     _trust_remote_code: bool = False
+    _reload: Callable[..., ModelAdapter] | None = None
 
     # ---- shared helpers -------------------------------------------------------------------------
     def _resolve_sites(self, sites: str | Site | Iterable[str | Site]) -> tuple[Site, ...]:
@@ -368,7 +383,7 @@ class HFAdapter(ModelAdapter):
                 value = value.to(out_dtype)
             captured[name] = value
             if len(captured) == wanted:
-                raise _StopForward
+                raise StopForward
 
         def install(s: Site):
             spec = self.spec.sites[s.hook]
@@ -430,13 +445,14 @@ class HFAdapter(ModelAdapter):
         def shift(_m, _args, output):
             a = _pick(output, None)
             pre = state.pop("pre")
-            new = _checked(fn(pre + a), a, s.name) - pre
+            new = checked_replacement(fn(pre + a), a, s.name) - pre
             return _with_pick(output, None, new.to(a.dtype))
 
         return [block.register_forward_pre_hook(keep_pre, with_kwargs=True), attn.register_forward_hook(shift)]
 
 
-def _checked(new: Any, old: Tensor, name: str) -> Tensor:
+def checked_replacement(new: Any, old: Tensor, name: str) -> Tensor:
+    """``new``, the replacement for site ``name``, cast to ``old``'s dtype; a ConfigError unless shaped like ``old``."""
     if not isinstance(new, Tensor) or new.shape != old.shape:
         raise ConfigError(
             f"replacement for {name} returned {getattr(new, 'shape', type(new).__name__)}, expected shape {tuple(old.shape)}",
@@ -455,9 +471,9 @@ def _capture_output_hook(store, name, index, flat, _module, _args, output):
 
 def _replace_input_hook(fn, name, _module, args, kwargs):
     old = _first_input(args, kwargs)
-    return _with_first_input(args, kwargs, _checked(fn(old), old, name))
+    return _with_first_input(args, kwargs, checked_replacement(fn(old), old, name))
 
 
 def _replace_output_hook(fn, name, index, _module, _args, output):
     old = _pick(output, index)
-    return _with_pick(output, index, _checked(fn(old), old, name))
+    return _with_pick(output, index, checked_replacement(fn(old), old, name))

@@ -15,19 +15,20 @@ The family comes from config.json's ``model_type`` through :data:`models.registr
 
 from __future__ import annotations
 
-import json
 import os
 import pickle  # for its exception type only: nothing here unpickles
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from models.base import HFAdapter, ModelAdapter, format_site_list
+from models.mamba_ssm import is_mamba_ssm_config, load_mamba_ssm
 from models.pythia import PYTHIA_REVISIONS, is_pythia, is_series_dir, local_revisions
 from models.registry import family_spec
+from models.source import ModelSource, load_tokenizer, read_raw_config
+from models.tlens import load_tlens
 from universality.errors import ConfigError, ModelLoadError
 
 __all__ = ["load", "BACKENDS", "resolve_device"]
@@ -59,30 +60,12 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     return dtype
 
 
-@dataclass(frozen=True)
-class _Source:
-    """Where a model's files are.
-
-    ``location`` is what ``from_pretrained`` gets (folder or hub name), ``hub_revision`` the hub
-    revision (None for folders), ``revision`` the name reported on the adapter, ``checkpoints`` the
-    series' ordered revisions, ``series_source`` what ``at_revision`` reloads from, and
-    ``tokenizer_fallback`` a folder to take the tokenizer from when a checkpoint has none.
-    """
-
-    series_source: str
-    location: str
-    hub_revision: str | None
-    revision: str | None
-    checkpoints: tuple[str, ...]
-    tokenizer_fallback: str | None
-
-
 def _looks_like_path(name: str) -> bool:
     """Hub names are ``owner/name`` or ``name``; anything else is meant as a local path."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
-def _locate(name_or_path: str | os.PathLike, revision: str | None) -> _Source:
+def _locate(name_or_path: str | os.PathLike, revision: str | None) -> ModelSource:
     name = os.fspath(name_or_path)
     path = Path(name).expanduser()
     if path.is_dir() and is_series_dir(path):
@@ -93,7 +76,7 @@ def _locate(name_or_path: str | os.PathLike, revision: str | None) -> _Source:
                 f"checkpoint series {name!r} has no revision {rev!r}",
                 f"use one of {format_site_list(checkpoints, 8)}",
             )
-        return _Source(str(path), str(path / rev), None, rev, checkpoints, str(path))
+        return ModelSource(str(path), str(path / rev), None, rev, checkpoints, str(path))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelLoadError(
@@ -105,7 +88,7 @@ def _locate(name_or_path: str | os.PathLike, revision: str | None) -> _Source:
                 f"revision {revision!r} given for the single-model folder {name!r}",
                 "drop revision, or pass a folder of step{N}/ checkpoint folders",
             )
-        return _Source(str(path), str(path), None, None, (), None)
+        return ModelSource(str(path), str(path), None, None, (), None)
     if path.exists() or _looks_like_path(name):
         raise ModelLoadError(f"no model folder at {name!r}", "check the path, or pass a hub name like EleutherAI/pythia-70m")
     checkpoints = PYTHIA_REVISIONS if is_pythia(name) else ()
@@ -114,39 +97,7 @@ def _locate(name_or_path: str | os.PathLike, revision: str | None) -> _Source:
             f"{name} has no published revision {revision!r}",
             "use step0, step1, step2, step4, ..., step512, step1000, step2000, ..., step143000",
         )
-    return _Source(name, name, revision, revision, checkpoints, None)
-
-
-def _read_raw_config(src: _Source) -> dict[str, Any]:
-    from transformers.utils import cached_file
-
-    try:
-        file = cached_file(src.location, "config.json", revision=src.hub_revision)
-    except (OSError, ValueError) as err:
-        rev = f" at revision {src.hub_revision!r}" if src.hub_revision else ""
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelLoadError(
-            f"cannot find model {src.location!r}{rev} ({first[:160]})",
-            "check the name and revision; offline, the model must be in the HF cache (HF_HUB_CACHE) or a local folder",
-        ) from err
-    if file is None:
-        raise ModelLoadError(f"model {src.location!r} has no config.json", "check the name or path")
-    with open(file, encoding="utf-8") as fh:
-        return json.load(fh)
-
-
-def _load_tokenizer(src: _Source, trust_remote_code: bool):
-    from transformers import AutoTokenizer
-
-    candidates = [(src.location, src.hub_revision)]
-    if src.tokenizer_fallback:
-        candidates.append((src.tokenizer_fallback, None))
-    for location, rev in candidates:
-        try:
-            return AutoTokenizer.from_pretrained(location, revision=rev, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError, TypeError):
-            continue
-    return None
+    return ModelSource(name, name, revision, revision, checkpoints, None)
 
 
 def _pickle_refused(location: str) -> ModelLoadError:
@@ -156,12 +107,10 @@ def _pickle_refused(location: str) -> ModelLoadError:
     )
 
 
-def _load_hf_model(src: _Source, raw: dict[str, Any], dtype: torch.dtype, trust_remote_code: bool):
+def _load_hf_model(src: ModelSource, raw: dict[str, Any], dtype: torch.dtype, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM
 
     if "model_type" not in raw:
-        from models.mamba_ssm import is_mamba_ssm_config, load_mamba_ssm
-
         if is_mamba_ssm_config(raw):
             try:
                 model = load_mamba_ssm(src.location, raw, revision=src.hub_revision, dtype=dtype)
@@ -192,8 +141,8 @@ def _load_hf_model(src: _Source, raw: dict[str, Any], dtype: torch.dtype, trust_
     return model, model_type
 
 
-def _load_hf(src: _Source, device: torch.device, dtype: torch.dtype, trust_remote_code: bool) -> ModelAdapter:
-    raw = _read_raw_config(src)
+def _load_hf(src: ModelSource, device: torch.device, dtype: torch.dtype, trust_remote_code: bool) -> ModelAdapter:
+    raw = read_raw_config(src)
     model, model_type = _load_hf_model(src, raw, dtype, trust_remote_code)
     model = model.to(device=device, dtype=dtype).eval()
     adapter = HFAdapter(
@@ -201,15 +150,13 @@ def _load_hf(src: _Source, device: torch.device, dtype: torch.dtype, trust_remot
         family_spec(model_type),
         name=src.series_source,
         revision=src.revision,
-        tokenizer=_load_tokenizer(src, trust_remote_code),
+        tokenizer=load_tokenizer(src, trust_remote_code),
         checkpoints=src.checkpoints,
     )
     return adapter
 
 
-def _load_tlens(src: _Source, device: torch.device, dtype: torch.dtype, trust_remote_code: bool) -> ModelAdapter:
-    from models.tlens import load_tlens
-
+def _load_tlens(src: ModelSource, device: torch.device, dtype: torch.dtype, trust_remote_code: bool) -> ModelAdapter:
     return load_tlens(src, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
@@ -248,4 +195,5 @@ def load(
     adapter._series_source = src.series_source
     adapter._backend = backend
     adapter._trust_remote_code = bool(trust_remote_code)
+    adapter._reload = load  # what at_revision calls (models.base does not import this module)
     return adapter

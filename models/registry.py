@@ -11,6 +11,7 @@ from models.gpt2 import GPT2
 from models.mamba import MAMBA, MAMBA2
 from models.moe import MIXTRAL, OLMOE, QWEN2_MOE
 from models.neox import GPT_NEOX
+from universality.errors import ModelLoadError
 
 __all__ = ["FAMILIES", "family_spec"]
 
@@ -20,8 +21,6 @@ FAMILIES: dict[str, FamilySpec] = {
 
 
 def family_spec(model_type: str) -> FamilySpec:
-    from universality.errors import ModelLoadError
-
     spec = FAMILIES.get(model_type)
     if spec is None:
         raise ModelLoadError(

@@ -21,8 +21,10 @@ from typing import Any
 
 import torch
 
+from models.mamba_ssm import mamba_ssm_state_dict_from_hf
 from models.tokenizer import train_byte_level_bpe
 from universality.errors import ConfigError
+from universality.io import write_json
 
 __all__ = [
     "TINY_FAMILIES", "make_tiny_model", "make_checkpoint_series", "make_hub_cache", "save_as_mamba_ssm", "tiny_corpus",
@@ -185,9 +187,6 @@ def save_as_mamba_ssm(hf_model_dir: str | os.PathLike, out_dir: str | os.PathLik
     """
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
-
-    from models.mamba_ssm import mamba_ssm_state_dict_from_hf
-    from universality.io import write_json
 
     if fmt not in ("safetensors", "bin"):
         raise ConfigError(f"unknown checkpoint format {fmt!r}", "use 'safetensors' or 'bin'")

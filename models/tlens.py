@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from models.base import ModelAdapter, _checked, _StopForward, collect, run_capture
+from models.base import ModelAdapter, StopForward, checked_replacement, collect, run_capture
+from models.source import ModelSource, load_tokenizer, read_raw_config
 from universality.errors import ModelLoadError
 from universality.sites import HOOKS, ROUTING_HOOKS, Site
 
@@ -84,7 +84,7 @@ class TLensAdapter(ModelAdapter):
             value = output.detach()
             captured[name] = value.to(out_dtype) if value.dtype != out_dtype else value
             if len(captured) == wanted:
-                raise _StopForward
+                raise StopForward
 
         run_capture(parsed, lambda s: self._hooks[s.name].register_forward_hook(functools.partial(grab, s.name)),
                     lambda: self._run(input_ids, attention_mask))
@@ -102,7 +102,7 @@ class TLensAdapter(ModelAdapter):
         parsed = self._resolve_sites(list(replace)) if replace else ()
 
         def swap(name: str, fn: Callable[[Tensor], Tensor], _module, _args, output):
-            return _checked(fn(output), output, name)
+            return checked_replacement(fn(output), output, name)
 
         handles = []
         try:
@@ -116,17 +116,15 @@ class TLensAdapter(ModelAdapter):
                 h.remove()
 
 
-def load_tlens(src: Any, *, device: torch.device, dtype: torch.dtype, trust_remote_code: bool) -> TLensAdapter:
-    """Load ``src`` (a :class:`models.loading._Source`) into a TransformerBridge."""
+def load_tlens(src: ModelSource, *, device: torch.device, dtype: torch.dtype, trust_remote_code: bool) -> TLensAdapter:
+    """Load ``src`` (a :class:`~models.source.ModelSource`) into a TransformerBridge."""
     from transformers import AutoModelForCausalLM
-
-    from models.loading import _load_tokenizer, _read_raw_config
 
     try:
         from transformer_lens.model_bridge import TransformerBridge
     except ImportError as err:  # pragma: no cover - transformer_lens is a dependency
         raise ModelLoadError("transformer_lens is not installed", "pip install 'transformer_lens>=3.9,<4'") from err
-    _read_raw_config(src)  # one-line error for an unknown name / revision
+    read_raw_config(src)  # one-line error for an unknown name / revision
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(
             src.location, revision=src.hub_revision, dtype=dtype, trust_remote_code=trust_remote_code,
@@ -135,7 +133,7 @@ def load_tlens(src: Any, *, device: torch.device, dtype: torch.dtype, trust_remo
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(f"cannot load {src.location!r} for TransformerLens ({first[:160]})", "check the name or path") from err
-    tokenizer = _load_tokenizer(src, trust_remote_code)
+    tokenizer = load_tokenizer(src, trust_remote_code)
     try:
         bridge = TransformerBridge.boot_transformers(
             src.location, hf_model=hf_model.to(device), tokenizer=tokenizer, device=device, dtype=dtype,

@@ -96,7 +96,7 @@ def _describe_sae(path: Path, expect: dict[str, str]) -> dict[str, Any]:
     tensors = {k: v for k, v in sae.state_dict().items()}
     _finite_tensors(tensors, str(path))
     norms = sae.W_dec.detach().float().norm(dim=1)
-    record = {"architecture": sae.architecture, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "k": sae.cfg.k,
+    record = {"architecture": sae.architecture, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "k": getattr(sae.cfg, "k", None),
               **{k: sae.meta.get(k) for k in ("model", "revision", "site", "dataset", "subset_hash")}}
     _check_recorded(f"dictionary {path}", record, expect, list(record))
     return {"kind": "dictionary", "path": str(path), **record,
@@ -251,11 +251,50 @@ def _check_out(out: str | None) -> Path | None:
         raise ConfigError(f"--out {out!r} must name a .json file", "write e.g. --out match.json")
     if p.is_dir():
         raise ArtifactError(f"--out {out!r} is a folder", "name a .json file")
+    _check_writable(p)
     if p.exists():
         held = read_json(p)
         if not isinstance(held, dict) or held.get("format") != MATCH_FORMAT:
             raise ArtifactError(f"{p} already exists and is not a match summary", "choose another --out file")
     return p
+
+
+def _check_writable(p: Path) -> None:
+    """Raise :class:`ArtifactError` unless ``p`` can be written: its nearest existing ancestor folder is a
+    folder this user may write (the folders below it are created on write)."""
+    import os
+
+    folder = p.parent
+    existing = next((q for q in (folder, *folder.parents) if q.exists() or q.is_symlink()), Path("."))
+    if not existing.is_dir():
+        raise ArtifactError(f"cannot write --out {p}: {existing} is a file, not a folder",
+                            "choose an --out path inside a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ArtifactError(f"cannot write --out {p}: the folder {existing} is not writable",
+                            "choose an --out path in a folder you can write, or change its permissions")
+
+
+def _write_out(out: Path, summary: dict[str, Any]) -> None:
+    from universality.io import write_json
+
+    try:
+        write_json(out, summary)
+    except OSError as exc:  # after the checks: a full disk, a folder that changed meanwhile
+        raise ArtifactError(f"cannot write --out {out} ({exc.strerror or type(exc).__name__})",
+                            "free space or fix the folder, then run the command again; nothing was written") from None
+
+
+def _check_skyline(sky: Any, sae: Any, flag: str, path: str, label: str) -> None:
+    """A skyline is a second-seed copy of dictionary ``label``: same input width and number of latents."""
+    if sky is None:
+        return
+    have, want = (sky.cfg.d_in, sky.cfg.d_sae), (sae.cfg.d_in, sae.cfg.d_sae)
+    if have != want:
+        raise MatchError(
+            f"the skyline {flag} {path} has width d_in={have[0]}, d_sae={have[1]} but dictionary {label} has "
+            f"d_in={want[0]}, d_sae={want[1]}",
+            f"pass as {flag} a dictionary trained like {label} (same site and width) with another seed",
+        )
 
 
 def _json_safe(x: Any) -> Any:
@@ -294,6 +333,8 @@ def run_match(args: argparse.Namespace) -> dict[str, Any]:
     sky_b = SAE.load(args.skyline_b, device="cpu") if args.skyline_b else None
     if sky_b is not None and sky_a is None:
         raise ConfigError("--skyline-b needs --skyline", "pass a second-seed copy of a with --skyline")
+    _check_skyline(sky_a, a, "--skyline", args.skyline, "a")
+    _check_skyline(sky_b, b, "--skyline-b", args.skyline_b, "b")
     activations = token_ids = None
     if args.store:
         site_a = _site_of(a, args.site, "a")
@@ -317,9 +358,7 @@ def run_match(args: argparse.Namespace) -> dict[str, Any]:
     }
     summary = _json_safe(summary)
     if out is not None:
-        from universality.io import write_json
-
-        write_json(out, summary)
+        _write_out(out, summary)
     return {**summary, "_table": table}
 
 
@@ -329,19 +368,68 @@ def run_validate(overrides: Sequence[str]) -> dict[str, Any]:
 
     study = compose_study(overrides)
     check_inputs(study)
-    from universality.study.runner import check_out_folder
+    from universality.study.preflight import preflight  # import cost (torch, models): only once the config is valid
+    from universality.study.record import check_out_folder
 
     check_out_folder(Path(study.out_dir), study)
+    notes = preflight(study)
     return {"study": study.name, "out_dir": study.out_dir, "analyses": list(study.analyses),
-            "models": [m.name for m in study.models], "sites": list(study.sites), "seeds": list(study.sae.seeds)}
+            "models": [m.name for m in study.models], "sites": {m.name: list(study.sites_for(m.name)) for m in study.models},
+            "sae": study.sae.describe(), "seeds": list(study.sae.seeds), "notes": notes}
 
 
 # ----------------------------------------------------------------------------- entry point
+_PATH_ARGS = ("path", "a", "b", "store", "store_b", "skyline", "skyline_b", "out")
+_MAX_SPLIT = 8  # pieces of one path the shell may have split it into that are looked for
+
+
+def _split_path(argv: Sequence[str], start: int) -> str | None:
+    """The existing path that ``argv[start]`` and the arguments after it name when joined by single
+    spaces (an unquoted path with spaces, split by the shell), or None."""
+    for end in range(start + 2, min(len(argv), start + _MAX_SPLIT) + 1):
+        candidate = " ".join(argv[start:end])
+        if Path(candidate).exists():
+            return candidate
+    return None
+
+
+def _first_split_path(argv: Sequence[str]) -> str | None:
+    return next((hit for i in range(len(argv)) if (hit := _split_path(argv, i))), None)
+
+
+def _quote_hint(path: str) -> str:
+    return f'quote it: "{path}" (or escape its spaces with a backslash)'
+
+
+def _check_split_paths(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    """Raise :class:`ConfigError` when a path argument does not exist but, joined with the arguments
+    after it, names a path that does (an unquoted path with spaces or non-ASCII names)."""
+    for name in _PATH_ARGS:
+        value = getattr(args, name, None)
+        if not value or Path(value).exists() or value not in argv:
+            continue
+        whole = _split_path(argv, list(argv).index(value))
+        if whole is not None:
+            raise ConfigError(f"{value!r} does not exist, but {whole!r} does: the shell split that path at its spaces",
+                              _quote_hint(whole))
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line usage errors (exit status 2, like every bad input)."""
 
+    argv: Sequence[str] = ()  # the arguments being parsed (set by :func:`main`), to recognise split paths
+
     def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"error: {' '.join(message.split())}; see {self.prog} --help", file=sys.stderr)
+        message = " ".join(message.split())
+        whole = _first_split_path(self.argv) if message.startswith("unrecognized arguments") else None
+        if whole is not None:
+            print(f"error: the path {whole!r} was split at its spaces into several arguments ({message}); "
+                  f"{_quote_hint(whole)}", file=sys.stderr)
+        elif message.startswith("unrecognized arguments"):
+            print(f"error: {message}; if a path holds spaces, quote it (\"my dir/sae\"), or see {self.prog} --help",
+                  file=sys.stderr)
+        else:
+            print(f"error: {message}; see {self.prog} --help", file=sys.stderr)
         raise SystemExit(2)
 
 
@@ -402,8 +490,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     import os
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    parser.argv = argv  # type: ignore[attr-defined]
+    args = parser.parse_args(argv)
     try:
+        _check_split_paths(args, argv)
         if args.command == "inspect":
             doc = describe_path(args.path, _parse_expect(args.expect), args.revision, args.deep)
         elif args.command == "match":

@@ -9,7 +9,7 @@ from activation_helpers import SITES
 from universality import synthetic as syn
 from universality.activations.readers import DevicePrefetcher
 from universality.errors import ConfigError, DataError
-from universality.sae import SAEConfig
+from universality.sae import sae_config
 from universality.train import RunConfig, TrainConfig, Trainer
 
 
@@ -78,7 +78,7 @@ def test_prefetcher_errors_reach_the_consumer():
 def test_trainer_resumes_through_the_prefetcher(tmp_path):
     probs = syn.feature_probabilities(24, 3.0)
     make_src = lambda n=None: DevicePrefetcher(syn.PlantedSource(syn.planted_dictionary(24, 8), probs, 64, seed=2, n_batches=n), depth=3)
-    cfg = [TrainConfig(SAEConfig("topk", 8, 16, k=2), lr=3e-3)]
+    cfg = [TrainConfig(sae_config("topk", 8, 16, k=2), lr=3e-3)]
     full = Trainer(cfg, RunConfig(steps=12))
     full.fit(make_src(), progress=False)
     run = RunConfig(steps=12, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every=3)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from universality.eval.downstream import ce_loss_recovered, kl_divergence, next_token_ce, splice_metrics
-from universality.sae import SAEConfig, make_sae
+from universality.sae import sae_config, make_sae
 
 SITE = "blocks.0.hook_resid_post"
 
@@ -37,7 +37,7 @@ def adapter(tmp_path_factory):
 
 def identity_sae(d: int):
     """ReLU SAE with W_enc = [I, -I], W_dec = [I; -I]: relu(x) - relu(-x) = x exactly."""
-    sae = make_sae(SAEConfig("relu", d, 2 * d, sparsity_coeff=1.0))
+    sae = make_sae(sae_config("relu", d, 2 * d, sparsity_coeff=1.0))
     eye = torch.eye(d)
     with torch.no_grad():
         sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))

@@ -7,7 +7,7 @@ import torch
 
 from universality.errors import DataError
 from universality.eval import metrics as M
-from universality.sae import SAEConfig, make_sae
+from universality.sae import sae_config, make_sae
 
 
 def test_explained_variance_known_answers():
@@ -47,7 +47,7 @@ def test_sparsity_metrics_and_histogram():
 
 
 def test_streaming_stats_equal_one_shot():
-    sae = make_sae(SAEConfig("topk", 6, 12, k=2), seed=1)
+    sae = make_sae(sae_config("topk", 6, 12, k=2), seed=1)
     xs = [torch.randn(50, 6) + 1 for _ in range(4)]
     streamed = M.evaluate(sae, xs)
     x = torch.cat(xs)

@@ -7,12 +7,12 @@ from universality import synthetic as syn
 from universality.errors import ConfigError
 from universality.eval.metrics import evaluate
 from universality.eval.postprocess import finetune_decoder, latent_stats, prune, prune_mask
-from universality.sae import SAEConfig, make_sae
+from universality.sae import sae_config, make_sae
 from universality.train import RunConfig, TrainConfig, train_saes
 
 
 def test_prune_criteria_and_exactness():
-    sae = make_sae(SAEConfig("relu", 8, 16, sparsity_coeff=1.0, decoder_norm="free"), seed=0)
+    sae = make_sae(sae_config("relu", 8, 16, sparsity_coeff=1.0, decoder_norm="free"), seed=0)
     with torch.no_grad():
         sae.b_enc.fill_(0.5)
         sae.b_enc[[0, 1]] = -1e3  # never fire
@@ -37,7 +37,7 @@ def test_prune_criteria_and_exactness():
 
 def test_finetune_undoes_feature_suppression():
     D, src = syn.make_toy(syn.ToyConfig(d_in=16, n_features=32, mean_active=3.0), batch_size=256)
-    cfg = TrainConfig(SAEConfig("relu", 16, 32, sparsity_coeff=4.0), lr=3e-3, name="l1")
+    cfg = TrainConfig(sae_config("relu", 16, 32, sparsity_coeff=4.0), lr=3e-3, name="l1")
     sae = train_saes(src, cfg, RunConfig(steps=150), progress=False)["l1"]
     data = [src.batch(1000 + i)[1]["default"] for i in range(4)]
     evals = [src.batch(2000)[1]["default"]]
@@ -52,4 +52,4 @@ def test_finetune_undoes_feature_suppression():
     assert torch.equal((tuned.encode(evals[0]) > 0), (sae.encode(evals[0]) > 0))  # sparsity pattern kept
     assert torch.allclose(tuned.W_dec.norm(dim=1), torch.ones(32), atol=1e-5)
     with pytest.raises(ConfigError):
-        finetune_decoder(make_sae(SAEConfig("topk", 16, 32, k=2)), data, steps=1)
+        finetune_decoder(make_sae(sae_config("topk", 16, 32, k=2)), data, steps=1)

@@ -8,7 +8,7 @@ import torch
 
 from universality import synthetic as syn
 from universality.activations.readers import DevicePrefetcher
-from universality.sae import SAEConfig, make_sae
+from universality.sae import sae_config, make_sae
 from universality.sae.stacked import StackedSAE, stacked_sparse_decode, stacked_topk_encoder
 from universality.train import RunConfig, TrainConfig, Trainer
 
@@ -24,7 +24,7 @@ def _source(n_batches=None):
 
 
 def _configs():
-    return [TrainConfig(SAEConfig("topk", D_IN, 256, k=4), site=s, seed=seed, lr=2e-3) for s in "ab" for seed in range(3)]
+    return [TrainConfig(sae_config("topk", D_IN, 256, k=4), site=s, seed=seed, lr=2e-3) for s in "ab" for seed in range(3)]
 
 
 @pytest.mark.parametrize("stack", [False, True])
@@ -77,7 +77,7 @@ def test_sparse_paths_on_cuda_match_the_cpu(with_pre):
 
 
 def test_stacked_forward_under_bf16_autocast_is_close_to_fp32():
-    saes = [make_sae(SAEConfig("topk", 64, 512, k=16), seed=i, device="cuda") for i in range(2)]
+    saes = [make_sae(sae_config("topk", 64, 512, k=16), seed=i, device="cuda") for i in range(2)]
     stack = StackedSAE.from_saes(saes)
     x = torch.randn(2, 1024, 64, device="cuda")
     ref = stack.forward_train(x).x_hat

@@ -53,9 +53,9 @@ def test_normalise_and_its_refusals():
 
 @pytest.mark.parametrize("seed", [0, 1, 7])
 def test_random_floor_is_not_the_initialisation_of_an_sae_of_the_same_seed(seed):
-    from universality.sae import SAEConfig, make_sae
+    from universality.sae import sae_config, make_sae
 
-    sae = make_sae(SAEConfig("topk", d_in=16, d_sae=64, k=4), seed=seed)
+    sae = make_sae(sae_config("topk", d_in=16, d_sae=64, k=4), seed=seed)
     floor = random_unit_dictionary(64, 16, seed=seed)
     W = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=1, keepdim=True)
     # a floor drawn from the init's own stream would give MMCS 1.0; independent draws stay far below

@@ -12,7 +12,7 @@ FRACTIONS = (0.0, 0.25, 0.5, 0.75)
 
 @pytest.fixture(scope="module")
 def trained():
-    from universality.sae import SAEConfig
+    from universality.sae import sae_config
     from universality.train import TrainConfig, train_saes
 
     worlds = {f"f{int(f * 100)}": make_paired_world(PairedWorldConfig(
@@ -20,7 +20,7 @@ def trained():
     cfgs = []
     for name, w in worlds.items():
         for side, d in (("a", w.cfg.d_a), ("b", w.cfg.d_b)):
-            cfgs.append(TrainConfig(SAEConfig("topk", d_in=d, d_sae=48, k=4), site=f"{name}/{side}", seed=0,
+            cfgs.append(TrainConfig(sae_config("topk", d_in=d, d_sae=48, k=4), site=f"{name}/{side}", seed=0,
                                     lr=1e-2, name=f"{name}/{side}"))
     saes = train_saes(PairedSource(worlds, 2048, seed=0, n_batches=400), cfgs, steps=400, progress=False)
     return worlds, saes

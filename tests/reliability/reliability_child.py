@@ -53,12 +53,12 @@ def run_harvest(spec: dict[str, Any], adapter=None):
 
 
 def train_configs(d_in: int):
-    from universality.sae import SAEConfig
+    from universality.sae import sae_config
     from universality.train import TrainConfig
 
     return [
-        TrainConfig(SAEConfig("topk", d_in, 2 * d_in, k=4), site=TRAIN_SITE, lr=3e-3, warmup_steps=2),
-        TrainConfig(SAEConfig("relu", d_in, 2 * d_in, sparsity_coeff=0.3), site=TRAIN_SITE, seed=1, lr=3e-3,
+        TrainConfig(sae_config("topk", d_in, 2 * d_in, k=4), site=TRAIN_SITE, lr=3e-3, warmup_steps=2),
+        TrainConfig(sae_config("relu", d_in, 2 * d_in, sparsity_coeff=0.3), site=TRAIN_SITE, seed=1, lr=3e-3,
                     remedy="resample"),
     ]
 

@@ -92,7 +92,7 @@ def world(tmp_path_factory) -> World:
     import models
     from models.testing import make_checkpoint_series, make_tiny_model
     from universality.activations import harvest
-    from universality.sae import SAEConfig, make_sae
+    from universality.sae import sae_config, make_sae
 
     root = tmp_path_factory.mktemp("bad_inputs")
     w = World(root)
@@ -114,7 +114,7 @@ def world(tmp_path_factory) -> World:
 
     d = adapter.d_model
     for name, seed, d_in in (("sae_a", 0, d), ("sae_b", 1, d), ("sae_wide", 2, d + 8)):
-        make_sae(SAEConfig("topk", d_in, 32, k=4), seed=seed, meta={"model": "model", "site": SITE0}).save(w / name)
+        make_sae(sae_config("topk", d_in, 32, k=4), seed=seed, meta={"model": "model", "site": SITE0}).save(w / name)
     shutil.copytree(w / "sae_a", w / "sae_truncated")
     weights = w / "sae_truncated" / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])

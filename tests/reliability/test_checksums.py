@@ -30,7 +30,7 @@ from universality.io import (
     verify_sha256,
     write_json,
 )
-from universality.sae import SAE, SAEConfig, make_sae
+from universality.sae import SAE, sae_config, make_sae
 from universality.study.cache import StageCache
 from universality.train.checkpoint import read_checkpoint, write_checkpoint
 
@@ -143,7 +143,7 @@ def test_temporaries_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
     (tmp_path / "ck" / f".checkpoint.tmp-{dead}-0001").mkdir()
     write_checkpoint(tmp_path / "ck", {"x": torch.zeros(2)}, {"step": 0})
     (tmp_path / f".sae.tmp-{dead}-0002").mkdir()
-    make_sae(SAEConfig("topk", 4, 8, k=1)).save(tmp_path / "sae")
+    make_sae(sae_config("topk", 4, 8, k=1)).save(tmp_path / "sae")
     cache = StageCache(tmp_path / "study")
     stale = cache.path_for("eval", {"k": 1})
     stale.parent.mkdir(parents=True)
@@ -255,7 +255,7 @@ def test_corrupt_checkpoint_stops_a_resume(tmp_path):
     def source():
         return syn.PlantedSource(syn.planted_dictionary(16, 8), syn.feature_probabilities(16, 3.0), 32, n_batches=20)
 
-    cfg = [TrainConfig(SAEConfig("topk", 8, 16, k=2), lr=1e-3)]
+    cfg = [TrainConfig(sae_config("topk", 8, 16, k=2), lr=1e-3)]
     run = RunConfig(steps=6, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every=2)
     Trainer(cfg, run).fit(source(), progress=False)
     flip_data_byte(tmp_path / "ck" / "checkpoint" / "state.safetensors")
@@ -274,7 +274,7 @@ def test_checkpoint_without_checksum_still_loads(tmp_path):
 
 # ----------------------------------------------------------------------------- dictionaries
 def test_dictionary_weights_checksum(tmp_path):
-    sae = make_sae(SAEConfig("topk", 8, 16, k=2), seed=1)
+    sae = make_sae(sae_config("topk", 8, 16, k=2), seed=1)
     path = sae.save(tmp_path / "sae")
     cfg = read_json(path / "cfg.json")
     assert cfg["weights_sha256"] == sha256_file(path / "weights.safetensors")
@@ -289,7 +289,7 @@ def test_dictionary_weights_checksum(tmp_path):
 
 
 def test_dictionary_without_checksum_still_loads(tmp_path):
-    sae = make_sae(SAEConfig("relu", 8, 16, sparsity_coeff=1.0), seed=2)
+    sae = make_sae(sae_config("relu", 8, 16, sparsity_coeff=1.0), seed=2)
     path = sae.save(tmp_path / "sae")
     cfg = read_json(path / "cfg.json")
     del cfg["weights_sha256"]

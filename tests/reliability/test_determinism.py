@@ -19,7 +19,7 @@ from universality import synthetic as syn
 from universality.activations import ActivationStore
 from universality.io import read_json, sha256_file
 from universality.match import compare
-from universality.sae import SAE, SAEConfig
+from universality.sae import SAE, sae_config
 from universality.train import RunConfig, TrainConfig, train_saes
 
 D_IN, N_FEAT = 12, 24
@@ -28,9 +28,9 @@ SITES = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
 
 def configs(seeds=(0, 1)):
     return [c for s in SITES for seed in seeds for c in (
-        TrainConfig(SAEConfig("topk", D_IN, 32, k=3), site=s, seed=seed, lr=3e-3, warmup_steps=3),
-        TrainConfig(SAEConfig("relu", D_IN, 32, sparsity_coeff=0.3), site=s, seed=seed, lr=3e-3, remedy="resample"),
-        TrainConfig(SAEConfig("jumprelu", D_IN, 32, sparsity_coeff=0.5), site=s, seed=seed, lr=3e-3, remedy="ghost"),
+        TrainConfig(sae_config("topk", D_IN, 32, k=3), site=s, seed=seed, lr=3e-3, warmup_steps=3),
+        TrainConfig(sae_config("relu", D_IN, 32, sparsity_coeff=0.3), site=s, seed=seed, lr=3e-3, remedy="resample"),
+        TrainConfig(sae_config("jumprelu", D_IN, 32, sparsity_coeff=0.5), site=s, seed=seed, lr=3e-3, remedy="ghost"),
     )]
 
 
@@ -112,7 +112,7 @@ TINY_LAYER_FLOW = [
     "study.sae.steps=30",
     "study.sae.batch_size=128",
     "study.sae.expansion=2",
-    "study.sae.k=4",
+    "study.sae.topk.k=4",
     "study.sae.seeds=[0, 1]",
 ]
 

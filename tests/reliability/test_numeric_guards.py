@@ -13,7 +13,7 @@ import torch
 from universality import synthetic as syn
 from universality.errors import TrainingDiverged
 from universality.io import is_temp_name, sha256_file
-from universality.sae import SAEConfig
+from universality.sae import sae_config
 from universality.train import RunConfig, TrainConfig, Trainer
 from universality.train import checkpoint as ckpt
 
@@ -22,8 +22,8 @@ D_IN, N_FEAT, STEPS, EVERY = 12, 24, 20, 2
 
 def configs():
     return [
-        TrainConfig(SAEConfig("topk", D_IN, 24, k=3), lr=3e-3, warmup_steps=2),
-        TrainConfig(SAEConfig("relu", D_IN, 24, sparsity_coeff=0.3), lr=3e-3, seed=1, remedy="resample"),
+        TrainConfig(sae_config("topk", D_IN, 24, k=3), lr=3e-3, warmup_steps=2),
+        TrainConfig(sae_config("relu", D_IN, 24, sparsity_coeff=0.3), lr=3e-3, seed=1, remedy="resample"),
     ]
 
 

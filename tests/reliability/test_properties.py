@@ -24,7 +24,7 @@ from universality.data.sources import Document
 from universality.data.subsets import select_subset, subset_definition
 from universality.errors import ConfigError, DataError
 from universality.io import stable_hash
-from universality.sae.config import SAEConfig
+from universality.sae.config import BUILTIN_OPTIONS, SAEConfig
 from universality.sae.registry import architectures
 from universality.sites import HOOKS
 from universality.study.config import ANALYSES, study_from_dict
@@ -243,9 +243,16 @@ def study_dicts(draw):
         "tokenizer_vocab": draw(ints(257)),
         "harvest": {k: draw(ints(1)) for k in ("train_tokens", "context_length", "batch_size", "eval_spans",
                                                "span_chars", "max_doc_tokens")},
-        "sae": {"architecture": draw(st.sampled_from(architectures())), "expansion": draw(ints(1)),
-                "k": draw(ints(1)), "sparsity_coeff": draw(nums(0.0, 1e3)), "steps": draw(ints(1)),
-                "batch_size": draw(ints(1)), "lr": draw(nums(1e-7, 1.0)),
+        "sae": {"architecture": draw(st.sampled_from(sorted(BUILTIN_OPTIONS))), "expansion": draw(ints(1)),
+                "topk": {"k": draw(ints(1))}, "batchtopk": {"k": draw(ints(1))},
+                "relu": {"sparsity_coeff": draw(nums(1e-6, 1e3)), "tied": draw(st.booleans())},
+                "jumprelu": {"sparsity_coeff": draw(nums(1e-6, 1e3)), "decoder_norm": draw(st.sampled_from(["unit", "free"])),
+                             "bandwidth": draw(nums(1e-6, 1.0)), "init_threshold": draw(nums(1e-6, 1.0))},
+                "gated": {"sparsity_coeff": draw(nums(1e-6, 1e3))},
+                "steps": draw(ints(1)), "batch_size": draw(ints(1)), "lr": draw(nums(1e-7, 1.0)),
+                "warmup_steps": draw(ints(0)), "sparsity_warmup_steps": draw(ints(0)),
+                "dead_window": draw(st.none() | ints(1)), "init_rows": draw(ints(1)),
+                "shuffle_buffer": draw(st.none() | ints(1)),
                 "seeds": draw(st.lists(ints(0), min_size=2, max_size=4, unique=True))},
         "match": {"thresholds": draw(st.lists(nums(0.0, 1.0), min_size=1, max_size=5)), "n_perm": draw(ints(0)),
                   "gw_max": draw(ints(8)), "corr_threshold": draw(nums(0.0, 1.0))},
@@ -313,10 +320,19 @@ STUDY_INVALID = {
     ("subset", "pattern"): st.one_of(st.none(), st.integers()),
     **{("harvest", k): _not_int(1) for k in ("train_tokens", "context_length", "batch_size", "eval_spans",
                                              "span_chars", "max_doc_tokens")},
-    ("sae", "architecture"): _not_in(architectures()),
-    **{("sae", k): _not_int(1) for k in ("expansion", "k", "steps", "batch_size")},
+    ("sae", "architecture"): _not_in(tuple(BUILTIN_OPTIONS)),
+    **{("sae", k): _not_int(1) for k in ("expansion", "steps", "batch_size", "init_rows")},
+    **{("sae", k): _not_int(0) for k in ("warmup_steps", "sparsity_warmup_steps")},
+    **{("sae", k): _not_int(1, none_ok=True) for k in ("dead_window", "shuffle_buffer")},
+    ("sae", "topk", "k"): _not_int(1),
+    ("sae", "batchtopk", "k"): _not_int(1),
+    ("sae", "relu", "k"): st.integers(1, 8),  # a field relu does not have
+    ("sae", "k"): st.integers(1, 8),  # an option written flat, outside its block
     ("sae", "lr"): _not_num(1e-7, 1.0),
-    ("sae", "sparsity_coeff"): _not_num(0.0, 1e3),
+    **{("sae", a, "sparsity_coeff"): _not_num(0.0, math.inf) | st.just(0.0)
+       for a in ("relu", "jumprelu", "gated")},
+    ("sae", "relu", "tied"): _not_bool(),
+    ("sae", "jumprelu", "bandwidth"): _not_num(1e-300, math.inf),
     ("sae", "seeds"): st.one_of(st.integers(), st.text(max_size=3), st.lists(st.integers(0, 5), max_size=1),
                                 st.just([1, 1]), st.just([0, -1]), st.just([0, 1.5]), st.just([True, 0])),
     ("match", "thresholds"): st.one_of(st.just([]), st.integers(), st.text(max_size=3),
@@ -370,17 +386,17 @@ def test_a_study_that_is_not_a_mapping_is_a_config_error(value):
 # ==================================================================================== SAE and train configs
 @st.composite
 def sae_dicts(draw):
-    arch = draw(st.sampled_from(architectures()))
+    arch = draw(st.sampled_from(sorted(BUILTIN_OPTIONS)))
     d_sae = draw(st.integers(1, 4096))
     out = {"architecture": arch, "d_in": draw(st.integers(1, 4096)), "d_sae": d_sae,
-           "sparsity_coeff": draw(nums(0.0, 10.0)) if arch in ("topk", "batchtopk") else draw(nums(1e-6, 10.0)),
-           "dtype": draw(st.sampled_from(["float32", "float64", "bfloat16", "float16"])),
-           "jumprelu_bandwidth": draw(nums(1e-6, 1.0)), "jumprelu_threshold": draw(nums(1e-6, 1.0))}
+           "dtype": draw(st.sampled_from(["float32", "float64", "bfloat16", "float16"]))}
     if arch in ("topk", "batchtopk"):
         out["k"] = draw(st.integers(1, d_sae))
-        out["decoder_norm"] = "unit"
-    else:
-        out["decoder_norm"] = draw(st.sampled_from(["unit", "free"]))
+        return out
+    out["sparsity_coeff"] = draw(nums(1e-6, 10.0))
+    out["decoder_norm"] = draw(st.sampled_from(["unit", "free"]))
+    if arch == "jumprelu":
+        out.update(bandwidth=draw(nums(1e-6, 1.0)), init_threshold=draw(nums(1e-6, 1.0)))
     if arch == "relu":
         out["tied"] = draw(st.booleans())
         if out["tied"]:
@@ -404,18 +420,17 @@ def test_valid_sae_and_train_configs_round_trip(d, data):
 
 VALID_SAE = {"architecture": "relu", "d_in": 8, "d_sae": 16, "sparsity_coeff": 1.0}
 SAE_INVALID = {
-    "architecture": _not_in(architectures()),
+    "architecture": _not_in(tuple(BUILTIN_OPTIONS)).filter(lambda v: v not in architectures()),
     "d_in": _not_int(1),
     "d_sae": _not_int(1),
     "dtype": _not_in(("float32", "float64", "bfloat16", "float16")),
     "decoder_norm": _not_in(("unit", "free")),
     "sparsity_coeff": _not_num(0.0, math.inf).filter(lambda v: v != math.inf),
-    "jumprelu_bandwidth": _not_num(1e-300, math.inf),
-    "jumprelu_threshold": _not_num(1e-300, math.inf),
     "tied": _not_bool(),
+    "k": st.integers(1, 8),  # relu has no k
 }
 TRAIN_INVALID = {
-    "lr": _not_num(1e-300, 1e300),
+    "lr": _not_num(0.0, math.inf) | st.just(0.0),  # lr > 0, any finite size
     "seed": _not_int(0),
     "warmup_steps": _not_int(0),
     "sparsity_warmup_steps": _not_int(0),

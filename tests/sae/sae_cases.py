@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from universality.sae import SAEConfig
+from universality.sae import SAEConfig, sae_config
 
 ARCH_CFGS = {
     "relu": dict(sparsity_coeff=1.0),
@@ -10,10 +10,10 @@ ARCH_CFGS = {
     "relu_free": dict(sparsity_coeff=1.0, decoder_norm="free"),
     "topk": dict(k=3),
     "batchtopk": dict(k=3),
-    "jumprelu": dict(sparsity_coeff=1.0, jumprelu_threshold=0.2),
+    "jumprelu": dict(sparsity_coeff=1.0, init_threshold=0.2),
     "gated": dict(sparsity_coeff=1.0),
 }
 
 
 def cfg_for(name: str, d_in: int = 8, d_sae: int = 32) -> SAEConfig:
-    return SAEConfig(name.split("_")[0], d_in, d_sae, **ARCH_CFGS[name])
+    return sae_config(name.split("_")[0], d_in, d_sae, **ARCH_CFGS[name])

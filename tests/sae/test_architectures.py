@@ -1,12 +1,28 @@
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import pytest
 import torch
 
 from universality.errors import ConfigError
-from universality.sae import SAE, SAEConfig, architectures, get_architecture, make_sae, register
+from universality.sae import (
+    SAE,
+    BatchTopKConfig,
+    GatedConfig,
+    JumpReLUConfig,
+    ReLUConfig,
+    SAEConfig,
+    TopKConfig,
+    architectures,
+    get_architecture,
+    make_sae,
+    register,
+    sae_config,
+)
+from universality.sae.config import option_fields
 from universality.sae.jumprelu import jumprelu, step
 
 from sae_cases import ARCH_CFGS, cfg_for
@@ -119,30 +135,74 @@ def test_registry_and_config_validation():
     assert set(architectures()) >= {"relu", "topk", "batchtopk", "jumprelu", "gated"}
     assert get_architecture("topk").architecture == "topk"
     with pytest.raises(ConfigError, match="unknown SAE architecture"):
-        SAEConfig("nope", 4, 8)
-    with pytest.raises(ConfigError, match="needs an integer k"):
-        SAEConfig("topk", 4, 8)
-    with pytest.raises(ConfigError, match="k is only used"):
-        SAEConfig("relu", 4, 8, k=2)
-    with pytest.raises(ConfigError, match="tied"):
-        SAEConfig("gated", 4, 8, tied=True)
-    with pytest.raises(ConfigError, match="decoder_norm"):
-        SAEConfig("topk", 4, 8, k=2, decoder_norm="free")
+        sae_config("nope", 4, 8)
+    with pytest.raises(ConfigError, match="k=32 is larger than d_sae=8; choose k between 1 and 8"):
+        sae_config("topk", 4, 8)  # the default k does not fit: the fix names the valid range, not the rejected k
+    with pytest.raises(ConfigError, match="relu architecture has no field.*k.*its fields are"):
+        sae_config("relu", 4, 8, k=2)
+    with pytest.raises(ConfigError, match="gated architecture has no field.*tied"):
+        sae_config("gated", 4, 8, tied=True)
+    with pytest.raises(ConfigError, match="topk architecture has no field.*decoder_norm"):
+        sae_config("topk", 4, 8, k=2, decoder_norm="free")
     with pytest.raises(ConfigError, match="integer >= 1"):
-        SAEConfig("relu", 0, 8)
+        sae_config("relu", 0, 8)
+    with pytest.raises(ConfigError, match="sparsity_coeff"):
+        sae_config("jumprelu", 4, 8, sparsity_coeff=0.0)
+    with pytest.raises(ConfigError, match="tied relu SAEs need decoder_norm='unit'"):
+        sae_config("relu", 4, 8, tied=True, decoder_norm="free")
     with pytest.raises(ConfigError):
-        SAEConfig("relu", 4, 8, dtype="int8")
+        sae_config("relu", 4, 8, dtype="int8")
+    with pytest.raises(ConfigError, match="cannot be built alone"):
+        SAEConfig(4, 8)
+
+
+@pytest.mark.parametrize("arch, cls, fields", [
+    ("topk", TopKConfig, {"k"}),
+    ("batchtopk", BatchTopKConfig, {"k"}),
+    ("relu", ReLUConfig, {"sparsity_coeff", "decoder_norm", "tied"}),
+    ("jumprelu", JumpReLUConfig, {"sparsity_coeff", "decoder_norm", "bandwidth", "init_threshold"}),
+    ("gated", GatedConfig, {"sparsity_coeff", "decoder_norm"}),
+])
+def test_each_architecture_has_its_own_config_class_with_valid_defaults(arch, cls, fields):
+    cfg = sae_config(arch, 8, 64)  # every default is valid for a wide enough dictionary
+    assert type(cfg) is cls and cfg.architecture == arch
+    assert set(option_fields(cls)) == fields
+    assert get_architecture(arch).config_class is cls
+    assert SAEConfig.from_dict(cfg.to_dict()) == cfg
+    assert (getattr(cfg, "sparsity_coeff", 1.0) > 0) and cfg.uses_penalty == ("sparsity_coeff" in fields)
+    make_sae(cfg)  # builds
+
+
+def test_configs_saved_by_the_flat_layout_still_load():
+    flat = {"architecture": "jumprelu", "d_in": 4, "d_sae": 8, "k": None, "sparsity_coeff": 2.0, "decoder_norm": "unit",
+            "tied": False, "jumprelu_bandwidth": 0.1, "jumprelu_threshold": 0.2, "dtype": "float32"}
+    cfg = SAEConfig.from_dict(flat)
+    assert cfg == JumpReLUConfig(4, 8, sparsity_coeff=2.0, bandwidth=0.1, init_threshold=0.2)
+    topk = SAEConfig.from_dict({"architecture": "topk", "d_in": 4, "d_sae": 8, "k": 2, "sparsity_coeff": 0.0,
+                                "decoder_norm": "unit", "tied": False, "jumprelu_bandwidth": 0.05,
+                                "jumprelu_threshold": 0.01, "dtype": "float32"})
+    assert topk == TopKConfig(4, 8, k=2)
+    with pytest.raises(ConfigError, match="topk architecture has no field sparsity_coeff"):
+        SAEConfig.from_dict({"architecture": "topk", "d_in": 4, "d_sae": 8, "k": 2, "sparsity_coeff": 3.0})
 
 
 def test_registering_a_new_architecture_makes_it_loadable(tmp_path):
+    @dataclasses.dataclass(frozen=True)
+    class ScaledReLUConfig(ReLUConfig):
+        architecture: str = dataclasses.field(default="test_scaled_relu", init=False)
+
     @register("test_scaled_relu")
     class ScaledReLU(get_architecture("relu")):
-        pass
+        config_class = ScaledReLUConfig
 
-    sae = make_sae(SAEConfig("test_scaled_relu", 4, 8, sparsity_coeff=1.0))
+    sae = make_sae(sae_config("test_scaled_relu", 4, 8, sparsity_coeff=1.0))
     sae.save(tmp_path / "d")
     loaded = SAE.load(tmp_path / "d")
     assert type(loaded).__name__ == "ScaledReLU"
+    with pytest.raises(ConfigError, match="config class for 'relu'"):
+        @register("test_without_config")
+        class NoConfig(get_architecture("relu")):
+            pass
 
 
 @pytest.mark.parametrize("with_pre_grad", [False, True])

@@ -57,7 +57,8 @@ def test_load_rejects_wrong_or_broken_artifacts(tmp_path):
     sae.save(tmp_path / "a")
     doc = json.loads((tmp_path / "a" / "cfg.json").read_text())
     doc["architecture"] = "relu"
-    doc["sae"].update(architecture="relu", k=None, sparsity_coeff=1.0)
+    doc["sae"].pop("k")
+    doc["sae"].update(architecture="relu", sparsity_coeff=1.0)
     (tmp_path / "a" / "cfg.json").write_text(json.dumps(doc))
     SAE.load(tmp_path / "a")  # same tensor names: relu reads topk weights legitimately
     doc["architecture"] = doc["sae"]["architecture"] = "gated"

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from universality.errors import ConfigError
-from universality.sae import SAE, SAEConfig, make_sae
+from universality.sae import SAE, sae_config, make_sae
 from universality.sae import stacked as stacked_mod
 from universality.sae.stacked import StackedSAE, stacked_sparse_decode, stacked_topk_encoder
 
 
 def _saes(arch, n=3, d_in=8, d_sae=32, k=3, device="cpu"):
-    cfg = SAEConfig(arch, d_in, d_sae, k=k)
+    cfg = sae_config(arch, d_in, d_sae, k=k)
     saes = [make_sae(cfg, seed=10 + i, device=device) for i in range(n)]
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -124,9 +124,9 @@ def test_stack_keeps_unit_rows_and_projects_decoder_gradients():
 
 def test_stack_errors():
     with pytest.raises(ConfigError, match="stack holds"):
-        StackedSAE(SAEConfig("relu", 8, 16, sparsity_coeff=1.0), 2)
+        StackedSAE(sae_config("relu", 8, 16, sparsity_coeff=1.0), 2)
     with pytest.raises(ConfigError, match="different configs"):
-        StackedSAE.from_saes([make_sae(SAEConfig("topk", 8, 16, k=2)), make_sae(SAEConfig("topk", 8, 16, k=3))])
+        StackedSAE.from_saes([make_sae(sae_config("topk", 8, 16, k=2)), make_sae(sae_config("topk", 8, 16, k=3))])
     with pytest.raises(ConfigError, match="no SAEs"):
         StackedSAE.from_saes([])
     stack = StackedSAE.from_saes(_saes("topk", n=2))

@@ -55,7 +55,7 @@ def test_joblib_multirun_writes_each_job_to_its_own_folder(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "universality", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
            f"hydra.sweep.dir={tmp_path / 'multirun'}", *TINY,
-           "study.sae.k=2,4", f"study.out_dir={tmp_path / 'runs'}/k${{study.sae.k}}"]
+           "study.sae.topk.k=2,4", f"study.out_dir={tmp_path / 'runs'}/k${{study.sae.topk.k}}"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("study quickstart done") == 2
@@ -69,7 +69,7 @@ def test_joblib_multirun_writes_each_job_to_its_own_folder(tmp_path):
     jobs = sorted(p for p in (tmp_path / "multirun").iterdir() if p.is_dir())
     assert [p.name for p in jobs] == ["0", "1"]
     overrides = [OmegaConf.load(p / ".hydra" / "overrides.yaml") for p in jobs]
-    assert sorted(o for ov in overrides for o in ov if o.startswith("study.sae.k=")) == ["study.sae.k=2", "study.sae.k=4"]
+    assert sorted(o for ov in overrides for o in ov if o.startswith("study.sae.topk.k=")) == ["study.sae.topk.k=2", "study.sae.topk.k=4"]
     assert not (tmp_path / "runs" / "quickstart").exists()  # nothing went to the study's default folder
 
 

@@ -24,7 +24,7 @@ COMMON = [
     "study.sae.steps=600",
     "study.sae.batch_size=256",
     "study.sae.expansion=4",
-    "study.sae.k=6",
+    "study.sae.topk.k=6",
     "study.sites=[blocks.1.hook_resid_post]",
 ]
 

@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from models.testing import make_checkpoint_series, make_tiny_model
+from universality.sae.config import TopKOptions
 from universality.study.config import HarvestSpec, register_configs, study_from_dict
 from universality.study.runner import run_study
 
@@ -56,7 +57,7 @@ def _localise(cfg, root: Path):
         corpus=dataclasses.replace(cfg.corpus, source="shakespeare", max_docs=30),
         harvest=HarvestSpec(train_tokens=768, context_length=32, batch_size=8, eval_spans=12, span_chars=80,
                             max_doc_tokens=64),
-        sae=dataclasses.replace(cfg.sae, expansion=1, k=8, steps=15, batch_size=128),
+        sae=dataclasses.replace(cfg.sae, expansion=1, topk=TopKOptions(k=8), steps=15, batch_size=128),
         match=dataclasses.replace(cfg.match, gw_max=32, n_perm=2),
     )
 

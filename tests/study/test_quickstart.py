@@ -30,7 +30,7 @@ TINY = [
     "study.sae.steps=40",
     "study.sae.batch_size=128",
     "study.sae.expansion=2",
-    "study.sae.k=4",
+    "study.sae.topk.k=4",
     "study.match.gw_max=32",
     "study.sites=[blocks.1.hook_resid_post]",
 ]

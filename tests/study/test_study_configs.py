@@ -8,6 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from universality.sae.config import TopKOptions
 from universality.study.config import HarvestSpec, StudyConfig, register_configs, study_from_dict
 from universality.study.runner import run_study
 
@@ -29,7 +30,7 @@ def shrink(cfg: StudyConfig, out: Path) -> StudyConfig:
                                    inject_after_step=None if cfg.corpus.inject_after_step is None else 8),
         harvest=HarvestSpec(train_tokens=2048, context_length=32, batch_size=16, eval_spans=24, span_chars=120,
                             max_doc_tokens=128),
-        sae=dataclasses.replace(cfg.sae, steps=40, batch_size=128, expansion=2, k=4),
+        sae=dataclasses.replace(cfg.sae, steps=40, batch_size=128, expansion=2, topk=TopKOptions(k=4)),
         match=dataclasses.replace(cfg.match, gw_max=32, n_perm=2),
     )
 

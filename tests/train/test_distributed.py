@@ -22,7 +22,7 @@ import torch.distributed as dist
 from universality.errors import ConfigError, TrainingDiverged
 from universality.io import load_tensors, read_json, save_tensors, write_json
 from universality.sae import SAE
-from universality.sae.config import SAEConfig
+from universality.sae.config import sae_config
 from universality.synthetic import ToyConfig, make_toy
 from universality.train import Trainer
 from universality.train.config import RunConfig, TrainConfig
@@ -50,16 +50,16 @@ KEY = "default/topk-64-s0"
 
 
 def configs(remedy: str = "auto") -> list[TrainConfig]:
-    return [TrainConfig(SAEConfig("topk", 16, 64, k=4), seed=0, lr=1e-2, remedy=remedy)]
+    return [TrainConfig(sae_config("topk", 16, 64, k=4), seed=0, lr=1e-2, remedy=remedy)]
 
 
 def every_architecture() -> list[TrainConfig]:
     return [
-        TrainConfig(SAEConfig("topk", 16, 32, k=4), lr=1e-2, name="topk"),
-        TrainConfig(SAEConfig("batchtopk", 16, 32, k=4), lr=1e-2, name="batchtopk"),
-        TrainConfig(SAEConfig("relu", 16, 32, sparsity_coeff=1e-2), lr=1e-2, name="relu"),
-        TrainConfig(SAEConfig("jumprelu", 16, 32, sparsity_coeff=1e-2), lr=1e-2, name="jumprelu"),
-        TrainConfig(SAEConfig("gated", 16, 32, sparsity_coeff=1e-2), lr=1e-2, name="gated"),
+        TrainConfig(sae_config("topk", 16, 32, k=4), lr=1e-2, name="topk"),
+        TrainConfig(sae_config("batchtopk", 16, 32, k=4), lr=1e-2, name="batchtopk"),
+        TrainConfig(sae_config("relu", 16, 32, sparsity_coeff=1e-2), lr=1e-2, name="relu"),
+        TrainConfig(sae_config("jumprelu", 16, 32, sparsity_coeff=1e-2), lr=1e-2, name="jumprelu"),
+        TrainConfig(sae_config("gated", 16, 32, sparsity_coeff=1e-2), lr=1e-2, name="gated"),
     ]
 
 
@@ -88,8 +88,8 @@ def test_place_sites_known_answers():
 
 def test_place_sites_from_configs_weighs_d_in_times_d_sae():
     cfgs = [
-        TrainConfig(SAEConfig("topk", 32, 256, k=4), site="blocks.0.hook_resid_post", seed=s) for s in range(2)
-    ] + [TrainConfig(SAEConfig("topk", 32, 128, k=4), site=f"blocks.{l}.hook_resid_post") for l in (1, 2, 3, 4)]
+        TrainConfig(sae_config("topk", 32, 256, k=4), site="blocks.0.hook_resid_post", seed=s) for s in range(2)
+    ] + [TrainConfig(sae_config("topk", 32, 128, k=4), site=f"blocks.{l}.hook_resid_post") for l in (1, 2, 3, 4)]
     plan = place_sites(cfgs, 2)
     assert plan.loads == (2 * 32 * 256, 4 * 32 * 128)
     assert plan.sites_of(0) == ["blocks.0.hook_resid_post"]
@@ -168,7 +168,7 @@ def test_distributed_config_and_job_file_validation(tmp_path):
 
 
 def test_placed_trainer_puts_sites_on_devices_and_equals_one_device(tmp_path):
-    cfgs = [TrainConfig(SAEConfig("topk", 16, 64, k=4), site=s, seed=i, lr=1e-2) for i, s in enumerate(["a", "a", "b", "c"])]
+    cfgs = [TrainConfig(sae_config("topk", 16, 64, k=4), site=s, seed=i, lr=1e-2) for i, s in enumerate(["a", "a", "b", "c"])]
 
     def source():
         from universality.synthetic import PlantedSource, feature_probabilities, planted_dictionary
@@ -243,7 +243,7 @@ STORE_SITE = "blocks.0.hook_resid_post"
 
 
 def store_configs() -> list[TrainConfig]:
-    return [TrainConfig(SAEConfig("topk", 64, 128, k=8), site=STORE_SITE, lr=1e-2)]
+    return [TrainConfig(sae_config("topk", 64, 128, k=8), site=STORE_SITE, lr=1e-2)]
 
 
 def store_reader(path: str):
@@ -543,7 +543,7 @@ def test_nccl_data_parallel_on_cuda_equals_one_process(tmp_path):
 @pytest.mark.gpu
 def test_placed_trainer_on_cuda_devices():
     devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    cfgs = [TrainConfig(SAEConfig("topk", 16, 64, k=4), site=s, lr=1e-2) for s in ("a", "b", "c")]
+    cfgs = [TrainConfig(sae_config("topk", 16, 64, k=4), site=s, lr=1e-2) for s in ("a", "b", "c")]
 
     def source():
         from universality.synthetic import PlantedSource, feature_probabilities, planted_dictionary

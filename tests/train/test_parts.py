@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from universality.errors import ConfigError
-from universality.sae import SAEConfig, make_sae
+from universality.sae import sae_config, make_sae
 from universality.train import RunConfig, TrainConfig
 from universality.train.dead import FiringTracker, auxk_loss, ghost_grads_loss, resample_dead_
 from universality.train.optim import flatten_optimizer_state, make_optimizer, reset_latent_state_, unflatten_optimizer_state
@@ -25,14 +25,14 @@ def test_schedules_known_values():
 
 
 def test_optimizer_state_round_trip_is_exact():
-    sae = make_sae(SAEConfig("topk", 4, 8, k=2))
+    sae = make_sae(sae_config("topk", 4, 8, k=2))
     opt = make_optimizer(sae, 1e-3)
     for _ in range(3):
         sae.forward_train(torch.randn(5, 4)).x_hat.pow(2).sum().backward()
         opt.step()
     tensors, meta = flatten_optimizer_state(opt)
     assert all(isinstance(v, torch.Tensor) for v in tensors.values())
-    fresh = make_optimizer(make_sae(SAEConfig("topk", 4, 8, k=2)), 5.0)
+    fresh = make_optimizer(make_sae(sae_config("topk", 4, 8, k=2)), 5.0)
     unflatten_optimizer_state(fresh, {k: v.clone() for k, v in tensors.items()}, meta)
     a, b = opt.state_dict(), fresh.state_dict()
     assert a["param_groups"][0]["lr"] == b["param_groups"][0]["lr"]
@@ -42,7 +42,7 @@ def test_optimizer_state_round_trip_is_exact():
 
 
 def test_reset_latent_state_zeroes_only_those_latents():
-    sae = make_sae(SAEConfig("relu", 4, 8, sparsity_coeff=1.0))
+    sae = make_sae(sae_config("relu", 4, 8, sparsity_coeff=1.0))
     with torch.no_grad():
         sae.b_enc.fill_(5.0)  # every latent fires, so every latent has optimizer state
     opt = make_optimizer(sae, 1e-3)
@@ -66,7 +66,7 @@ def test_firing_tracker_dead_and_density():
 
 
 def test_auxk_and_ghost_are_zero_without_dead_latents_and_give_dead_latents_gradient():
-    sae = make_sae(SAEConfig("topk", 6, 12, k=2))
+    sae = make_sae(sae_config("topk", 6, 12, k=2))
     x = torch.randn(16, 6)
     out = sae.forward_train(x)
     none = torch.zeros(12, dtype=torch.bool)
@@ -83,7 +83,7 @@ def test_auxk_and_ghost_are_zero_without_dead_latents_and_give_dead_latents_grad
 
 
 def test_ghost_loss_is_rescaled_to_the_mse():
-    sae = make_sae(SAEConfig("relu", 6, 12, sparsity_coeff=1.0))
+    sae = make_sae(sae_config("relu", 6, 12, sparsity_coeff=1.0))
     x = torch.randn(16, 6)
     out = sae.forward_train(x)
     mse = (out.x_hat - x).pow(2).sum(dim=1).mean()
@@ -92,7 +92,7 @@ def test_ghost_loss_is_rescaled_to_the_mse():
 
 
 def test_resample_points_dead_latents_at_inputs():
-    sae = make_sae(SAEConfig("relu", 6, 12, sparsity_coeff=1.0))
+    sae = make_sae(sae_config("relu", 6, 12, sparsity_coeff=1.0))
     x = torch.randn(32, 6)
     dead = torch.zeros(12, dtype=torch.bool)
     dead[[2, 7]] = True
@@ -107,19 +107,19 @@ def test_resample_points_dead_latents_at_inputs():
 
 
 def test_train_config_validation():
-    with pytest.raises(ConfigError, match="sparsity_coeff > 0"):
-        TrainConfig(SAEConfig("relu", 4, 8))
+    with pytest.raises(ConfigError, match="sparsity_coeff must be a finite number in \\(0.0"):
+        TrainConfig(sae_config("relu", 4, 8, sparsity_coeff=0.0))
     with pytest.raises(ConfigError, match="remedy"):
-        TrainConfig(SAEConfig("topk", 4, 8, k=2), remedy="magic")
+        TrainConfig(sae_config("topk", 4, 8, k=2), remedy="magic")
     with pytest.raises(ConfigError):
-        TrainConfig(SAEConfig("topk", 4, 8, k=2), lr=0)
+        TrainConfig(sae_config("topk", 4, 8, k=2), lr=0)
     with pytest.raises(ConfigError, match="checkpoint_dir"):
         RunConfig(steps=10, checkpoint_every=5)
     with pytest.raises(ConfigError):
         RunConfig(steps=0)
-    cfg = TrainConfig(SAEConfig("topk", 4, 8, k=2), site="blocks.0.hook_resid_post", seed=3)
+    cfg = TrainConfig(sae_config("topk", 4, 8, k=2), site="blocks.0.hook_resid_post", seed=3)
     assert cfg.key == "blocks.0.hook_resid_post/topk-8-s3" and cfg.effective_remedy == "auxk"
-    assert TrainConfig(SAEConfig("relu", 4, 8, sparsity_coeff=1), name="x").key == "x"
+    assert TrainConfig(sae_config("relu", 4, 8, sparsity_coeff=1), name="x").key == "x"
 
 
 def test_configs_from_yaml_like_mappings_and_hydra_registration():

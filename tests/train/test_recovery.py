@@ -9,18 +9,18 @@ import pytest
 
 from universality import synthetic as syn
 from universality.eval.metrics import evaluate
-from universality.sae import SAEConfig
+from universality.sae import sae_config
 from universality.train import RunConfig, TrainConfig, train_saes
 
 
 def configs(d: int, n: int, k: int, steps: int) -> list[TrainConfig]:
     warm = steps // 10
     return [
-        TrainConfig(SAEConfig("topk", d, n, k=k), lr=3e-3),
-        TrainConfig(SAEConfig("batchtopk", d, n, k=k), lr=3e-3),
-        TrainConfig(SAEConfig("relu", d, n, sparsity_coeff=1.0), lr=3e-3, sparsity_warmup_steps=warm),
-        TrainConfig(SAEConfig("jumprelu", d, n, sparsity_coeff=2.0, jumprelu_threshold=0.1), lr=3e-3, sparsity_warmup_steps=warm),
-        TrainConfig(SAEConfig("gated", d, n, sparsity_coeff=3.0), lr=3e-3, sparsity_warmup_steps=warm),
+        TrainConfig(sae_config("topk", d, n, k=k), lr=3e-3),
+        TrainConfig(sae_config("batchtopk", d, n, k=k), lr=3e-3),
+        TrainConfig(sae_config("relu", d, n, sparsity_coeff=1.0), lr=3e-3, sparsity_warmup_steps=warm),
+        TrainConfig(sae_config("jumprelu", d, n, sparsity_coeff=2.0, init_threshold=0.1), lr=3e-3, sparsity_warmup_steps=warm),
+        TrainConfig(sae_config("gated", d, n, sparsity_coeff=3.0), lr=3e-3, sparsity_warmup_steps=warm),
     ]
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from universality import synthetic as syn
-from universality.sae import SAEConfig
+from universality.sae import sae_config
 from universality.train import RunConfig, TrainConfig, Trainer
 from universality.train.trainer import as_site_batch
 
@@ -23,7 +23,7 @@ def killed_run(arch_kw: dict, remedy: str, steps: int = 120) -> float:
     """Fraction of the killed latents that fired in the last window of the run."""
     probs = syn.feature_probabilities(N_FEAT, 3.0)
     D = syn.planted_dictionary(N_FEAT, D_IN)
-    cfg = TrainConfig(SAEConfig(d_in=D_IN, d_sae=D_SAE, **arch_kw), lr=1e-2, remedy=remedy)
+    cfg = TrainConfig(sae_config(d_in=D_IN, d_sae=D_SAE, **arch_kw), lr=1e-2, remedy=remedy)
     run = RunConfig(steps=steps, dead_window=2 * BATCH, resample_every=20)
     tr = Trainer([cfg], run)
     tr.initialise(as_site_batch(next(iter(syn.PlantedSource(D, probs, BATCH)))))

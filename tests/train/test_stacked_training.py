@@ -7,7 +7,7 @@ import torch
 
 from universality import synthetic as syn
 from universality.errors import ConfigError, TrainingDiverged
-from universality.sae import SAE, SAEConfig
+from universality.sae import SAE, sae_config
 from universality.train import RunConfig, TrainConfig, Trainer
 from universality.train.checkpoint import read_checkpoint
 from universality.train.stacked_step import clip_grad_norm_per_dictionary_, group_keys, stacked_auxk_loss
@@ -25,7 +25,7 @@ def source(n_batches=None, batch=96):
 
 def seeds_by_sites(arch="topk", **train):
     """3 seeds x 2 sites of one architecture, 4x overcomplete so that latents die and AuxK acts."""
-    return [TrainConfig(SAEConfig(arch, D_IN, 96, k=3), site=s, seed=seed, lr=4e-3, warmup_steps=2, **train)
+    return [TrainConfig(sae_config(arch, D_IN, 96, k=3), site=s, seed=seed, lr=4e-3, warmup_steps=2, **train)
             for s in SITES for seed in range(3)]
 
 
@@ -58,9 +58,9 @@ def test_stacked_training_equals_unstacked_training(arch):
 
 def test_mixed_run_stacks_what_it_can(tmp_path):
     configs = seeds_by_sites() + [
-        TrainConfig(SAEConfig("topk", D_IN, 96, k=3), site="a", seed=0, lr=1e-3, name="other-lr"),
-        TrainConfig(SAEConfig("relu", D_IN, 48, sparsity_coeff=0.5), site="b", lr=3e-3),
-        TrainConfig(SAEConfig("topk", D_IN, 48, k=3), site="b", remedy="resample", lr=3e-3),
+        TrainConfig(sae_config("topk", D_IN, 96, k=3), site="a", seed=0, lr=1e-3, name="other-lr"),
+        TrainConfig(sae_config("relu", D_IN, 48, sparsity_coeff=0.5), site="b", lr=3e-3),
+        TrainConfig(sae_config("topk", D_IN, 48, k=3), site="b", remedy="resample", lr=3e-3),
     ]
     groups, solo = group_keys({c.key: c for c in configs})
     assert [len(g) for g in groups] == [6, 1] and groups[1] == ["other-lr"]

@@ -9,7 +9,7 @@ import torch
 
 from universality import synthetic as syn
 from universality.errors import ConfigError, DataError, TrainingDiverged
-from universality.sae import SAE, SAEConfig
+from universality.sae import SAE, sae_config
 from universality.train import RunConfig, TrainConfig, Trainer, train_saes
 from universality.train.checkpoint import read_checkpoint
 
@@ -26,11 +26,11 @@ def toy_source(batch_size=128, n_batches=None, seed=0, sites=None):
 
 def mixed_configs():
     return [
-        TrainConfig(SAEConfig("topk", D_IN, 32, k=3), lr=3e-3, warmup_steps=3),
-        TrainConfig(SAEConfig("batchtopk", D_IN, 32, k=3), lr=3e-3),
-        TrainConfig(SAEConfig("relu", D_IN, 32, sparsity_coeff=0.5), lr=3e-3, remedy="resample", sparsity_warmup_steps=5),
-        TrainConfig(SAEConfig("jumprelu", D_IN, 32, sparsity_coeff=1.0), lr=3e-3, remedy="ghost"),
-        TrainConfig(SAEConfig("gated", D_IN, 32, sparsity_coeff=1.0), lr=3e-3),
+        TrainConfig(sae_config("topk", D_IN, 32, k=3), lr=3e-3, warmup_steps=3),
+        TrainConfig(sae_config("batchtopk", D_IN, 32, k=3), lr=3e-3),
+        TrainConfig(sae_config("relu", D_IN, 32, sparsity_coeff=0.5), lr=3e-3, remedy="resample", sparsity_warmup_steps=5),
+        TrainConfig(sae_config("jumprelu", D_IN, 32, sparsity_coeff=1.0), lr=3e-3, remedy="ghost"),
+        TrainConfig(sae_config("gated", D_IN, 32, sparsity_coeff=1.0), lr=3e-3),
     ]
 
 
@@ -62,14 +62,14 @@ def test_resume_equals_uninterrupted_run_bitwise(tmp_path):
 def test_resume_with_other_configs_is_refused(tmp_path):
     run = RunConfig(steps=4, checkpoint_dir=str(tmp_path / "ck"))
     Trainer(mixed_configs()[:1], run).fit(toy_source(), progress=False)
-    other = [TrainConfig(SAEConfig("topk", D_IN, 32, k=4), lr=3e-3)]
+    other = [TrainConfig(sae_config("topk", D_IN, 32, k=4), lr=3e-3)]
     with pytest.raises(ConfigError, match="other configs"):
         Trainer(other, run).fit(toy_source(), progress=False)
 
 
 def test_many_sites_seeds_widths_in_one_pass(tmp_path):
     sites = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
-    configs = [TrainConfig(SAEConfig("topk", D_IN, w, k=3), site=s, seed=seed, lr=3e-3)
+    configs = [TrainConfig(sae_config("topk", D_IN, w, k=3), site=s, seed=seed, lr=3e-3)
                for s in sites for seed in (0, 1) for w in (32, 64)]
     meta = {"model": "toy", "revision": "step0", "dataset": "planted", "subset_hash": "h0"}
     out = train_saes(toy_source(sites=sites), configs, RunConfig(steps=5, out_dir=str(tmp_path / "out")), meta=meta, progress=False)
@@ -89,7 +89,7 @@ def test_many_sites_seeds_widths_in_one_pass(tmp_path):
 
 def test_normalisation_scale_gives_target_mean_squared_norm():
     src = toy_source()
-    tr = Trainer([TrainConfig(SAEConfig("topk", D_IN, 32, k=3))], RunConfig(steps=1))
+    tr = Trainer([TrainConfig(sae_config("topk", D_IN, 32, k=3))], RunConfig(steps=1))
     batch = next(iter(toy_source()))
     tr.initialise({"default": batch})
     s = tr.scales["default"]
@@ -129,20 +129,20 @@ def test_divergence_stops_with_the_step_and_keeps_last_checkpoint(tmp_path, valu
 
 def test_bad_sources_and_sites():
     with pytest.raises(DataError, match="no site"):
-        train_saes(toy_source(), TrainConfig(SAEConfig("topk", D_IN, 32, k=3), site="blocks.0.hook_mlp_out"), steps=2, progress=False)
+        train_saes(toy_source(), TrainConfig(sae_config("topk", D_IN, 32, k=3), site="blocks.0.hook_mlp_out"), steps=2, progress=False)
     with pytest.raises(DataError, match="expects d_in"):
-        train_saes(toy_source(), TrainConfig(SAEConfig("topk", 8, 32, k=3)), steps=2, progress=False)
+        train_saes(toy_source(), TrainConfig(sae_config("topk", 8, 32, k=3)), steps=2, progress=False)
     with pytest.raises(DataError, match="yielded"):
-        train_saes([[1, 2]], TrainConfig(SAEConfig("topk", D_IN, 32, k=3)), steps=2, progress=False)
+        train_saes([[1, 2]], TrainConfig(sae_config("topk", D_IN, 32, k=3)), steps=2, progress=False)
     with pytest.raises(ConfigError, match="share the key"):
-        Trainer([TrainConfig(SAEConfig("topk", D_IN, 32, k=3))] * 2, RunConfig(steps=1))
+        Trainer([TrainConfig(sae_config("topk", D_IN, 32, k=3))] * 2, RunConfig(steps=1))
     with pytest.raises(ConfigError, match="steps="):
-        train_saes(toy_source(), TrainConfig(SAEConfig("topk", D_IN, 32, k=3)))
+        train_saes(toy_source(), TrainConfig(sae_config("topk", D_IN, 32, k=3)))
 
 
 def test_plain_tensor_list_is_a_source():
     batches = [torch.randn(64, D_IN) for _ in range(3)]
-    out = train_saes(batches, TrainConfig(SAEConfig("topk", D_IN, 32, k=3), name="mine"), steps=10, progress=False)
+    out = train_saes(batches, TrainConfig(sae_config("topk", D_IN, 32, k=3), name="mine"), steps=10, progress=False)
     assert list(out) == ["mine"] and out["mine"].meta["trained_steps"] == 3
 
 

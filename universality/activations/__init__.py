@@ -11,7 +11,8 @@
 from __future__ import annotations
 
 from universality.activations.harvest import HarvestConfig, capture_rows, check_sites, harvest, span_activations
-from universality.activations.readers import DevicePrefetcher, LiveReader, RowReader, StoreReader
+from universality.activations.live import LiveReader
+from universality.activations.readers import DevicePrefetcher, RowReader, StoreReader
 from universality.activations.store import ActivationStore
 
 __all__ = [

@@ -18,7 +18,13 @@ dtype and shard settings) and ``contexts_done`` after each complete shard. Runni
 harvest again on the same folder continues after the last complete shard (packing is
 deterministic, so it skips exactly the contexts already written); a finished harvest returns at
 once; a folder holding a different harvest raises :class:`~universality.errors.ArtifactError`
-unless ``overwrite=True``.
+unless ``overwrite=True`` (a manifest that lists no shard holds no rows and is simply replaced).
+
+**Failures.** The model's sites, the tokenizer (BOS when the packing needs one) and the context
+length (at most the model's positions, :func:`max_positions`) are checked before anything is
+written. A harvest that fails before its first shard (empty or undecodable text, an interruption)
+removes what it wrote: its manifest, and the folders it created, so a corrected retry into the same
+folder starts clean. A failure after a shard keeps the partial store, which the same harvest resumes.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from universality.errors import ArtifactError, ConfigError, DataError, UnknownSi
 from universality.io import is_temp_name, read_json, save_tensors_digest, sha256_file, stable_hash, write_json
 from universality.sites import parse_sites
 
-__all__ = ["HarvestConfig", "harvest", "check_sites", "capture_rows", "span_activations"]
+__all__ = ["HarvestConfig", "harvest", "check_sites", "check_context_len", "max_positions", "capture_rows", "span_activations"]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -91,6 +97,113 @@ def check_sites(adapter, sites: str | Sequence[str]) -> list[str]:
         shown = ", ".join(sorted(available)[:12]) + (" ..." if len(available) > 12 else "")
         raise UnknownSiteError(f"model {getattr(adapter, 'name', '?')!r} has no site(s) {missing}", f"use some of: {shown}")
     return names
+
+
+_POSITION_FIELDS = ("n_positions", "max_position_embeddings", "n_ctx")
+
+
+def max_positions(adapter) -> int | None:
+    """The longest input the model takes: its config's ``n_positions`` (GPT-2),
+    ``max_position_embeddings`` (GPT-NeoX, Mixtral...) or ``n_ctx`` (TransformerLens); None when it has
+    no limit (Mamba) or does not say."""
+    own = getattr(adapter, "max_positions", None)
+    if isinstance(own, int) and not isinstance(own, bool):
+        return own
+    model = getattr(adapter, "model", None)
+    for config in (getattr(model, "config", None), getattr(model, "cfg", None)):
+        for name in _POSITION_FIELDS:
+            value = getattr(config, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
+
+
+def check_context_len(adapter, packing: PackingConfig) -> None:
+    """Raise :class:`ConfigError` when ``packing.context_len`` exceeds the model's positions."""
+    limit = max_positions(adapter)
+    if limit is not None and packing.context_len > limit:
+        raise ConfigError(
+            f"context_len={packing.context_len} is longer than model {getattr(adapter, 'name', '?')!r} "
+            f"takes ({limit} positions)",
+            f"use PackingConfig(context_len=...) of at most {limit}",
+        )
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what ``mkdir(parents=True)`` creates)."""
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+def _discard_stub(out_dir: Path, created: Path | None) -> None:
+    """Remove what a harvest that completed no shard wrote: its manifest, stray shard files and
+    temporaries, then the folders it created (when empty)."""
+    if out_dir.is_dir():
+        for p in out_dir.iterdir():
+            if (p.name == MANIFEST or p.name.startswith("shard-") or is_temp_name(p.name)) and p.is_file():
+                p.unlink(missing_ok=True)
+    if created is None:
+        return
+    for folder in (out_dir, *out_dir.parents):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or gone
+            return
+        if folder == created:
+            return
+
+
+def _holds_rows(manifest: Any) -> bool:
+    """Whether a manifest found in the output folder lists any data (a stub without shards does not)."""
+    return not isinstance(manifest, dict) or bool(manifest.get("shards")) or bool(manifest.get("complete"))
+
+
+def _resumable(out_dir: Path, key: str, overwrite: bool) -> dict[str, Any] | None:
+    """The manifest in ``out_dir`` when it is this harvest's (to resume, or complete), else None (start
+    afresh); :class:`ArtifactError` when it holds rows of another harvest and ``overwrite`` is False."""
+    path = out_dir / MANIFEST
+    if not path.is_file() or overwrite:
+        return None
+    old = read_json(path)
+    if isinstance(old, dict) and old.get("key") == key:
+        return old
+    if _holds_rows(old):
+        sites = sorted(old.get("sites", {})) if isinstance(old, dict) else "?"
+        raise ArtifactError(
+            f"{out_dir} holds a different harvest (model {old.get('model') if isinstance(old, dict) else None!r}, sites {sites})",
+            "choose another out_dir, or pass overwrite=True to replace it",
+        )
+    return None
+
+
+def _new_manifest(adapter, key: str, request: dict[str, Any], subset: Subset | None, widths: dict[str, int],
+                  cfg: HarvestConfig) -> dict[str, Any]:
+    """The manifest of a harvest that has written nothing yet."""
+    return {
+        "format": FORMAT,
+        "key": key,
+        "family": getattr(adapter, "family", None),
+        **{k: request[k] for k in ("model", "revision", "dataset", "subset_hash", "packing", "include_bos")},
+        "subset": subset.describe() if subset is not None else None,
+        "sites": {
+            n: {"width": w, "kind": "int" if n.endswith("hook_expert_indices") else "float",
+                "dtype": "int64" if n.endswith("hook_expert_indices") else cfg.dtype, "stats": None}
+            for n, w in widths.items()
+        },
+        "harvest": {k: request[k] for k in ("batch_size", "shard_rows", "max_tokens")},
+        "row_fields": ["token_ids", "doc_index", "position", "context_index", "char_start", "char_end"],
+        "shards": [],
+        "n_rows": 0,
+        "n_tokens": 0,
+        "contexts_done": 0,
+        "complete": False,
+        "versions": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def keep_mask(batch: PackedBatch, include_bos: bool = False) -> Tensor:
@@ -279,6 +392,8 @@ def harvest(
     if overrides:
         cfg = HarvestConfig(**(asdict(cfg) | {"packing": cfg.packing} | overrides))
     names = check_sites(adapter, sites)
+    packer = Packer(adapter.tokenizer, cfg.packing)  # checks the tokenizer before anything is written
+    check_context_len(adapter, cfg.packing)
     out_dir = Path(out_dir)
     subset = texts_or_dataset if isinstance(texts_or_dataset, Subset) else None
     documents = as_documents(texts_or_dataset)
@@ -305,131 +420,109 @@ def harvest(
     key = stable_hash(request)
 
     manifest_path = out_dir / MANIFEST
+    created = _first_missing(out_dir)
     manifest: dict[str, Any] | None = None
-    if manifest_path.is_file():
-        old = read_json(manifest_path)
-        if old.get("key") == key and not overwrite:
-            if old.get("complete"):
-                return ActivationStore.open(out_dir)
-            manifest = old
-        elif not overwrite:
-            raise ArtifactError(
-                f"{out_dir} holds a different harvest (model {old.get('model')!r}, sites {sorted(old.get('sites', {}))})",
-                "choose another out_dir, or pass overwrite=True to replace it",
-            )
-    if manifest is None:
-        if out_dir.exists():  # the manifest goes first: a kill midway leaves no manifest listing missing shards
-            manifest_path.unlink(missing_ok=True)
-            for p in out_dir.glob("shard-*"):
-                p.unlink()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        manifest = {
-            "format": FORMAT,
-            "key": key,
-            "family": getattr(adapter, "family", None),
-            **{k: request[k] for k in ("model", "revision", "dataset", "subset_hash", "packing", "include_bos")},
-            "subset": subset.describe() if subset is not None else None,
-            "sites": {
-                n: {"width": widths[n], "kind": "int" if n.endswith("hook_expert_indices") else "float",
-                    "dtype": "int64" if n.endswith("hook_expert_indices") else cfg.dtype, "stats": None}
-                for n in names
-            },
-            "harvest": {k: request[k] for k in ("batch_size", "shard_rows", "max_tokens")},
-            "row_fields": ["token_ids", "doc_index", "position", "context_index", "char_start", "char_end"],
-            "shards": [],
-            "n_rows": 0,
-            "n_tokens": 0,
-            "contexts_done": 0,
-            "complete": False,
-            "versions": _versions(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        write_json(manifest_path, manifest)
-
-    builder = _StoreBuilder(out_dir, manifest)
-    if manifest["shards"]:  # rebuild running statistics from the complete shards (same partial sums, same order)
-        previous = ActivationStore(out_dir, manifest)
-        for i, shard in enumerate(manifest["shards"]):
-            keys = [k for k in previous._header(i) if k.startswith("stat_")]
-            builder.add_stats(previous.read_rows(i, keys), int(shard["rows"]))
-    for stray in out_dir.iterdir():  # temporary files of an interrupted write
-        if is_temp_name(stray.name) and stray.is_file():
-            stray.unlink(missing_ok=True)
-
-    packer = Packer(adapter.tokenizer, cfg.packing)
-    start_context = int(manifest["contexts_done"])
-    rows_done = int(manifest["n_rows"])
-    shard_index = len(manifest["shards"])
-    next_doc = len(ActivationStore(out_dir, manifest).doc_ids) if manifest["shards"] else 0
-    writer = ShardWriter(builder.write_shard, max_pending=cfg.max_pending_shards, threaded=cfg.background_writer)
-    store_dtypes = {n: torch.int64 if manifest["sites"][n]["kind"] == "int" else cfg.torch_dtype for n in names}
-    capacity = cfg.shard_rows + cfg.batch_size * cfg.packing.context_len
-    device = getattr(adapter, "device", torch.device("cpu"))
-    on_cuda = torch.device(device).type == "cuda"
-
-    def new_buffer() -> _ShardBuffer:  # buffers come back from the writer once their shard is on disk
-        try:
-            return builder.pool.get_nowait().reset()
-        except queue.Empty:
-            return _ShardBuffer(widths, store_dtypes, manifest["row_fields"], capacity, pin=on_cuda)
-
-    buf = new_buffer()
-    contexts_done = start_context
-
-    def flush() -> None:
-        nonlocal buf, shard_index, next_doc
-        if buf.n == 0:
-            return
-        if on_cuda:
-            torch.cuda.current_stream(device).synchronize()  # the non-blocking host copies have landed
-        acts, fields, stats = buf.views()
-        max_doc = int(fields["doc_index"].max().item()) if fields["doc_index"].numel() else next_doc - 1
-        hi = max(max_doc + 1, next_doc)
-        doc_ids = packer.doc_ids[next_doc:hi]
-        writer.submit((shard_index, acts, fields, stats, doc_ids, next_doc, contexts_done, buf.n, buf))
-        shard_index += 1
-        next_doc = hi
-        buf = new_buffer()
-
-    limit = cfg.max_tokens
-    bar = tqdm(total=limit, initial=rows_done, desc=f"harvest {getattr(adapter, 'name', '')}", unit="tok",
-               dynamic_ncols=True, **({} if progress else {"disable": True}))
-    finished = False
-    batches = _prefetch(packer.batches(documents, cfg.batch_size, start_context=start_context))
     try:
-        with torch.no_grad():
-            for batch in batches:
-                keep = keep_mask(batch, cfg.include_bos)
-                flat_keep = keep.flatten().nonzero().squeeze(1)
-                take = len(flat_keep) if limit is None else min(len(flat_keep), limit - rows_done)
-                flat_keep = flat_keep[:take]
-                acts = adapter.capture(batch.input_ids, names, attention_mask=batch.attention_mask)
-                pos = torch.arange(batch.input_ids.shape[1]).expand_as(batch.input_ids)
-                ctx = batch.context_index.view(-1, 1).expand_as(batch.input_ids)
-                fields = {f: t.reshape(-1).index_select(0, flat_keep) for f, t in (
-                    ("token_ids", batch.input_ids), ("doc_index", batch.doc_index), ("position", pos),
-                    ("context_index", ctx), ("char_start", batch.char_start), ("char_end", batch.char_end))}
-                buf.add(acts, flat_keep, fields)
-                rows_done += take
-                contexts_done = int(batch.context_index[-1]) + 1
-                bar.update(take)
-                if limit is not None and rows_done >= limit:
-                    break
-                if buf.n >= cfg.shard_rows:
-                    flush()
-            finished = True
-            flush()
-    finally:
-        batches.close()  # stops the prefetch thread
-        bar.close()
-        writer.close()  # completes queued shards even when the loop raised
-    if finished:
-        if manifest["n_rows"] == 0:
-            raise DataError("the harvest produced no rows (no text tokens)", "pass non-empty documents")
-        manifest["complete"] = True
-        builder.refresh_stats()
-        write_json(manifest_path, manifest)
-    return ActivationStore.open(out_dir)
+        manifest = _resumable(out_dir, key, overwrite)
+        if manifest is not None and manifest.get("complete"):
+            return ActivationStore.open(out_dir)
+        if manifest is None:
+            if out_dir.exists():  # the manifest goes first: a kill midway leaves no manifest listing missing shards
+                manifest_path.unlink(missing_ok=True)
+                for p in out_dir.glob("shard-*"):
+                    p.unlink()
+            out_dir.mkdir(parents=True, exist_ok=True)
+            manifest = _new_manifest(adapter, key, request, subset, widths, cfg)
+            write_json(manifest_path, manifest)
+
+        builder = _StoreBuilder(out_dir, manifest)
+        if manifest["shards"]:  # rebuild running statistics from the complete shards (same partial sums, same order)
+            previous = ActivationStore(out_dir, manifest)
+            for i, shard in enumerate(manifest["shards"]):
+                keys = [k for k in previous._header(i) if k.startswith("stat_")]
+                builder.add_stats(previous.read_rows(i, keys), int(shard["rows"]))
+        for stray in out_dir.iterdir():  # temporary files of an interrupted write
+            if is_temp_name(stray.name) and stray.is_file():
+                stray.unlink(missing_ok=True)
+
+        start_context = int(manifest["contexts_done"])
+        rows_done = int(manifest["n_rows"])
+        shard_index = len(manifest["shards"])
+        next_doc = len(ActivationStore(out_dir, manifest).doc_ids) if manifest["shards"] else 0
+        writer = ShardWriter(builder.write_shard, max_pending=cfg.max_pending_shards, threaded=cfg.background_writer)
+        store_dtypes = {n: torch.int64 if manifest["sites"][n]["kind"] == "int" else cfg.torch_dtype for n in names}
+        capacity = cfg.shard_rows + cfg.batch_size * cfg.packing.context_len
+        device = getattr(adapter, "device", torch.device("cpu"))
+        on_cuda = torch.device(device).type == "cuda"
+
+        def new_buffer() -> _ShardBuffer:  # buffers come back from the writer once their shard is on disk
+            try:
+                return builder.pool.get_nowait().reset()
+            except queue.Empty:
+                return _ShardBuffer(widths, store_dtypes, manifest["row_fields"], capacity, pin=on_cuda)
+
+        buf = new_buffer()
+        contexts_done = start_context
+
+        def flush() -> None:
+            nonlocal buf, shard_index, next_doc
+            if buf.n == 0:
+                return
+            if on_cuda:
+                torch.cuda.current_stream(device).synchronize()  # the non-blocking host copies have landed
+            acts, fields, stats = buf.views()
+            max_doc = int(fields["doc_index"].max().item()) if fields["doc_index"].numel() else next_doc - 1
+            hi = max(max_doc + 1, next_doc)
+            doc_ids = packer.doc_ids[next_doc:hi]
+            writer.submit((shard_index, acts, fields, stats, doc_ids, next_doc, contexts_done, buf.n, buf))
+            shard_index += 1
+            next_doc = hi
+            buf = new_buffer()
+
+        limit = cfg.max_tokens
+        bar = tqdm(total=limit, initial=rows_done, desc=f"harvest {getattr(adapter, 'name', '')}", unit="tok",
+                   dynamic_ncols=True, **({} if progress else {"disable": True}))
+        finished = False
+        batches = _prefetch(packer.batches(documents, cfg.batch_size, start_context=start_context))
+        try:
+            with torch.no_grad():
+                for batch in batches:
+                    keep = keep_mask(batch, cfg.include_bos)
+                    flat_keep = keep.flatten().nonzero().squeeze(1)
+                    take = len(flat_keep) if limit is None else min(len(flat_keep), limit - rows_done)
+                    flat_keep = flat_keep[:take]
+                    acts = adapter.capture(batch.input_ids, names, attention_mask=batch.attention_mask)
+                    pos = torch.arange(batch.input_ids.shape[1]).expand_as(batch.input_ids)
+                    ctx = batch.context_index.view(-1, 1).expand_as(batch.input_ids)
+                    fields = {f: t.reshape(-1).index_select(0, flat_keep) for f, t in (
+                        ("token_ids", batch.input_ids), ("doc_index", batch.doc_index), ("position", pos),
+                        ("context_index", ctx), ("char_start", batch.char_start), ("char_end", batch.char_end))}
+                    buf.add(acts, flat_keep, fields)
+                    rows_done += take
+                    contexts_done = int(batch.context_index[-1]) + 1
+                    bar.update(take)
+                    if limit is not None and rows_done >= limit:
+                        break
+                    if buf.n >= cfg.shard_rows:
+                        flush()
+                finished = True
+                flush()
+        finally:
+            batches.close()  # stops the prefetch thread
+            bar.close()
+            writer.close()  # completes queued shards even when the loop raised
+        if finished:
+            if manifest["n_rows"] == 0:
+                raise DataError("the harvest produced no rows (the documents hold no text tokens: empty texts?)",
+                                "pass non-empty documents")
+            manifest["complete"] = True
+            builder.refresh_stats()
+            write_json(manifest_path, manifest)
+        return ActivationStore.open(out_dir)
+    except BaseException:
+        if manifest is not None and not manifest["shards"]:  # nothing worth keeping: leave no stub behind
+            _discard_stub(out_dir, created)
+        raise
 
 
 @torch.no_grad()

@@ -5,12 +5,12 @@ Every reader yields ``dict[site -> Float[Tensor, "batch width"]]`` and has ``sta
 
 **The row stream.** An epoch is a sequence of *groups*; a group is at most ``shuffle_buffer`` rows
 (for a store: row ranges of shards, visited in an order permuted by ``(seed, epoch)`` and packed
-greedily into groups; for live harvesting: a fixed number of contexts). Each group is loaded, its
-rows are permuted with a generator seeded by ``(seed, epoch, group)`` and emitted in that order;
-batches are consecutive slices of the concatenated stream and may cross group boundaries. The
-position ``(epoch, group, offset)`` therefore fixes the next row exactly: a reader restored from a
-``state_dict`` yields the same batches an uninterrupted reader would have yielded. Without a
-shuffle buffer (``shuffle_buffer=0``) the rows come in store order.
+greedily into groups; for live harvesting, :class:`~universality.activations.live.LiveReader`: a
+fixed number of contexts). Each group is loaded, its rows are permuted with a generator seeded by
+``(seed, epoch, group)`` and emitted in that order; batches are consecutive slices of the
+concatenated stream and may cross group boundaries. The position ``(epoch, group, offset)``
+therefore fixes the next row exactly: a reader restored from a ``state_dict`` yields the same
+batches an uninterrupted reader would have yielded. Without a shuffle buffer (``shuffle_buffer=0``) the rows come in store order.
 
 **Memory.** At most one group plus one partial batch is resident: ``max(shuffle_buffer,
 piece_rows) + batch_size`` rows, whatever the size of the store (``resident_rows`` records the
@@ -28,11 +28,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from universality.activations.layout import ROW_FIELDS
 from universality.errors import ConfigError
 from universality.io import stable_hash
 from universality.sites import parse_sites
 
-__all__ = ["DevicePrefetcher", "RowReader", "StoreReader", "LiveReader"]
+__all__ = ["DevicePrefetcher", "RowReader", "StoreReader"]
 
 _MIX = 0x9E3779B97F4A7C15
 
@@ -164,8 +165,6 @@ class StoreReader(RowReader):
         fields: Sequence[str] = (),
         piece_rows: int | None = None,
     ) -> None:
-        from universality.activations.store import ROW_FIELDS
-
         names = store.sites if sites is None else [s.name for s in parse_sites(sites)]
         for name in names:
             store._site(name)  # UnknownSiteError for a missing site
@@ -238,82 +237,6 @@ class StoreReader(RowReader):
         """Batches per epoch."""
         n = self.store.n_rows
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-
-class LiveReader(RowReader):
-    """Harvests activations on the fly (no disk) and streams them like a :class:`StoreReader`.
-
-    A group is ``group_contexts`` packed contexts (about ``shuffle_buffer`` rows; with no shuffle
-    buffer, ``forward_batch`` contexts); its rows are the text tokens of those contexts. Restoring a
-    state re-packs (tokenises) the skipped contexts but runs the model only on the current group.
-    """
-
-    def __init__(
-        self,
-        adapter,
-        documents,
-        sites: str | Sequence[str],
-        packing=None,
-        batch_size: int = 4096,
-        shuffle_buffer: int = 0,
-        seed: int = 0,
-        epochs: int | None = 1,
-        drop_last: bool = False,
-        forward_batch: int = 8,
-        include_bos: bool = False,
-        device: str | torch.device | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        from universality.activations.harvest import check_sites
-        from universality.data.packing import Packer, PackingConfig
-        from universality.data.sources import as_documents
-
-        names = check_sites(adapter, sites)
-        super().__init__(names, batch_size, shuffle_buffer, seed, epochs, drop_last, device, dtype)
-        self.adapter = adapter
-        self.documents = as_documents(documents)
-        self.packing = packing or PackingConfig()
-        self.forward_batch = forward_batch
-        self.include_bos = include_bos
-        self._packer_cls = Packer
-        if shuffle_buffer > 0:
-            self.group_contexts = max(1, shuffle_buffer // self.packing.context_len)
-        else:
-            self.group_contexts = forward_batch
-        self._stream = None  # (epoch, next group index, iterator of contexts)
-
-    def _fingerprint(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        return super()._fingerprint() | {"packing": asdict(self.packing), "include_bos": self.include_bos, "model": getattr(self.adapter, "name", None)}
-
-    def _contexts_of(self, epoch: int, group: int):
-        import itertools
-
-        if self._stream is None or self._stream[0] != epoch or self._stream[1] != group:
-            packer = self._packer_cls(self.adapter.tokenizer, self.packing)
-            it = packer.contexts(self.documents)
-            it = itertools.islice(it, group * self.group_contexts, None)
-            self._stream = (epoch, group, it)
-        _, _, it = self._stream
-        chunk = list(itertools.islice(it, self.group_contexts))
-        self._stream = (epoch, group + 1, it)
-        return chunk
-
-    @torch.no_grad()
-    def _load_group(self, epoch: int, group: int) -> dict[str, Tensor] | None:
-        from universality.activations.harvest import capture_rows
-        from universality.data.packing import _to_batch
-
-        contexts = self._contexts_of(epoch, group)
-        if not contexts:
-            return None
-        parts: list[dict[str, Tensor]] = []
-        for i in range(0, len(contexts), self.forward_batch):
-            batch = _to_batch(contexts[i : i + self.forward_batch], group * self.group_contexts + i)
-            acts, _ = capture_rows(self.adapter, batch, self.sites, include_bos=self.include_bos)
-            parts.append({s: a.cpu() for s, a in acts.items()})
-        return {s: torch.cat([p[s] for p in parts]) for s in self.sites}
 
 
 _DONE = object()

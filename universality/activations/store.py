@@ -39,6 +39,8 @@ from typing import Any
 
 import torch
 
+from universality.activations.layout import ROW_FIELDS
+from universality.activations.readers import StoreReader
 from universality.errors import ArtifactError, ConfigError, UnknownSiteError
 from universality.io import read_json, verify_sha256
 from universality.sites import parse_sites
@@ -48,7 +50,6 @@ __all__ = ["ActivationStore", "MANIFEST", "FORMAT", "ROW_FIELDS", "VERIFY_MODES"
 MANIFEST = "manifest.json"
 FORMAT = "activation_store/1"
 VERIFY_MODES = ("lazy", "all", "none")
-ROW_FIELDS = ("token_ids", "doc_index", "position", "context_index", "char_start", "char_end")
 
 
 # safetensors dtype codes (https://github.com/huggingface/safetensors, format description)
@@ -320,8 +321,6 @@ class ActivationStore:
         fields: Sequence[str] = (),
     ):
         """A resumable :class:`~universality.activations.readers.StoreReader` over this store."""
-        from universality.activations.readers import StoreReader
-
         return StoreReader(
             self,
             sites=sites,

@@ -18,6 +18,16 @@ Token kinds: ``TEXT`` (0), ``BOS`` (1, separator or context BOS; ``doc_index`` -
 
 Packing is deterministic: the same documents, tokenizer and config give the same contexts, so a
 harvest resumes by skipping the contexts it has already written.
+
+**Long documents** (more than ``Packer.chunk_chars`` characters) are tokenised in chunks of about
+that many characters, lazily, as contexts are consumed, and only until ``max_doc_tokens`` tokens are
+reached: a 5 MB document with a 2,000-token budget reads a few tens of kilobytes, not 5 MB. A chunk
+ends just before a space that follows a non-space character, and only where tokenising the two sides
+separately gives the same tokens as tokenising across the cut (checked on a window around it); a
+tokenizer that changes tokens at every cut (one that prepends to each input) gets the document whole,
+as does a document with no such space. The tokens, offsets and contexts are those of tokenising each
+document whole. ``chunk_chars`` defaults to 8 characters per token of budget (at least 4,096, at
+most 65,536).
 """
 
 from __future__ import annotations
@@ -30,12 +40,18 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from universality.data.sources import Document
+from universality.data.sources import Document, check_text
 from universality.errors import ConfigError, DataError
 
-__all__ = ["PackingConfig", "PackedBatch", "Packer", "pack", "TEXT", "BOS", "PAD", "bos_id_of"]
+__all__ = ["PackingConfig", "PackedBatch", "Packer", "pack", "to_batch", "TEXT", "BOS", "PAD", "bos_id_of"]
 
 TEXT, BOS, PAD = 0, 1, 2
+
+_CHARS_PER_BUDGET_TOKEN = 8  # chunk characters per token of max_doc_tokens: about twice what English BPE needs
+_MIN_CHUNK_CHARS = 4096
+_MAX_CHUNK_CHARS = 1 << 16
+_CUT_WINDOW = 256  # characters each side of a cut that are re-tokenised to check it
+_CUT_TRIES = 8  # candidate cuts checked on each side of the chunk end before tokenising the rest whole
 
 
 @dataclass(frozen=True)
@@ -90,10 +106,36 @@ def bos_id_of(tokenizer) -> int:
     )
 
 
-class Packer:
-    """Packs documents into contexts; ``doc_ids[i]`` is the id of the document with index ``i``."""
+def default_chunk_chars(cfg: PackingConfig) -> int:
+    """Characters per tokenizer call for long documents (see the module docstring)."""
+    if cfg.max_doc_tokens is None:
+        return _MAX_CHUNK_CHARS
+    return min(_MAX_CHUNK_CHARS, max(_MIN_CHUNK_CHARS, _CHARS_PER_BUDGET_TOKEN * cfg.max_doc_tokens))
 
-    def __init__(self, tokenizer, cfg: PackingConfig = PackingConfig()) -> None:
+
+def _candidate_cuts(text: str, lo: int, hi: int) -> Iterator[int]:
+    """Positions in ``(lo, len(text))`` of a space after a non-space: the nearest at or before ``hi``
+    first (going back), then those after it, ``_CUT_TRIES`` each way at most."""
+    found, i = 0, hi + 1
+    while found < _CUT_TRIES and (i := text.rfind(" ", lo + 1, i)) > lo:
+        if not text[i - 1].isspace():
+            found += 1
+            yield i
+    found, i = 0, hi
+    while found < _CUT_TRIES and (i := text.find(" ", i + 1)) != -1:
+        if not text[i - 1].isspace():
+            found += 1
+            yield i
+
+
+class Packer:
+    """Packs documents into contexts; ``doc_ids[i]`` is the id of the document with index ``i``.
+
+    ``chunk_chars``: documents longer than this are tokenised in chunks of about this many
+    characters (default :func:`default_chunk_chars`); the result does not depend on it.
+    """
+
+    def __init__(self, tokenizer, cfg: PackingConfig = PackingConfig(), chunk_chars: int | None = None) -> None:
         if not getattr(tokenizer, "is_fast", False):
             raise ConfigError(
                 f"{type(tokenizer).__name__} is not a fast tokenizer (no offsets mapping)",
@@ -106,46 +148,98 @@ class Packer:
         self.pad_id = int(pad) if pad is not None else (self.bos_id if self.bos_id is not None else 0)
         self.doc_ids: list[str] = []
         self.n_text_tokens = 0
+        self.chunk_chars = default_chunk_chars(cfg) if chunk_chars is None else chunk_chars
+        if not isinstance(self.chunk_chars, int) or self.chunk_chars < 1:
+            raise ConfigError(f"chunk_chars must be a positive integer, got {chunk_chars!r}", "pass e.g. 65536, or leave it unset")
+
+    # ------------------------------------------------------------------ tokenizer calls
+    def _encode(self, texts: list[str], labels: list[tuple[str, str]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``[(ids, offsets)]`` of ``texts``; on a tokenizer failure, a :class:`DataError` naming the
+        text (``labels``: ``(what, full text)``) that is not valid Unicode, if one is."""
+        if not texts:
+            return []
+        try:
+            enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
+        except Exception:
+            for what, full in labels:
+                check_text(full, what)
+            raise
+        return [(np.asarray(ids, dtype=np.int64), np.asarray(offs, dtype=np.int64).reshape(-1, 2))
+                for ids, offs in zip(enc["input_ids"], enc["offset_mapping"])]
 
     def tokenize(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """``[(ids (n,), offsets (n, 2))]`` for each text, without special tokens."""
-        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
-        out = []
-        for ids, offs in zip(enc["input_ids"], enc["offset_mapping"]):
-            ids_a = np.asarray(ids, dtype=np.int64)
-            offs_a = np.asarray(offs, dtype=np.int64).reshape(-1, 2)
-            if self.cfg.max_doc_tokens is not None:
-                ids_a, offs_a = ids_a[: self.cfg.max_doc_tokens], offs_a[: self.cfg.max_doc_tokens]
-            out.append((ids_a, offs_a))
-        return out
+        out = self._encode(texts, [(f"text {i}", t) for i, t in enumerate(texts)])
+        cap = self.cfg.max_doc_tokens
+        return out if cap is None else [(ids[:cap], offs[:cap]) for ids, offs in out]
 
-    def _doc_arrays(self, doc_index: int, ids: np.ndarray, offs: np.ndarray) -> np.ndarray:
-        """Rows ``(token id, doc index, char start, char end, kind)`` of one document."""
+    def _ids(self, text: str, label: tuple[str, str]) -> list[int]:
+        return self._encode([text], [label])[0][0].tolist()
+
+    def _clean_cut(self, text: str, lo: int, i: int, label: tuple[str, str]) -> bool:
+        """Whether tokenising ``text[..i]`` and ``text[i..]`` apart gives the tokens of tokenising across ``i``."""
+        a, b = max(lo, i - _CUT_WINDOW), min(len(text), i + _CUT_WINDOW)
+        return self._ids(text[a:i], label) + self._ids(text[i:b], label) == self._ids(text[a:b], label)
+
+    def _cut(self, text: str, lo: int, label: tuple[str, str]) -> int:
+        """End of the chunk that starts at ``lo``: a clean cut near ``lo + chunk_chars``, else ``len(text)``."""
+        if len(text) - lo <= self.chunk_chars:
+            return len(text)
+        for i in _candidate_cuts(text, lo, lo + self.chunk_chars):
+            if self._clean_cut(text, lo, i, label):
+                return i
+        return len(text)
+
+    def _chunked(self, doc: Document) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The tokens of a long document, chunk by chunk, until ``max_doc_tokens`` (when set)."""
+        text, budget, label = doc.text, self.cfg.max_doc_tokens, (f"document {doc.id!r}", doc.text)
+        start = got = 0
+        while start < len(text) and (budget is None or got < budget):
+            end = self._cut(text, start, label)
+            ids, offs = self._encode([text[start:end]], [label])[0]
+            if budget is not None:
+                ids, offs = ids[: budget - got], offs[: budget - got]
+            got += len(ids)
+            yield ids, offs + start
+            start = end
+
+    # ------------------------------------------------------------------ documents -> rows
+    def _doc_arrays(self, doc_index: int, ids: np.ndarray, offs: np.ndarray, first: bool = True) -> np.ndarray:
+        """Rows ``(token id, doc index, char start, char end, kind)`` of one document (or of one more
+        chunk of it, ``first=False``: no separator)."""
         n = len(ids)
         rows = np.empty((n, 5), dtype=np.int64)
         rows[:, 0], rows[:, 1], rows[:, 2:4], rows[:, 4] = ids, doc_index, offs, TEXT
-        if self.cfg.doc_separator:
+        if self.cfg.doc_separator and first:
             rows = np.concatenate([np.array([[self.bos_id, -1, 0, 0, BOS]], dtype=np.int64), rows])
         return rows
 
+    def _flush(self, batch: list[Document]) -> Iterator[tuple[int, np.ndarray]]:
+        """Rows of a batch of documents: the short ones tokenised in one call, the long ones by chunks."""
+        short = [d for d in batch if len(d.text) <= self.chunk_chars]
+        cap = self.cfg.max_doc_tokens
+        encoded = iter(self._encode([d.text for d in short], [(f"document {d.id!r}", d.text) for d in short]))
+        for doc in batch:
+            self.doc_ids.append(doc.id)
+            index = len(self.doc_ids) - 1
+            pieces = self._chunked(doc) if len(doc.text) > self.chunk_chars else [next(encoded)]
+            for k, (ids, offs) in enumerate(pieces):
+                if cap is not None:
+                    ids, offs = ids[:cap], offs[:cap]
+                self.n_text_tokens += len(ids)
+                yield index, self._doc_arrays(index, ids, offs, first=k == 0)
+
     def _documents(self, docs: Iterable[Document]) -> Iterator[tuple[int, np.ndarray]]:
         batch: list[Document] = []
-
-        def flush():
-            for doc, (ids, offs) in zip(batch, self.tokenize([d.text for d in batch])):
-                self.doc_ids.append(doc.id)
-                self.n_text_tokens += len(ids)
-                yield len(self.doc_ids) - 1, self._doc_arrays(len(self.doc_ids) - 1, ids, offs)
-
         for doc in docs:
             if not isinstance(doc, Document):
                 raise DataError(f"expected Document, got {type(doc).__name__}", "wrap texts with TextsSource")
             batch.append(doc)
             if len(batch) == self.cfg.tokenize_batch:
-                yield from flush()
+                yield from self._flush(batch)
                 batch = []
         if batch:
-            yield from flush()
+            yield from self._flush(batch)
 
     def contexts(self, docs: Iterable[Document]) -> Iterator[np.ndarray]:
         """Yield contexts as ``(context_len, 5)`` int64 arrays (id, doc, start, end, kind)."""
@@ -181,14 +275,16 @@ class Packer:
                 continue
             pending.append(ctx)
             if len(pending) == batch_size:
-                yield _to_batch(pending, first)
+                yield to_batch(pending, first)
                 first += len(pending)
                 pending = []
         if pending:
-            yield _to_batch(pending, first)
+            yield to_batch(pending, first)
 
 
-def _to_batch(contexts: list[np.ndarray], first: int) -> PackedBatch:
+def to_batch(contexts: list[np.ndarray], first: int) -> PackedBatch:
+    """Stack packed contexts (``(pos, 5)`` arrays from :meth:`Packer.contexts`) into a
+    :class:`PackedBatch`; ``first`` is the context index of the first one."""
     arr = torch.from_numpy(np.stack(contexts))  # (batch, pos, 5)
     kind = arr[..., 4].contiguous()
     return PackedBatch(
@@ -208,4 +304,4 @@ def pack(docs: Iterable[Document], tokenizer, cfg: PackingConfig = PackingConfig
     contexts = list(packer.contexts(docs))
     if not contexts:
         raise DataError("no tokens to pack (no documents, or all empty)", "pass non-empty documents")
-    return _to_batch(contexts, 0), packer.doc_ids
+    return to_batch(contexts, 0), packer.doc_ids

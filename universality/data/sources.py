@@ -61,7 +61,8 @@ class Document:
         if not isinstance(self.id, str) or not self.id:
             raise DataError(f"document id must be a non-empty string, got {self.id!r}", "give every document an id")
         if not isinstance(self.text, str):
-            raise DataError(f"document {self.id!r} text is {type(self.text).__name__}, not str", "pass text as str")
+            raise DataError(f"document {self.id!r} text is {type(self.text).__name__}, not str",
+                            "pass text as str (decode bytes first, e.g. data.decode('utf-8'))")
         object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
 
 
@@ -83,19 +84,57 @@ class Source:
         return {"type": type(self).__name__, "name": self.name, "limit": self.limit}
 
 
+def _bad_byte(exc: UnicodeDecodeError) -> str:
+    return f"byte 0x{exc.object[exc.start]:02x} at byte {exc.start}"
+
+
+def _surrogate_at(text: str) -> int | None:
+    """Index of the first lone surrogate in ``text`` (not valid Unicode text, cannot be tokenised), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
+def check_text(text: str, what: str) -> None:
+    """Raise :class:`DataError` when ``text`` holds a lone surrogate (e.g. bytes decoded with ``surrogateescape``)."""
+    at = _surrogate_at(text)
+    if at is not None:
+        raise DataError(
+            f"{what} holds the lone surrogate {text[at]!r} at character {at}, which is not valid Unicode text",
+            "decode the original bytes with the right encoding, or with errors='replace' (not 'surrogateescape')",
+        )
+
+
+def as_text(item: Any, what: str) -> str:
+    """``item`` as str: a str (without lone surrogates), or bytes that decode as UTF-8; else :class:`DataError`."""
+    if isinstance(item, (bytes, bytearray)):
+        try:
+            return bytes(item).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{what} is not valid UTF-8 ({_bad_byte(exc)})",
+                            "decode it with its real encoding (e.g. data.decode('latin-1')) or with errors='replace', "
+                            "and pass str") from None
+    if not isinstance(item, str):
+        raise DataError(f"{what} is {type(item).__name__}, not str", "pass texts as str")
+    check_text(item, what)
+    return item
+
+
 def _check_limit(limit: int | None) -> None:
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ConfigError(f"limit must be a positive integer or None, got {limit!r}", "pass e.g. limit=1000")
 
 
 class TextsSource(Source):
-    """Documents from in-memory strings; ids are ``<name>/<index>``."""
+    """Documents from in-memory strings (or bytes that decode as UTF-8); ids are ``<name>/<index>``."""
 
-    def __init__(self, texts: Sequence[str], name: str = "texts", limit: int | None = None) -> None:
+    def __init__(self, texts: Sequence[str | bytes], name: str = "texts", limit: int | None = None) -> None:
         _check_limit(limit)
-        if isinstance(texts, str):
+        if isinstance(texts, (str, bytes)):
             raise DataError("texts is a single string", "pass a list of strings")
-        self.texts = list(texts)
+        self.texts = [as_text(t, f"text {i}") for i, t in enumerate(texts)]
         self.name, self.limit = name, limit
 
     def _iter(self) -> Iterator[Document]:
@@ -133,7 +172,7 @@ class TextFileSource(Source):
 
     def _iter(self) -> Iterator[Document]:
         for path in self.paths:
-            text = path.read_text(encoding=self.encoding)
+            text = self._read(path)
             meta = {"source": self.name, "path": str(path)}
             if self.split == "file":
                 yield Document(path.stem, text, meta)
@@ -141,6 +180,13 @@ class TextFileSource(Source):
                 paras = [p.strip("\n") for p in text.split("\n\n")]
                 for i, para in enumerate(p for p in paras if p.strip()):
                     yield Document(f"{path.stem}/{i}", para, meta)
+
+    def _read(self, path: Path) -> str:
+        try:
+            return path.read_bytes().decode(self.encoding)
+        except UnicodeDecodeError as exc:
+            raise DataError(f"text file {path} is not valid {self.encoding} ({_bad_byte(exc)})",
+                            "re-encode it as UTF-8, or pass encoding= with the encoding it was written in") from None
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "paths": [str(p) for p in self.paths], "split": self.split}
@@ -152,6 +198,18 @@ def _open_text(path: Path):
     if path.suffix == ".xz":
         return lzma.open(path, "rt", encoding="utf-8")
     return open(path, encoding="utf-8")
+
+
+def _first_bad_line(path: Path) -> str:
+    """Where the first bytes of ``path`` that do not decode as UTF-8 are: ``"line N, byte 0x.. at byte K"``."""
+    opener = {".gz": gzip.open, ".xz": lzma.open}.get(path.suffix, open)
+    with opener(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return f"line {lineno}, {_bad_byte(exc)} of the line"
+    return "a multi-byte character is cut at the end of the file"
 
 
 def _record_to_document(
@@ -207,6 +265,13 @@ class JsonlSource(Source):
         self.meta_fields = tuple(meta_fields) if meta_fields is not None else None
 
     def _iter(self) -> Iterator[Document]:
+        try:
+            yield from self._records()
+        except UnicodeDecodeError:
+            raise DataError(f"{self.path} is not valid UTF-8 ({_first_bad_line(self.path)})",
+                            "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+    def _records(self) -> Iterator[Document]:
         seen: set[str] = set()
         with _open_text(self.path) as fh:
             index = 0
@@ -362,7 +427,7 @@ def as_documents(data: Iterable[Document] | Iterable[str] | str, name: str = "te
         return data
     items = data if isinstance(data, Sequence) else None
     if items is not None:
-        if len(items) and all(isinstance(x, str) for x in items):
+        if len(items) and all(isinstance(x, (str, bytes, bytearray)) for x in items):
             return TextsSource(items, name=name)
         if not all(isinstance(x, Document) for x in items):
             raise DataError("documents must be all str or all Document", "convert them first")

@@ -80,8 +80,9 @@ def prune(sae: SAE, keep: Bool[Tensor, " d_sae"]) -> SAE:
     n = int(keep.sum())
     if n == 0:
         raise ConfigError("pruning would remove every latent", "loosen the pruning thresholds")
-    if sae.cfg.k is not None and n < sae.cfg.k:
-        raise ConfigError(f"pruning keeps {n} latents, fewer than k={sae.cfg.k}", "loosen the thresholds or lower k")
+    k = getattr(sae.cfg, "k", None)
+    if k is not None and n < k:
+        raise ConfigError(f"pruning keeps {n} latents, fewer than k={k}", "loosen the thresholds or lower k")
     out = make_sae(sae.cfg.replace(d_sae=n), meta=dict(sae.meta), device=sae.W_dec.device)
     out.input_scale = sae.input_scale
     idx = keep.nonzero().flatten().to(sae.W_dec.device)

@@ -1,7 +1,12 @@
-"""Public API: :func:`match` one pair of dictionaries with one method in one view."""
+"""Public API: :func:`match` one pair of dictionaries with one method in one view.
+
+This module turns two dictionaries into one view (:func:`resolve_view`, :func:`check_activations`) and
+dispatches to the method registered under ``method`` (:mod:`universality.match.registry`; the built-in
+methods, each with its options dataclass, are in :mod:`universality.match.methods`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -9,20 +14,20 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from universality.errors import ConfigError, DataError, MatchError
-from universality.match import assignment as asg
-from universality.match import transport as tr
+from universality.errors import DataError, MatchError
+from universality.match.methods import n_features
+from universality.match.registry import Matcher, get_matcher, methods
 from universality.match.result import MatchResult
-from universality.match.similarity import _check_codes, dense_similarity, topk_partners
+from universality.match.similarity import _check_codes
 from universality.match.views import VIEWS, FeatureCodes, directions, encode_codes, token_fingerprint
 
-__all__ = ["METHODS", "match", "resolve_view", "check_activations"]
+__all__ = ["METHODS", "match", "resolve_view", "check_activations", "as_pair"]
 
-METHODS = ("hungarian", "sparse", "mnn", "many_to_one", "emd", "sinkhorn", "unbalanced", "partial", "gw", "fgw")
-_WEIGHT_OK_ACROSS_WIDTHS = ("gw",)
+METHODS = methods()  # the built-in methods, in their documented order
 
 
-def _pair(x: Any) -> tuple[Any, Any]:
+def as_pair(x: Any) -> tuple[Any, Any]:
+    """``(x[0], x[1])`` for a pair (tuple or list of two), else ``(x, x)``: one input shared by both sides."""
     if isinstance(x, (tuple, list)) and len(x) == 2:
         return x[0], x[1]
     return x, x
@@ -54,7 +59,7 @@ def check_activations(
     when ``token_ids`` are given (one sequence or a pair), one id per row and equal fingerprints
     (:func:`~universality.match.views.token_fingerprint`); otherwise :class:`MatchError`.
     """
-    xa, xb = _pair(activations)
+    xa, xb = as_pair(activations)
     na = _rows(xa, "activations" if xb is xa else "activations of a")
     nb = na if xb is xa else _rows(xb, "activations of b")
     if na != nb:
@@ -62,7 +67,7 @@ def check_activations(
                          "harvest both models on the same token ids (see universality.data.alignment for different tokenizers)")
     if token_ids is None:
         return
-    ta, tb = _pair(token_ids)
+    ta, tb = as_pair(token_ids)
     for side, t, n in (("a", ta, na), ("b", tb, nb)):
         if t is None:
             continue
@@ -99,24 +104,42 @@ def resolve_view(
                 "pass activations=x (or (x_a, x_b) for two models) and token_ids, or FeatureCodes for a and b",
             )
         check_activations(activations, token_ids)
-        xa, xb = _pair(activations)
-        ta, tb = _pair(token_ids)
+        xa, xb = as_pair(activations)
+        ta, tb = as_pair(token_ids)
         ca = a if isinstance(a, FeatureCodes) else encode_codes(a, xa, ta)
         cb = b if isinstance(b, FeatureCodes) else encode_codes(b, xb, tb)
     _check_codes(ca, cb)
     return ca.to(dev), cb.to(dev), "pearson"
 
 
-def _size(x: Any) -> int:
-    return int(x.shape[0]) if isinstance(x, Tensor) else x.n
+def _similarity_kind(view: str, kind: str, similarity: str | None) -> str:
+    """The similarity of ``view`` (``kind``), or the one asked for - ``jaccard``/``pearson`` on codes only."""
+    if similarity is None:
+        return kind
+    if view != "activations" or similarity not in ("pearson", "jaccard"):
+        raise MatchError(f"similarity={similarity!r} does not apply to view={view!r}",
+                         "use similarity='pearson' or 'jaccard' with view='activations'")
+    return similarity
 
 
-def _within_cost(x: Any, kind: str) -> Tensor:
-    return 1.0 - dense_similarity(x, x, kind)
+def _check_shared_space(a: Any, b: Any, kind: str, view: str, matcher: Matcher) -> None:
+    """Cosines of directions of different widths mean nothing: only a matcher that needs no shared space
+    (``across_widths``, i.e. ``gw``) may take them."""
+    if kind == "cosine" and a.shape[1] != b.shape[1] and not matcher.across_widths:
+        raise MatchError(
+            f"{view} directions have different widths ({a.shape[1]} vs {b.shape[1]}), so {matcher.name!r} cannot "
+            "compare them",
+            "use view='activations' on shared tokens, or method='gw' which needs no shared space",
+        )
 
 
-def _subset(x: Any, idx: Tensor) -> Any:
-    return x[idx.to(x.device)] if isinstance(x, Tensor) else x.subset(idx)
+def _described(res: MatchResult, matcher: Matcher, options: Any, view: str, kind: str, n: int, m: int) -> MatchResult:
+    """``res`` with the provenance every result carries: view, similarity, method, sizes and ``params`` (the
+    method's options, overridden by what the solver reports it used)."""
+    params = {**dataclasses.asdict(options), **res.meta.get("params", {})}
+    meta = {**res.meta, "view": view, "similarity": kind, "method": matcher.name, "n_a": n, "n_b": m,
+            "params": params}
+    return MatchResult(res.pairs, res.scores, res.plan, res.value, meta)
 
 
 def match(
@@ -128,109 +151,56 @@ def match(
     activations: Any = None,
     token_ids: Any = None,
     similarity: str | None = None,
-    k: int = 16,
-    threshold: float = 0.5,
-    reg: float | None = None,
-    reg_m: float = 0.1,
-    mass: float = 0.5,
-    alpha: float = 0.5,
-    n_max: int = 2000,
-    reduce: str = "kmeans",
-    exact_limit: int = 2048 * 2048,
-    block: int | None = None,
     device: Any = None,
+    **options: Any,
 ) -> MatchResult:
-    """Match the features of dictionary ``a`` to those of ``b``.
+    """Match the features of dictionary ``a`` to those of ``b`` with one registered method in one view.
+
+    The method is looked up in the matcher registry (:mod:`universality.match.registry`); ``options`` are
+    that method's own options, validated by its options dataclass - an option it does not take is a one-line
+    :class:`ConfigError` naming the ones it does:
+
+    =============== ======================================= ==============================================
+    method          solves                                  options (defaults)
+    =============== ======================================= ==============================================
+    ``hungarian``   exact max-similarity one-to-one         ``block``
+    ``sparse``      one-to-one on the top-``k`` graph;      ``k=16``, ``exact_limit=2048*2048``, ``block``
+                    ``meta['optimality_gap']``
+    ``mnn``         mutual nearest neighbours               ``k=16``, ``threshold=0.5``, ``block``
+    ``many_to_one`` each ``b`` feature to its best ``a``;   ``k=16``, ``threshold=0.5``, ``block``
+                    splits in ``meta['groups']``
+    ``emd``         exact OT, cost ``1 - S``                ``block``
+    ``sinkhorn``    entropic OT                             ``reg=0.01``, ``block``
+    ``unbalanced``  KL-relaxed entropic OT (uncalibrated    ``reg=0.02``, ``reg_m=0.1``, ``block``
+                    mass, see ``transport.calibrated_mass``)
+    ``partial``     OT moving exactly ``mass``              ``mass=0.5``, ``block``
+    ``gw``          Gromov-Wasserstein on within costs;     ``n_max=2000``, ``reduce='kmeans'``
+                    works across widths
+    ``fgw``         fused GW (``alpha`` on structure)       ``alpha=0.5``, ``n_max=2000``,
+                                                            ``reduce='kmeans'``
+    =============== ======================================= ==============================================
+
+    The math and references of each are in the docstrings of :mod:`universality.match.methods`.
 
     Args:
         a, b: dictionaries (objects with ``W_dec``/``W_enc``/``encode``, or ``(n, d)`` direction tensors), or
             :class:`FeatureCodes` for ``view='activations'``.
-        method: one of :data:`METHODS` - ``hungarian`` (exact one-to-one), ``sparse`` (top-``k`` candidate
-            graph, reports ``optimality_gap`` when ``n*m <= exact_limit``), ``mnn`` (mutual nearest
-            neighbours), ``many_to_one`` (each ``b`` feature to its best ``a`` feature above ``threshold``;
-            splits in ``meta['groups']``), ``emd``, ``sinkhorn`` (``reg`` default 0.01), ``unbalanced`` (``reg`` default 0.02,
-            ``reg_m``; its mass is uncalibrated, see ``transport.calibrated_mass``),
-            ``partial`` (``mass``), ``gw`` (within-dictionary structure only; works
-            across widths; dictionaries above ``n_max`` are reduced by ``reduce`` = kmeans | subsample),
-            ``fgw`` (GW plus cross cost, weight ``alpha`` on structure).
+        method: a registered method name (:func:`~universality.match.registry.methods`).
         view: ``decoder`` | ``encoder`` (cosine of unit directions) | ``activations`` (Pearson correlation
             of codes over shared tokens; ``similarity='jaccard'`` for firing-set overlap).
         activations, token_ids: inputs for the activation view - one tensor for both dictionaries or a pair
             ``(x_a, x_b)`` when they read different models; token ids fingerprint the token set.
+        device: where similarities are computed (default: CUDA when available).
+        **options: the method's options (table above).
 
     Returns:
-        :class:`MatchResult` with ``meta['view']``, ``meta['method']`` and ``meta['params']``.
+        :class:`MatchResult` with ``meta['view']``, ``meta['similarity']``, ``meta['method']``,
+        ``meta['n_a']``, ``meta['n_b']`` and ``meta['params']`` (the method's options as used).
     """
-    if method not in METHODS:
-        raise MatchError(f"unknown method {method!r}", f"use one of {METHODS}")
-    if k < 1:
-        raise ConfigError(f"k must be >= 1, got {k}", "use e.g. k=16")
+    matcher = get_matcher(method)
+    opts = matcher.make_options(**options)
     av, bv, kind = resolve_view(a, b, view, activations, token_ids, device)
-    if similarity is not None:
-        if view != "activations" or similarity not in ("pearson", "jaccard"):
-            raise MatchError(f"similarity={similarity!r} does not apply to view={view!r}",
-                             "use similarity='pearson' or 'jaccard' with view='activations'")
-        kind = similarity
-    if kind == "cosine" and av.shape[1] != bv.shape[1] and method not in _WEIGHT_OK_ACROSS_WIDTHS:
-        raise MatchError(
-            f"{view} directions have different widths ({av.shape[1]} vs {bv.shape[1]}), so {method!r} cannot "
-            "compare them",
-            "use view='activations' on shared tokens, or method='gw' which needs no shared space",
-        )
-    params = {"k": k, "threshold": threshold, "reg": reg, "reg_m": reg_m, "mass": mass, "alpha": alpha,
-              "n_max": n_max, "reduce": reduce}
-    n, m = _size(av), _size(bv)
-    base_meta = {"view": view, "similarity": kind}
-
-    if method in ("sparse", "mnn", "many_to_one"):
-        tk = topk_partners(av, bv, kind, k=k, block=block)
-        if method == "mnn":
-            res = asg.mutual_nearest_neighbours(tk, threshold=-np.inf if threshold is None else threshold)
-        elif method == "many_to_one":
-            res = asg.many_to_one(tk, threshold=threshold)
-        else:
-            def complete(r: Tensor, c: Tensor) -> Tensor:
-                return dense_similarity(_subset(av, r), _subset(bv, c), kind, block)
-
-            exact = dense_similarity(av, bv, kind, block) if n * m <= exact_limit else None
-            res = asg.sparse_assignment(tk, complete=complete, exact=exact)
-    elif method == "hungarian":
-        res = asg.hungarian(dense_similarity(av, bv, kind, block))
-    elif method in ("emd", "sinkhorn", "unbalanced", "partial"):
-        S = dense_similarity(av, bv, kind, block)
-        res = {
-            "emd": lambda: tr.emd_match(S),
-            "sinkhorn": lambda: tr.sinkhorn_match(S, 0.01 if reg is None else reg),
-            "unbalanced": lambda: tr.unbalanced_match(S, 0.02 if reg is None else reg, reg_m),
-            "partial": lambda: tr.partial_match(S, mass),
-        }[method]()
-    else:  # gw / fgw
-        ia, la = _reduce(av, n_max, reduce)
-        ib, lb = _reduce(bv, n_max, reduce)
-        ra, rb = _subset(av, ia), _subset(bv, ib)
-        Ca, Cb = _within_cost(ra, kind), _within_cost(rb, kind)
-        same_space = not (kind == "cosine" and ra.shape[1] != rb.shape[1])
-        S_cross = dense_similarity(ra, rb, kind) if same_space else None
-        if method == "gw":
-            res = tr.gw_match(Ca, Cb, S_cross)
-        else:
-            if S_cross is None:
-                raise MatchError("fgw needs a cross similarity but the directions have different widths",
-                                 "use view='activations' for fgw, or method='gw'")
-            res = tr.fgw_match(1.0 - S_cross, Ca, Cb, alpha)
-        ia_np, ib_np = ia.cpu().numpy(), ib.cpu().numpy()
-        pairs = np.stack([ia_np[res.pairs[:, 0]], ib_np[res.pairs[:, 1]]], 1) if len(res) else res.pairs
-        res = MatchResult(pairs, res.scores, res.plan, res.value,
-                          {**res.meta, "reduced": bool(len(ia) < n or len(ib) < m), "index_a": ia_np.tolist(),
-                           "index_b": ib_np.tolist(), "labels_a": la.cpu().numpy().tolist(),
-                           "labels_b": lb.cpu().numpy().tolist(), "scored_by": "similarity" if same_space else
-                           "plan mass x n (no shared space)"})
-    meta = {**res.meta, **base_meta, "method": method, "n_a": n, "n_b": m,
-            "params": {**params, **res.meta.get("params", {})}}
-    return MatchResult(res.pairs, res.scores, res.plan, res.value, meta)
-
-
-def _reduce(x: Any, n_max: int, how: str) -> tuple[Tensor, Tensor]:
-    if isinstance(x, Tensor):
-        return tr.reduce_features(x.cpu(), n_max, how)
-    return tr.reduce_features(torch.zeros(x.n, 1), n_max, "subsample")  # codes: subsample only
+    kind = _similarity_kind(view, kind, similarity)
+    _check_shared_space(av, bv, kind, view, matcher)
+    res = matcher.solve(av, bv, kind, opts)
+    return _described(res, matcher, opts, view, kind, n_features(av), n_features(bv))

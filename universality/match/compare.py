@@ -1,23 +1,59 @@
 """``compare``: every summary metric of two dictionaries, each with its floor, skylines, normalised value
-and (for the headline statistics) a permutation p-value, as one ``pandas.DataFrame``."""
+and (for the headline statistics) a permutation p-value, as one ``pandas.DataFrame``.
+
+The table is assembled from small parts, one concern each:
+
+- *weight metrics* (:func:`weight_rows`): mean matched cosine and MMCS on decoder directions
+  (:func:`decoder_rows`), the encoder+decoder shared fraction (:func:`shared_fraction_rows`); they need a
+  shared space (the same width);
+- *activation metrics* (:func:`activation_rows`): MPPC, correlation matching and linear CKA on codes over
+  shared tokens (:func:`correlation_rows`), SVCCA and RSA on decoder rows of activation-matched pairs
+  (:func:`matched_decoder_rows`); they work across widths;
+- *baselines*: the random floor dictionary of the weight metrics (:func:`weight_floor`), the null samples
+  shared by all metrics (:class:`NullSamples`: random rotations of ``b``, token shuffles of ``b``'s codes,
+  shuffled pairings), the skylines (:func:`skyline_values`) - collected per metric in :class:`Baselines`;
+- *p-values* (:func:`p_value`): :math:`p = (1 + \\#\\{r : s_r \\ge s\\}) / (1 + R)` over ``n_perm`` null samples;
+- *summary assembly* (:func:`score`, :func:`metric_row`, :func:`missing_row`): value, floor, skylines,
+  :math:`(\\text{value} - \\text{floor}) / (\\text{skyline} - \\text{floor})` and its note, the source.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from universality.errors import MatchError
 from universality.match import baselines as bl
 from universality.match import summary as sm
-from universality.match.api import _pair, check_activations
+from universality.match.api import as_pair, check_activations
 from universality.match.views import FeatureCodes, decoder_directions, encode_codes, encoder_directions
 
-__all__ = ["compare", "COLUMNS"]
+__all__ = [
+    "compare",
+    "COLUMNS",
+    "Baselines",
+    "NullSamples",
+    "p_value",
+    "skyline_values",
+    "score",
+    "metric_row",
+    "missing_row",
+    "weight_floor",
+    "weight_rows",
+    "decoder_rows",
+    "shared_fraction_rows",
+    "activation_codes",
+    "activation_rows",
+    "correlation_rows",
+    "matched_decoder_rows",
+]
 
 COLUMNS = ["metric", "view", "direction", "value", "floor", "skyline_a", "skyline_b", "normalised", "p_value",
            "note", "source"]
@@ -34,9 +70,257 @@ _SOURCES = {
     "rsa": "Lan et al. 2024 / Kriegeskorte et al. 2008 (Spearman of within-space cosines)",
 }
 
+Row = dict[str, Any]
+Statistic = Callable[[Any, Any], float]
+"""``statistic(x_a, x_b) -> float``, larger = more similar."""
+Null = Callable[[Any, int], Any]
+"""``null(x_b, seed)``: ``x_b`` with its pairing to ``x_a`` destroyed (null sample ``seed``)."""
+Pair = tuple[Any, Any]
 
+
+# ============================================================================================ baselines
+class NullSamples:
+    """Each null sample (a rotation or token shuffle of ``b`` for a seed) is drawn once and shared by the
+    metrics that read it; samples are keyed by the object they transform, the seed and the kind."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[int, int, str], Any] = {}
+
+    def cached(self, fn: Null, name: str) -> Null:
+        def draw(x: Any, seed: int) -> Any:
+            key = (id(x), seed, name)
+            if key not in self._cache:
+                self._cache[key] = fn(x, seed)
+            return self._cache[key]
+
+        return draw
+
+
+@dataclass(frozen=True)
+class Baselines:
+    """What one metric is read against.
+
+    Attributes:
+        floor_b: the stand-in for ``b`` whose score with ``a`` is the floor (a random dictionary), or ``None``.
+        skyline_a, skyline_b: ``(x, x_seed2)`` inputs whose score is the skyline of ``a`` / of ``b``, or ``None``.
+        null: draws null samples of ``b`` for the p-value (``None``: no p-value).
+        floor_is_null: the floor is the null mean instead (activation metrics: token-shuffled ``b``).
+    """
+
+    floor_b: Any = None
+    skyline_a: Pair | None = None
+    skyline_b: Pair | None = None
+    null: Null | None = None
+    floor_is_null: bool = False
+
+
+def weight_floor(Db: Float[Tensor, "m d"], xb: Float[Tensor, "T d"] | None, floor: str, seed: int) -> Float[Tensor, "m d"]:
+    """The floor dictionary of the weight metrics: ``m`` unit directions with the covariance of ``b``'s
+    activations (``floor='covariance'``, or ``'auto'`` with activations) or uniform on the sphere."""
+    use_cov = floor == "covariance" or (floor == "auto" and xb is not None)
+    if floor == "covariance" and xb is None:
+        raise MatchError("floor='covariance' needs activations", "pass activations=..., or floor='random'")
+    if use_cov:
+        return bl.covariance_matched_dictionary(Db.shape[0], torch.as_tensor(xb), seed)
+    return bl.random_unit_dictionary(Db.shape[0], Db.shape[1], seed)
+
+
+def _rotate(D: Float[Tensor, "m d"], seed: int) -> Float[Tensor, "m d"]:
+    """Null sample of a weight view: ``b``'s directions under a Haar-random rotation."""
+    return D @ bl.random_rotation(D.shape[1], seed).T
+
+
+def _shuffle_pairs(Y: Float[Tensor, "k d"], seed: int) -> Float[Tensor, "k d"]:
+    """Null sample of SVCCA/RSA: the matched rows of ``b`` in a random order (Lan et al.'s random pairing)."""
+    return Y[torch.randperm(len(Y), generator=torch.Generator().manual_seed(seed))]
+
+
+def skyline_values(fn: Statistic, sky_a: Pair | None, sky_b: Pair | None) -> tuple[float, float, float]:
+    """``(skyline_a, skyline_b, skyline)``: the statistic on each seed pair (NaN when absent) and the mean of
+    those present (NaN when none is finite)."""
+    ska = fn(*sky_a) if sky_a is not None else float("nan")
+    skb = fn(*sky_b) if sky_b is not None else float("nan")
+    sky = np.nanmean([ska, skb]) if np.isfinite([ska, skb]).any() else float("nan")
+    return ska, skb, sky
+
+
+# ============================================================================================ p-values
+def p_value(fn: Statistic, x_a: Any, x_b: Any, null: Null | None, n_perm: int) -> tuple[float, float]:
+    """``(p, null_mean)``: the permutation p-value :math:`(1 + \\#\\{r : s_r \\ge s\\}) / (1 + R)` of
+    ``fn(x_a, x_b)`` against ``fn(x_a, null(x_b, r))`` for ``R = n_perm`` samples (Phipson & Smyth 2010),
+    and the mean of those null statistics; ``(NaN, NaN)`` without a null or permutations."""
+    if null is None or n_perm <= 0:
+        return float("nan"), float("nan")
+    pt = bl.permutation_test(fn, x_a, x_b, null, n_perm)
+    return pt["p_value"], pt["null_mean"]
+
+
+# ============================================================================================ summary assembly
+def metric_row(metric: str, view: str, direction: str, value: float, floor: float, skyline_a: float,
+               skyline_b: float, skyline: float, p: float) -> Row:
+    """One table row: the values, ``(value - floor) / (skyline - floor)`` (or NaN and why), the source."""
+    norm, note = bl.normalise(value, floor, skyline)
+    return {"metric": metric, "view": view, "direction": direction, "value": value, "floor": floor,
+            "skyline_a": skyline_a, "skyline_b": skyline_b, "normalised": norm, "p_value": p, "note": note,
+            "source": _SOURCES.get(metric.split("@")[0], "")}
+
+
+def missing_row(metric: str, view: str, direction: str, note: str) -> Row:
+    """A row for a metric that cannot be computed: all values NaN, the reason in ``note``."""
+    return {"metric": metric, "view": view, "direction": direction, "value": np.nan, "floor": np.nan,
+            "skyline_a": np.nan, "skyline_b": np.nan, "normalised": np.nan, "p_value": np.nan, "note": note,
+            "source": _SOURCES[metric.split("@")[0]]}
+
+
+def score(metric: str, view: str, direction: str, fn: Statistic, x_a: Any, x_b: Any, base: Baselines,
+          n_perm: int) -> Row:
+    """Compute ``fn(x_a, x_b)`` with its p-value, floor and skylines (``base``) and assemble its row."""
+    value = fn(x_a, x_b)
+    p, null_mean = p_value(fn, x_a, x_b, base.null, n_perm)
+    if base.floor_is_null:
+        fl = null_mean
+    else:
+        fl = fn(x_a, base.floor_b) if base.floor_b is not None else float("nan")
+    ska, skb, sky = skyline_values(fn, base.skyline_a, base.skyline_b)
+    return metric_row(metric, view, direction, value, fl, ska, skb, sky, p)
+
+
+# ============================================================================================ weight metrics
 def _has_encoder(d: Any) -> bool:
     return hasattr(d, "W_enc") or isinstance(d, Tensor)
+
+
+def decoder_rows(Da: Float[Tensor, "n d"], Db: Float[Tensor, "m d"], base: Baselines, n_perm: int) -> list[Row]:
+    """Mean matched cosine (Hungarian) and MMCS in both directions on unit decoder directions."""
+
+    def mmc(x: Float[Tensor, "n d"], y: Float[Tensor, "m d"]) -> float:
+        return sm.mean_matched_score(sm.one_to_one(x, y, "cosine"))
+
+    return [
+        score("mean_matched_cosine", "decoder", "a<->b", mmc, Da, Db, base, n_perm),
+        score("mmcs", "decoder", "a->b", lambda x, y: sm.mmcs(x, y)[0], Da, Db, base, n_perm),
+        score("mmcs", "decoder", "b->a", lambda x, y: sm.mmcs(y, x)[0], Da, Db, base, n_perm),
+    ]
+
+
+def shared_fraction_rows(a: Any, b: Any, sky_a: Any, sky_b: Any, Da: Float[Tensor, "n d"], Db: Float[Tensor, "m d"],
+                         floor_dec: Float[Tensor, "m d"], thresholds: Sequence[float]) -> list[Row]:
+    """Paulo & Belrose's shared fraction at each threshold on (encoder, decoder) directions; the floor is the
+    random dictionary as both encoder and decoder (it has no separate encoder), no p-value."""
+    Ea, Eb = encoder_directions(a), encoder_directions(b)
+    sa = ((Ea, Da), (encoder_directions(sky_a), decoder_directions(sky_a))) if sky_a is not None else None
+    sb = ((Eb, Db), (encoder_directions(sky_b), decoder_directions(sky_b))) if sky_b is not None else None
+    base = Baselines(floor_b=(floor_dec, floor_dec), skyline_a=sa, skyline_b=sb)
+    rows = []
+    for t in thresholds:
+        def shf(x: Pair, y: Pair, t: float = t) -> float:
+            return sm.shared_fraction(x[0], x[1], y[0], y[1], (t,))[t]
+
+        rows.append(score(f"shared_fraction@{t:g}", "encoder+decoder", "a->b", shf, (Ea, Da), (Eb, Db), base, 0))
+    return rows
+
+
+def weight_rows(a: Any, b: Any, Da: Float[Tensor, "n d"], Db: Float[Tensor, "m d"], sky_a: Any, sky_b: Any,
+                xb: Float[Tensor, "T d"] | None, *, floor: str, thresholds: Sequence[float], seed: int, n_perm: int,
+                nulls: NullSamples) -> list[Row]:
+    """The weight-view rows: against the floor dictionary, the skylines and (for p-values) random rotations of
+    ``b``; one explanatory NaN row when the widths differ (cosines need a shared space)."""
+    if Da.shape[1] != Db.shape[1]:
+        return [missing_row("mean_matched_cosine", "decoder", "a<->b",
+                            f"widths differ ({Da.shape[1]} vs {Db.shape[1]}): weight metrics need a shared space; "
+                            "see the activation metrics")]
+    fl_dec = weight_floor(Db, xb, floor, seed)
+    base = Baselines(floor_b=fl_dec,
+                     skyline_a=(Da, decoder_directions(sky_a)) if sky_a is not None else None,
+                     skyline_b=(Db, decoder_directions(sky_b)) if sky_b is not None else None,
+                     null=nulls.cached(_rotate, "rotation"))
+    rows = decoder_rows(Da, Db, base, n_perm)
+    if _has_encoder(a) and _has_encoder(b):
+        rows += shared_fraction_rows(a, b, sky_a, sky_b, Da, Db, fl_dec, thresholds)
+    return rows
+
+
+# ============================================================================================ activation metrics
+def activation_codes(a: Any, b: Any, sky_a: Any, sky_b: Any, activations: Any,
+                     token_ids: Any) -> tuple[FeatureCodes, FeatureCodes, FeatureCodes | None, FeatureCodes | None]:
+    """Codes ``(n, T)``/``(m, T)`` of ``a`` and ``b`` (and of their skylines, or ``None``) on the shared tokens."""
+    xa, xb = as_pair(activations)
+    ta, tb = as_pair(token_ids)
+    ca = a if isinstance(a, FeatureCodes) else encode_codes(a, xa, ta)
+    cb = b if isinstance(b, FeatureCodes) else encode_codes(b, xb, tb)
+    sca = encode_codes(sky_a, xa, ta) if sky_a is not None else None
+    scb = encode_codes(sky_b, xb, tb) if sky_b is not None else None
+    return ca, cb, sca, scb
+
+
+def _matched(x: FeatureCodes, y: FeatureCodes) -> Any:
+    return sm.one_to_one(x, y, "pearson")
+
+
+def correlation_rows(ca: FeatureCodes, cb: FeatureCodes, base: Baselines, corr_threshold: float,
+                     n_perm: int) -> list[Row]:
+    """MPPC both ways, Hungarian matching on Pearson correlation (mean and fraction above ``corr_threshold``)
+    and linear CKA of the codes; floor = mean over token-shuffled ``b``."""
+    return [
+        score("mppc", "activations", "a->b", lambda x, y: sm.mppc(x, y)[0], ca, cb, base, n_perm),
+        score("mppc", "activations", "b->a", lambda x, y: sm.mppc(y, x)[0], ca, cb, base, n_perm),
+        score("mean_matched_correlation", "activations", "a<->b", lambda x, y: _matched(x, y).mean_score, ca, cb,
+              base, n_perm),
+        score(f"shared_fraction_corr@{corr_threshold:g}", "activations", "a->b",
+              lambda x, y: _matched(x, y).fraction_above(corr_threshold, x.n), ca, cb, base, n_perm),
+        score("linear_cka", "activations", "a<->b", sm.linear_cka_codes, ca, cb, base, n_perm),
+    ]
+
+
+def _paired_rows(x: FeatureCodes, y: FeatureCodes, Dx: Float[Tensor, "n d_x"], Dy: Float[Tensor, "m d_y"],
+                 corr_threshold: float) -> tuple[Float[Tensor, "k d_x"], Float[Tensor, "k d_y"]] | None:
+    """Decoder rows of the activation-matched pairs with correlation above ``corr_threshold`` (``None``: < 3)."""
+    res = _matched(x, y)
+    keep = res.scores > corr_threshold
+    if keep.sum() < 3:
+        return None
+    return Dx[res.pairs[keep, 0]], Dy[res.pairs[keep, 1]]
+
+
+def matched_decoder_rows(ca: FeatureCodes, cb: FeatureCodes, sca: FeatureCodes | None, scb: FeatureCodes | None,
+                         Da: Float[Tensor, "n d_a"], Db: Float[Tensor, "m d_b"], sky_a: Any, sky_b: Any,
+                         corr_threshold: float, n_perm: int) -> list[Row]:
+    """SVCCA and RSA on decoder rows of activation-matched pairs (works across widths, Lan et al. 2024);
+    floor and p-value: the same rows with the pairing shuffled (Lan et al.'s random-pairing baseline)."""
+    main = _paired_rows(ca, cb, Da, Db, corr_threshold)
+    sky_rows_a = _paired_rows(ca, sca, Da, decoder_directions(sky_a), corr_threshold) if sca is not None else None
+    sky_rows_b = _paired_rows(cb, scb, Db, decoder_directions(sky_b), corr_threshold) if scb is not None else None
+    base = Baselines(skyline_a=sky_rows_a, skyline_b=sky_rows_b, null=_shuffle_pairs, floor_is_null=True)
+    rows = []
+    for name, fn in (("svcca", sm.svcca), ("rsa", sm.rsa)):
+        if main is None:
+            rows.append(missing_row(name, "decoder|activation-matched", "a<->b",
+                                    f"fewer than 3 pairs with correlation > {corr_threshold}"))
+        else:
+            rows.append(score(name, "decoder|activation-matched", "a<->b", fn, *main, base, n_perm))
+    return rows
+
+
+def activation_rows(a: Any, b: Any, Da: Float[Tensor, "n d_a"], Db: Float[Tensor, "m d_b"], sky_a: Any, sky_b: Any,
+                    activations: Any, token_ids: Any, *, corr_threshold: float, n_perm: int,
+                    nulls: NullSamples) -> list[Row]:
+    """The activation-view rows: codes on the shared tokens, read against token shuffles of ``b``'s codes
+    (floor = null mean, p-value) and the skylines' codes."""
+    ca, cb, sca, scb = activation_codes(a, b, sky_a, sky_b, activations, token_ids)
+    base = Baselines(skyline_a=(ca, sca) if sca is not None else None,
+                     skyline_b=(cb, scb) if scb is not None else None,
+                     null=nulls.cached(bl.shuffle_tokens, "shuffle"), floor_is_null=True)
+    return (correlation_rows(ca, cb, base, corr_threshold, n_perm)
+            + matched_decoder_rows(ca, cb, sca, scb, Da, Db, sky_a, sky_b, corr_threshold, n_perm))
+
+
+# ============================================================================================ compare
+def _skylines(skyline: Any) -> tuple[Any, Any]:
+    """``(sky_a, sky_b)``: a pair ``(a_seed2, b_seed2)``, or one dictionary = ``a``'s second seed only."""
+    sky_a, sky_b = as_pair(skyline) if skyline is not None else (None, None)
+    if skyline is not None and not isinstance(skyline, (tuple, list)):
+        sky_b = None
+    return sky_a, sky_b
 
 
 def compare(
@@ -73,114 +357,13 @@ def compare(
     """
     if activations is not None:
         check_activations(activations, token_ids)  # fail before any metric is computed
-    sky_a, sky_b = _pair(skyline) if skyline is not None else (None, None)
-    if skyline is not None and not (isinstance(skyline, (tuple, list))):
-        sky_b = None
-    rows: list[dict[str, Any]] = []
-    null_cache: dict[tuple[int, int, str], Any] = {}
-
-    def cached(fn: Callable[[Any, int], Any], name: str) -> Callable[[Any, int], Any]:
-        """Each null sample (a rotation or token shuffle of b for a seed) is drawn once and shared by metrics."""
-        def draw(x: Any, seed_: int) -> Any:
-            key = (id(x), seed_, name)
-            if key not in null_cache:
-                null_cache[key] = fn(x, seed_)
-            return null_cache[key]
-        return draw
-
-    def add(metric: str, view: str, direction: str, fn: Callable[[Any, Any], float], x_a: Any, x_b: Any,
-            fl_b: Any, sa: tuple[Any, Any] | None, sb: tuple[Any, Any] | None,
-            null: Callable[[Any, int], Any] | None = None, floor_is_null: bool = False) -> None:
-        value = fn(x_a, x_b)
-        p = float("nan")
-        null_mean = float("nan")
-        if null is not None and n_perm > 0:
-            pt = bl.permutation_test(fn, x_a, x_b, null, n_perm)
-            p, null_mean = pt["p_value"], pt["null_mean"]
-        fl = null_mean if floor_is_null else (fn(x_a, fl_b) if fl_b is not None else float("nan"))
-        ska = fn(*sa) if sa is not None else float("nan")
-        skb = fn(*sb) if sb is not None else float("nan")
-        sky = np.nanmean([ska, skb]) if np.isfinite([ska, skb]).any() else float("nan")
-        norm, note = bl.normalise(value, fl, sky)
-        rows.append({"metric": metric, "view": view, "direction": direction, "value": value, "floor": fl,
-                     "skyline_a": ska, "skyline_b": skb, "normalised": norm, "p_value": p, "note": note,
-                     "source": _SOURCES.get(metric.split("@")[0], "")})
-
-    # ---- weight views (need the same width) ----
+    sky_a, sky_b = _skylines(skyline)
+    nulls = NullSamples()
     Da, Db = decoder_directions(a), decoder_directions(b)
-    same_width = Da.shape[1] == Db.shape[1]
-    xa, xb = _pair(activations) if activations is not None else (None, None)
-    if same_width:
-        use_cov = floor == "covariance" or (floor == "auto" and xb is not None)
-        if floor == "covariance" and xb is None:
-            raise MatchError("floor='covariance' needs activations", "pass activations=..., or floor='random'")
-        fl_dec = (bl.covariance_matched_dictionary(Db.shape[0], torch.as_tensor(xb), seed) if use_cov
-                  else bl.random_unit_dictionary(Db.shape[0], Db.shape[1], seed))
-        rot = cached(lambda D, s: D @ bl.random_rotation(D.shape[1], s).T, "rotation")
-        sa = (Da, decoder_directions(sky_a)) if sky_a is not None else None
-        sb = (Db, decoder_directions(sky_b)) if sky_b is not None else None
-        mmc = lambda x, y: sm.mean_matched_score(sm.one_to_one(x, y, "cosine"))  # noqa: E731
-        add("mean_matched_cosine", "decoder", "a<->b", mmc, Da, Db, fl_dec, sa, sb, rot)
-        add("mmcs", "decoder", "a->b", lambda x, y: sm.mmcs(x, y)[0], Da, Db, fl_dec, sa, sb, rot)
-        add("mmcs", "decoder", "b->a", lambda x, y: sm.mmcs(y, x)[0], Da, Db, fl_dec, sa, sb, rot)
-        if _has_encoder(a) and _has_encoder(b):
-            Ea, Eb = encoder_directions(a), encoder_directions(b)
-            fl_enc = fl_dec  # a random dictionary has no separate encoder: tied floor
-            for t in thresholds:
-                def shf(x: Any, y: Any, t: float = t) -> float:
-                    return sm.shared_fraction(x[0], x[1], y[0], y[1], (t,))[t]
-
-                sa2 = ((Ea, Da), (encoder_directions(sky_a), decoder_directions(sky_a))) if sky_a is not None else None
-                sb2 = ((Eb, Db), (encoder_directions(sky_b), decoder_directions(sky_b))) if sky_b is not None else None
-                add(f"shared_fraction@{t:g}", "encoder+decoder", "a->b", shf, (Ea, Da), (Eb, Db),
-                    (fl_enc, fl_dec), sa2, sb2)
-    else:
-        rows.append({"metric": "mean_matched_cosine", "view": "decoder", "direction": "a<->b", "value": np.nan,
-                     "floor": np.nan, "skyline_a": np.nan, "skyline_b": np.nan, "normalised": np.nan,
-                     "p_value": np.nan, "source": _SOURCES["mean_matched_cosine"],
-                     "note": f"widths differ ({Da.shape[1]} vs {Db.shape[1]}): weight metrics need a shared space; "
-                             "see the activation metrics"})
-
-    # ---- activation view ----
+    xb = as_pair(activations)[1] if activations is not None else None
+    rows = weight_rows(a, b, Da, Db, sky_a, sky_b, xb, floor=floor, thresholds=thresholds, seed=seed,
+                       n_perm=n_perm, nulls=nulls)
     if activations is not None:
-        ta, tb = _pair(token_ids)
-        ca = a if isinstance(a, FeatureCodes) else encode_codes(a, xa, ta)
-        cb = b if isinstance(b, FeatureCodes) else encode_codes(b, xb, tb)
-        sca = encode_codes(sky_a, xa, ta) if sky_a is not None else None
-        scb = encode_codes(sky_b, xb, tb) if sky_b is not None else None
-        sa = (ca, sca) if sca is not None else None
-        sb = (cb, scb) if scb is not None else None
-        shuf = cached(bl.shuffle_tokens, "shuffle")
-        add("mppc", "activations", "a->b", lambda x, y: sm.mppc(x, y)[0], ca, cb, None, sa, sb, shuf, True)
-        add("mppc", "activations", "b->a", lambda x, y: sm.mppc(y, x)[0], ca, cb, None, sa, sb, shuf, True)
-        matched = lambda x, y: sm.one_to_one(x, y, "pearson")  # noqa: E731
-        add("mean_matched_correlation", "activations", "a<->b", lambda x, y: matched(x, y).mean_score, ca, cb,
-            None, sa, sb, shuf, True)
-        add(f"shared_fraction_corr@{corr_threshold:g}", "activations", "a->b",
-            lambda x, y: matched(x, y).fraction_above(corr_threshold, x.n), ca, cb, None, sa, sb, shuf, True)
-        add("linear_cka", "activations", "a<->b", sm.linear_cka_codes, ca, cb, None, sa, sb, shuf, True)
-        # SVCCA / RSA on decoder rows of activation-matched pairs (works across widths, Lan et al. 2024);
-        # floor and p-value: the same rows with the pairing shuffled (Lan et al.'s random-pairing baseline)
-        def paired_rows(x: FeatureCodes, y: FeatureCodes, Dx: Tensor, Dy: Tensor) -> tuple[Tensor, Tensor] | None:
-            res = matched(x, y)
-            keep = res.scores > corr_threshold
-            if keep.sum() < 3:
-                return None
-            return Dx[res.pairs[keep, 0]], Dy[res.pairs[keep, 1]]
-
-        main = paired_rows(ca, cb, Da, Db)
-        sky_rows_a = paired_rows(ca, sca, Da, decoder_directions(sky_a)) if sca is not None else None
-        sky_rows_b = paired_rows(cb, scb, Db, decoder_directions(sky_b)) if scb is not None else None
-        for name, fn in (("svcca", sm.svcca), ("rsa", sm.rsa)):
-            if main is None:
-                rows.append({"metric": name, "view": "decoder|activation-matched", "direction": "a<->b",
-                             "value": np.nan, "floor": np.nan, "skyline_a": np.nan, "skyline_b": np.nan,
-                             "normalised": np.nan, "p_value": np.nan, "source": _SOURCES[name],
-                             "note": f"fewer than 3 pairs with correlation > {corr_threshold}"})
-                continue
-            X, Y = main
-            shuf_pairs = lambda Yr, s: Yr[torch.randperm(len(Yr), generator=torch.Generator().manual_seed(s))]  # noqa: E731
-            add(name, "decoder|activation-matched", "a<->b", fn, X, Y, None,
-                sky_rows_a, sky_rows_b, shuf_pairs, True)
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    return df
+        rows += activation_rows(a, b, Da, Db, sky_a, sky_b, activations, token_ids, corr_threshold=corr_threshold,
+                                n_perm=n_perm, nulls=nulls)
+    return pd.DataFrame(rows, columns=COLUMNS)

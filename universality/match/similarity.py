@@ -40,6 +40,7 @@ __all__ = [
     "dense_similarity",
     "topk_partners",
     "default_block",
+    "gram_blocks",
 ]
 
 SIMILARITIES = ("cosine", "pearson", "jaccard")
@@ -75,7 +76,7 @@ def _check_codes(ca: FeatureCodes, cb: FeatureCodes) -> None:
         )
 
 
-def _gram_blocks(ca: FeatureCodes, cb: FeatureCodes, block: int | None, binary: bool) -> Iterator[tuple[int, Tensor]]:
+def gram_blocks(ca: FeatureCodes, cb: FeatureCodes, block: int | None, binary: bool) -> Iterator[tuple[int, Tensor]]:
     """Yield ``(i0, codes_a[i0:i1] @ codes_b.T)`` with ``codes_b`` kept sparse."""
     _check_codes(ca, cb)
     B = cb.binary().codes if binary else cb.codes
@@ -90,7 +91,7 @@ def pearson_blocks(ca: FeatureCodes, cb: FeatureCodes, block: int | None = None)
     """Yield Pearson-correlation blocks ``(i0, rho[i0:i1, :])`` of two code sets on the same tokens."""
     T = ca.n_tokens
     mb, sb = cb.mean.to(cb.codes.device), cb.std.to(cb.codes.device)
-    for i0, G in _gram_blocks(ca, cb, block, binary=False):
+    for i0, G in gram_blocks(ca, cb, block, binary=False):
         i1 = i0 + G.shape[0]
         ma, sa = ca.mean[i0:i1].to(G.device), ca.std[i0:i1].to(G.device)
         cov = G / T - ma[:, None] * mb[None, :]
@@ -101,7 +102,7 @@ def pearson_blocks(ca: FeatureCodes, cb: FeatureCodes, block: int | None = None)
 def jaccard_blocks(ca: FeatureCodes, cb: FeatureCodes, block: int | None = None) -> Iterator[tuple[int, Tensor]]:
     """Yield Jaccard-index blocks of the two code sets' firing sets."""
     nb = cb.nnz.to(cb.codes.device).float()
-    for i0, inter in _gram_blocks(ca, cb, block, binary=True):
+    for i0, inter in gram_blocks(ca, cb, block, binary=True):
         na = ca.nnz[i0 : i0 + inter.shape[0]].to(inter.device).float()
         union = na[:, None] + nb[None, :] - inter
         yield i0, torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter))

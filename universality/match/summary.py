@@ -17,7 +17,7 @@ from torch import Tensor
 from universality.errors import MatchError
 from universality.match.assignment import hungarian, sparse_assignment
 from universality.match.result import MatchResult
-from universality.match.similarity import _gram_blocks, dense_similarity, topk_partners
+from universality.match.similarity import dense_similarity, gram_blocks, topk_partners
 from universality.match.views import FeatureCodes
 
 __all__ = [
@@ -164,7 +164,7 @@ def _cov_frob2(ca: FeatureCodes, cb: FeatureCodes, block: int | None) -> float:
     T = ca.n_tokens
     total = 0.0
     mb = cb.mean.double()
-    for i0, G in _gram_blocks(ca, cb, block, binary=False):
+    for i0, G in gram_blocks(ca, cb, block, binary=False):
         ma = ca.mean[i0 : i0 + G.shape[0]].double()
         total += float((G.double() / T - ma[:, None] * mb[None, :].to(G.device)).pow(2).sum())
     return total

@@ -1,7 +1,8 @@
 """Sparse autoencoder architectures behind one registry, plus artifact formats.
 
 ``SAE.load(path)`` dispatches on ``cfg.json["architecture"]``; :func:`make_sae` builds a fresh
-one from an :class:`SAEConfig`. Architectures: ``relu`` (L1, optionally tied), ``topk``,
+one from an architecture's config (:func:`sae_config` builds the right class by name;
+:mod:`universality.sae.config` lists each architecture's fields). Architectures: ``relu`` (L1, optionally tied), ``topk``,
 ``batchtopk``, ``jumprelu``, ``gated``. :class:`StackedSAE` holds many same-shape TopK/BatchTopK
 dictionaries as one batched module (the trainer's ``RunConfig(stack=True)`` fast path).
 """
@@ -9,7 +10,16 @@ dictionaries as one batched module (the trainer's ``RunConfig(stack=True)`` fast
 from __future__ import annotations
 
 from universality.sae.base import FORMAT, SAE, SAEOutput
-from universality.sae.config import SAEConfig
+from universality.sae.config import (
+    BatchTopKConfig,
+    GatedConfig,
+    JumpReLUConfig,
+    ReLUConfig,
+    SAEConfig,
+    TopKConfig,
+    config_class,
+    sae_config,
+)
 from universality.sae.init import geometric_median
 from universality.sae.registry import architectures, get_architecture, register
 from universality.sae.stacked import StackedSAE
@@ -18,6 +28,13 @@ __all__ = [
     "FORMAT",
     "SAE",
     "SAEConfig",
+    "TopKConfig",
+    "BatchTopKConfig",
+    "ReLUConfig",
+    "JumpReLUConfig",
+    "GatedConfig",
+    "config_class",
+    "sae_config",
     "SAEOutput",
     "StackedSAE",
     "architectures",

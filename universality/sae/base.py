@@ -62,8 +62,8 @@ class SAE(nn.Module):
     """A sparse autoencoder. Construct a subclass, or use :meth:`SAE.load` / :func:`make_sae`."""
 
     architecture: ClassVar[str] = ""
-    #: True when the loss carries a sparsity penalty (so ``sparsity_coeff`` must be > 0).
-    uses_penalty: ClassVar[bool] = True
+    #: The architecture's config class (:mod:`universality.sae.config`), paired as SAELens pairs them.
+    config_class: ClassVar[type[SAEConfig]] = SAEConfig
 
     def __init__(
         self,
@@ -74,9 +74,9 @@ class SAE(nn.Module):
         device: str | torch.device | None = None,
     ) -> None:
         super().__init__()
-        if cfg.architecture != self.architecture:
+        if cfg.architecture != self.architecture or not isinstance(cfg, self.config_class):
             raise ConfigError(
-                f"config architecture {cfg.architecture!r} given to the {self.architecture!r} class",
+                f"a {type(cfg).__name__} ({cfg.architecture!r}) was given to the {self.architecture!r} SAE class",
                 "build SAEs with universality.sae.make_sae(cfg)",
             )
         self.cfg = cfg
@@ -95,14 +95,6 @@ class SAE(nn.Module):
         self.W_enc = nn.Parameter(W_dec_FD.T.clone().contiguous())
         self.b_enc = nn.Parameter(torch.zeros(self.cfg.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(self.cfg.d_in))
-
-    @classmethod
-    def validate_config(cls, cfg: SAEConfig) -> None:
-        """Raise :class:`ConfigError` when ``cfg`` does not fit this architecture."""
-        if cfg.k is not None:
-            raise ConfigError(f"k is only used by topk/batchtopk, got k={cfg.k} for {cls.architecture}", "drop k")
-        if cfg.tied:
-            raise ConfigError(f"tied weights are only supported by relu, not {cls.architecture}", "set tied=False")
 
     # ----------------------------------------------------------------- forward
     def pre_acts(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
@@ -131,6 +123,11 @@ class SAE(nn.Module):
 
     def forward(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_in"]:
         return self.decode(self.encode(x))
+
+    @property
+    def uses_penalty(self) -> bool:
+        """True when the loss carries a sparsity penalty (weighted by ``cfg.sparsity_coeff``)."""
+        return self.cfg.uses_penalty
 
     @property
     def d_in(self) -> int:

@@ -18,9 +18,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from universality.sae.base import SAE, SAEOutput
-from universality.sae.config import SAEConfig
+from universality.sae.config import BatchTopKConfig
 from universality.sae.registry import register
-from universality.sae.topk import _check_k
 
 __all__ = ["BatchTopKSAE"]
 
@@ -29,15 +28,12 @@ _THRESHOLD_RATE = 0.01
 
 @register("batchtopk")
 class BatchTopKSAE(SAE):
-    uses_penalty = False
+    config_class = BatchTopKConfig
+    cfg: BatchTopKConfig
 
     def _build(self, W_dec_FD: Tensor, gen: torch.Generator) -> None:
         super()._build(W_dec_FD, gen)
         self.register_buffer("threshold", torch.tensor(-1.0))  # < 0: not estimated yet
-
-    @classmethod
-    def validate_config(cls, cfg: SAEConfig) -> None:
-        _check_k(cfg, "batchtopk")
 
     def _batch_topk(self, pre_BF: Tensor) -> Tensor:
         flat = torch.relu(pre_BF).flatten()

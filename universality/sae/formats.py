@@ -29,13 +29,55 @@ import torch
 from universality.errors import ArtifactError, ConfigError
 from universality.io import atomic_dir, load_tensors, read_json, save_tensors, write_json
 from universality.sae.base import SAE
-from universality.sae.config import SAEConfig
+from universality.sae.config import SAEConfig, sae_config
 from universality.sae.registry import get_architecture
 
 __all__ = ["load_saelens", "save_saelens", "load_sparsify", "save_sparsify"]
 
 _FROM_SAELENS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
 _SAELENS_META = {"model_name": "model", "hook_name": "site", "dataset_path": "dataset", "model_from_pretrained_kwargs": None}
+
+
+def _read_cfg(path: Path) -> dict[str, Any]:
+    doc = read_json(path / "cfg.json")
+    if not isinstance(doc, dict):
+        raise ArtifactError(f"{path / 'cfg.json'} is not a JSON object", "the file is corrupt; re-export the SAE")
+    return doc
+
+
+def _int_field(doc: dict[str, Any], name: str, path: Path, what: str) -> int:
+    """``doc[name]`` as a positive int; a missing or malformed field is a one-line :class:`ArtifactError`."""
+    if name not in doc or doc[name] is None:
+        raise ArtifactError(f"{path / 'cfg.json'} lacks the field {name!r} ({what})",
+                            f"add {name!r} to cfg.json, or re-export the SAE with the library that wrote it")
+    value = _positive_int(doc[name])
+    if value is None:
+        raise ArtifactError(f"{path / 'cfg.json'} field {name!r} is {doc[name]!r}, not a positive integer ({what})",
+                            f"fix {name!r} in cfg.json")
+    return value
+
+
+def _positive_int(value: Any) -> int | None:
+    """``value`` as an int >= 1 (an int, an integral float or a string of digits), else None."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    elif isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return None
+    return value
+
+
+def _need_tensors(t: dict[str, torch.Tensor], names: tuple[str, ...], file: Path, arch: str) -> None:
+    for name in names:
+        if name not in t:
+            raise ArtifactError(f"{file} lacks the tensor {name!r} (a {arch} SAE needs {', '.join(names)})",
+                                "check that cfg.json names the architecture these weights belong to, or re-export the SAE")
+
+
+_SAELENS_TENSORS = {"relu": ("W_enc", "b_enc", "W_dec", "b_dec"), "topk": ("W_enc", "b_enc", "W_dec", "b_dec"),
+                    "jumprelu": ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"),
+                    "gated": ("W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec")}
 
 
 def _build(arch: str, cfg: SAEConfig, tensors: dict[str, torch.Tensor], meta: dict[str, Any], source: str) -> SAE:
@@ -52,7 +94,7 @@ def _build(arch: str, cfg: SAEConfig, tensors: dict[str, torch.Tensor], meta: di
 def load_saelens(path: str | Path, device: str | torch.device | None = None) -> SAE:
     """Read a SAELens artifact folder (``cfg.json`` + ``sae_weights.safetensors``)."""
     path = Path(path)
-    doc = read_json(path / "cfg.json")
+    doc = _read_cfg(path)
     arch_in = doc.get("architecture", "standard")
     arch = _FROM_SAELENS.get(arch_in)
     if arch is None:
@@ -64,21 +106,21 @@ def load_saelens(path: str | Path, device: str | torch.device | None = None) -> 
         raise ArtifactError(f"{path}: reshape_activations={doc['reshape_activations']!r} is not supported", "use SAEs on flat (batch, d) activations")
     if doc.get("rescale_acts_by_decoder_norm"):
         raise ArtifactError(f"{path}: rescale_acts_by_decoder_norm=True is not supported", "fold the decoder norm before export")
+    d_in = _int_field(doc, "d_in", path, "the input width")
+    d_sae = _int_field(doc, "d_sae", path, "the number of latents")
+    kw: dict[str, Any] = {"k": _int_field(doc, "k", path, "active latents of a topk SAE")} if arch == "topk" else {}
     t = {k: v.to(torch.float32) for k, v in load_tensors(path / "sae_weights.safetensors").items()}
+    _need_tensors(t, _SAELENS_TENSORS[arch], path / "sae_weights.safetensors", arch_in)
     if not doc.get("apply_b_dec_to_input", True):
         key = "b_gate" if arch == "gated" else "b_enc"
         t[key] = t[key] + t["b_dec"] @ t["W_enc"]
         if arch == "gated":
             t["b_mag"] = t["b_mag"] + t["b_dec"] @ (t["W_enc"] * t["r_mag"].exp())
-    d_in, d_sae = int(doc["d_in"]), int(doc["d_sae"])
-    kw: dict[str, Any] = {}
-    if arch == "topk":
-        kw["k"] = int(doc["k"])
     if arch == "jumprelu":
         t["log_threshold"] = t.pop("threshold").clamp_min(1e-12).log()
     if arch == "gated":
         t["b_enc"] = t.pop("b_gate")
-    cfg = SAEConfig(arch, d_in, d_sae, decoder_norm="unit", **kw)
+    cfg = sae_config(arch, d_in, d_sae, **kw)
     md = doc.get("metadata") or {}
     meta = {new: md[old] for old, new in _SAELENS_META.items() if new and md.get(old) is not None}
     meta.update(imported_from={"format": "saelens", "path": str(path), "architecture": arch_in, "metadata": md},
@@ -128,20 +170,20 @@ def save_saelens(sae: SAE, path: str | Path) -> Path:
 def load_sparsify(path: str | Path, device: str | torch.device | None = None) -> SAE:
     """Read a sparsify artifact folder (``cfg.json`` + ``sae.safetensors``); TopK only."""
     path = Path(path)
-    doc = read_json(path / "cfg.json")
+    doc = _read_cfg(path)
     if doc.get("activation", "topk") != "topk":
         raise ArtifactError(f"{path}: sparsify activation {doc.get('activation')!r} is not supported", "use a topk sparsify SAE")
     if doc.get("skip_connection") or doc.get("transcode"):
         raise ArtifactError(f"{path}: sparsify transcoders / skip connections are not SAEs of x", "import a plain sparsify SAE")
+    k = _int_field(doc, "k", path, "active latents")
     t = load_tensors(path / "sae.safetensors")
-    if "W_dec" not in t or "encoder.weight" not in t:
-        raise ArtifactError(f"{path}/sae.safetensors lacks encoder.weight or W_dec", "check that this is a sparsify SAE")
+    _need_tensors(t, ("encoder.weight", "encoder.bias", "W_dec", "b_dec"), path / "sae.safetensors", "sparsify topk")
     d_sae, d_in = t["encoder.weight"].shape
-    if "d_in" in doc and int(doc["d_in"]) != d_in:
+    if "d_in" in doc and _int_field(doc, "d_in", path, "the input width") != d_in:
         raise ArtifactError(f"{path}: cfg d_in={doc['d_in']} but encoder.weight has d_in={d_in}", "the artifact is inconsistent")
     weights = {"W_enc": t["encoder.weight"].float().T.contiguous(), "b_enc": t["encoder.bias"].float(),
                "W_dec": t["W_dec"].float(), "b_dec": t["b_dec"].float()}
-    cfg = SAEConfig("topk", int(d_in), int(d_sae), k=int(doc["k"]))
+    cfg = sae_config("topk", int(d_in), int(d_sae), k=k)
     meta = {"imported_from": {"format": "sparsify", "path": str(path), "cfg": doc}, "normalisation": {"method": "none"}}
     sae = _build("topk", cfg, weights, meta, str(path))
     return sae.to(device) if device is not None else sae

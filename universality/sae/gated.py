@@ -20,8 +20,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from universality.sae.base import SAE, SAEOutput
-from universality.sae.config import SAEConfig
-from universality.sae.register_helpers import no_k_no_tie
+from universality.sae.config import GatedConfig
 from universality.sae.registry import register
 
 __all__ = ["GatedSAE"]
@@ -29,14 +28,13 @@ __all__ = ["GatedSAE"]
 
 @register("gated")
 class GatedSAE(SAE):
+    config_class = GatedConfig
+    cfg: GatedConfig
+
     def _build(self, W_dec_FD: Tensor, gen: torch.Generator) -> None:
         super()._build(W_dec_FD, gen)
         self.r_mag = nn.Parameter(torch.zeros(self.cfg.d_sae))
         self.b_mag = nn.Parameter(torch.zeros(self.cfg.d_sae))
-
-    @classmethod
-    def validate_config(cls, cfg: SAEConfig) -> None:
-        no_k_no_tie(cfg, "gated")
 
     def _gate_and_mag(self, x: Tensor) -> tuple[Tensor, Tensor]:
         xc_BD = x.to(self.W_dec.dtype) - self.b_dec

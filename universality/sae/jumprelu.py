@@ -28,8 +28,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from universality.sae.base import SAE, SAEOutput
-from universality.sae.register_helpers import no_k_no_tie
-from universality.sae.config import SAEConfig
+from universality.sae.config import JumpReLUConfig
 from universality.sae.registry import register
 
 __all__ = ["JumpReLUSAE", "jumprelu", "step"]
@@ -82,13 +81,12 @@ def step(pre: Float[Tensor, "batch d_sae"], threshold: Float[Tensor, " d_sae"], 
 
 @register("jumprelu")
 class JumpReLUSAE(SAE):
+    config_class = JumpReLUConfig
+    cfg: JumpReLUConfig
+
     def _build(self, W_dec_FD: Tensor, gen: torch.Generator) -> None:
         super()._build(W_dec_FD, gen)
-        self.log_threshold = nn.Parameter(torch.full((self.cfg.d_sae,), math.log(self.cfg.jumprelu_threshold)))
-
-    @classmethod
-    def validate_config(cls, cfg: SAEConfig) -> None:
-        no_k_no_tie(cfg, "jumprelu")
+        self.log_threshold = nn.Parameter(torch.full((self.cfg.d_sae,), math.log(self.cfg.init_threshold)))
 
     @property
     def threshold(self) -> Float[Tensor, " d_sae"]:
@@ -101,8 +99,8 @@ class JumpReLUSAE(SAE):
     def forward_train(self, x: Float[Tensor, "batch d_in"]) -> SAEOutput:
         pre_BF = self.pre_acts(x)
         theta_F = self.threshold
-        z_BF = jumprelu(pre_BF, theta_F, self.cfg.jumprelu_bandwidth)
-        l0 = step(pre_BF, theta_F, self.cfg.jumprelu_bandwidth).sum(dim=1).mean()
+        z_BF = jumprelu(pre_BF, theta_F, self.cfg.bandwidth)
+        l0 = step(pre_BF, theta_F, self.cfg.bandwidth).sum(dim=1).mean()
         return SAEOutput(self.decode(z_BF), z_BF, pre_BF, l0)
 
     @torch.no_grad()

@@ -31,12 +31,20 @@ T = TypeVar("T")
 
 
 def register(name: str) -> Callable[[T], T]:
-    """Class decorator: make ``cls`` the implementation of architecture ``name``."""
+    """Class decorator: make ``cls`` the implementation of architecture ``name``.
+
+    ``cls.config_class`` must be a config dataclass (:mod:`universality.sae.config`) whose
+    ``architecture`` is ``name``: each architecture is registered with its own config class.
+    """
 
     def wrap(cls: T) -> T:
         existing = _REGISTRY.get(name)
         if existing is not None and existing is not cls and existing.__qualname__ != cls.__qualname__:
             raise ConfigError(f"architecture {name!r} is already registered to {existing.__qualname__}", "pick another name")
+        config_name = getattr(getattr(cls, "config_class", None), "architecture", None)
+        if config_name != name:
+            raise ConfigError(f"the SAE class {cls.__qualname__} registered as {name!r} has a config class for {config_name!r}",
+                              f"give it config_class = a config dataclass with architecture = {name!r}")
         cls.architecture = name  # type: ignore[attr-defined]
         _REGISTRY[name] = cls  # type: ignore[assignment]
         return cls

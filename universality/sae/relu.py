@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from universality.errors import ConfigError
 from universality.sae.base import SAE, SAEOutput
-from universality.sae.config import SAEConfig
+from universality.sae.config import ReLUConfig
 from universality.sae.registry import register
 
 __all__ = ["ReLUSAE"]
@@ -27,6 +27,9 @@ __all__ = ["ReLUSAE"]
 
 @register("relu")
 class ReLUSAE(SAE):
+    config_class = ReLUConfig
+    cfg: ReLUConfig
+
     def _build(self, W_dec_FD: Tensor, gen: torch.Generator) -> None:
         if self.cfg.tied:
             self.W_dec = nn.Parameter(W_dec_FD.clone())
@@ -39,13 +42,6 @@ class ReLUSAE(SAE):
         if name == "W_enc" and self.cfg.tied:
             return self.W_dec.T
         return super().__getattr__(name)
-
-    @classmethod
-    def validate_config(cls, cfg: SAEConfig) -> None:
-        if cfg.k is not None:
-            raise ConfigError(f"k is only used by topk/batchtopk, got k={cfg.k} for relu", "drop k")
-        if cfg.tied and cfg.decoder_norm != "unit":
-            raise ConfigError("tied relu SAEs need decoder_norm='unit'", "set decoder_norm='unit' or tied=False")
 
     def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
         return torch.relu(self.pre_acts(x))

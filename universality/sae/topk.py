@@ -15,9 +15,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from universality.errors import ConfigError
 from universality.sae.base import SAE, SAEOutput
-from universality.sae.config import SAEConfig
+from universality.sae.config import TopKConfig
 from universality.sae.registry import register
 
 __all__ = ["TopKSAE", "topk_encoder"]
@@ -87,22 +86,10 @@ def topk_encoder(
     return _TopKEncoder.apply(x, W_enc, b_enc, k)
 
 
-def _check_k(cfg: SAEConfig, name: str) -> None:
-    if cfg.k is None or not isinstance(cfg.k, int) or not 1 <= cfg.k <= cfg.d_sae:
-        raise ConfigError(f"{name} needs an integer k in [1, d_sae={cfg.d_sae}], got {cfg.k!r}", "set k, e.g. k=32")
-    if cfg.decoder_norm != "unit":
-        raise ConfigError(f"{name} needs decoder_norm='unit'", "set decoder_norm='unit'")
-    if cfg.tied:
-        raise ConfigError(f"tied weights are only supported by relu, not {name}", "set tied=False")
-
-
 @register("topk")
 class TopKSAE(SAE):
-    uses_penalty = False
-
-    @classmethod
-    def validate_config(cls, cfg: SAEConfig) -> None:
-        _check_k(cfg, "topk")
+    config_class = TopKConfig
+    cfg: TopKConfig
 
     def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
         pre_BF = torch.relu(self.pre_acts(x))

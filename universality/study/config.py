@@ -22,8 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from universality import resources
 from universality.checks import check_bool, check_int, check_number, leaves_folder
 from universality.errors import ConfigError, DataError, ModelLoadError, UnknownSiteError
+from universality.sae.config import (
+    BUILTIN_OPTIONS,
+    BatchTopKOptions,
+    GatedOptions,
+    JumpReLUOptions,
+    ReLUOptions,
+    TopKOptions,
+    sae_config,
+)
 from universality.sites import Site
 
 __all__ = [
@@ -46,8 +56,9 @@ __all__ = [
     "CONFIG_DIR",
 ]
 
-#: The Hydra config folder of ``python -m universality`` (``configs/`` at the repository root).
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+#: The Hydra config folder of ``python -m universality`` (``configs/`` at the repository root, shipped
+#: in the wheel as ``universality/configs``): see :func:`universality.resources.config_dir`.
+CONFIG_DIR = resources.config_dir()
 
 ANALYSES = ("feature_evolution", "architecture_comparison", "subset_generalization", "layer_flow", "moe_experts")
 
@@ -107,6 +118,23 @@ def _seq(owner: str, name: str, value: Any) -> tuple[Any, ...]:
     return tuple(value)
 
 
+def _site_list(where: str, value: Any) -> tuple[str, ...]:
+    """A non-empty list of valid, distinct site names."""
+    sites = _seq(where.split(".")[0], where.split(".", 1)[-1], value)
+    for s in sites:
+        if not isinstance(s, str):
+            raise ConfigError(f"{where} holds {s!r}, not a site name", "list names like blocks.1.hook_resid_post")
+        try:
+            Site.parse(s)
+        except UnknownSiteError as exc:
+            raise ConfigError(f"{where}: {exc.problem}", exc.fix) from None
+    if not sites:
+        raise ConfigError(f"{where} is empty", "list at least one site, e.g. blocks.1.hook_resid_post")
+    if len(set(sites)) != len(sites):
+        raise ConfigError(f"{where} repeats a site: {list(sites)}", "list each site once")
+    return tuple(sites)
+
+
 def _check_zoo(model: str, zoo: Any) -> None:
     """A zoo preset name (``configs/zoo/<name>.yaml``) or a path to such a YAML file."""
     if not isinstance(zoo, str) or not zoo:
@@ -120,16 +148,6 @@ def _check_zoo(model: str, zoo: Any) -> None:
     presets = preset_names()
     if zoo not in presets:
         raise ConfigError(f"model {model!r}: unknown zoo preset {zoo!r}", f"use one of {', '.join(presets)} or a YAML path")
-
-
-def _check_architecture(name: Any) -> None:
-    if name == "topk":  # the default, always registered; skip importing the SAE package (and torch)
-        return
-    from universality.sae.registry import architectures
-
-    known = architectures()
-    if not isinstance(name, str) or name not in known:
-        raise ConfigError(f"sae.architecture {name!r} is not a registered SAE architecture", f"use one of {', '.join(known)}")
 
 
 @dataclass(frozen=True)
@@ -206,8 +224,12 @@ class ModelSpec:
     """One model of the study: a zoo preset trained in place (``zoo``), or a hub/local model (``path``).
 
     ``data`` is the text the model is trained on (``D`` or ``D_prime``, zoo models only);
-    ``overrides`` change preset fields (e.g. ``{steps: 100}``); ``checkpoints``: ``final``, ``all``,
-    or an explicit list of revision names.
+    ``overrides`` change preset fields (e.g. ``{steps: 100}``; set in YAML: the frozen model entries
+    cannot yet be changed by a command-line override); ``checkpoints``: ``final``, ``all``, or an explicit list
+    of revision names. ``sites``: this model's own site list (default: the study's ``sites``), for
+    models that do not share every site (a Mamba has ``hook_mixer_out`` where a Transformer has
+    ``hook_mlp_out``); every listed site must exist in the model, or the study stops with the
+    model's sites in the message. The report lists each model's sites.
     """
 
     name: str
@@ -217,6 +239,7 @@ class ModelSpec:
     data: str = "D"
     overrides: dict[str, Any] = field(default_factory=dict)
     checkpoints: Any = "final"
+    sites: Any = None
 
     def __post_init__(self) -> None:
         if (not isinstance(self.name, str) or not self.name.isascii()
@@ -245,6 +268,8 @@ class ModelSpec:
         if isinstance(ck, (list, tuple)):
             for c in ck:
                 check_revision(f"model {self.name!r} checkpoint", c)
+        if self.sites is not None:
+            object.__setattr__(self, "sites", _site_list(f"models[{self.name}].sites", self.sites))
         object.__setattr__(self, "overrides", dict(self.overrides))
         if isinstance(ck, list):
             object.__setattr__(self, "checkpoints", tuple(ck))
@@ -272,31 +297,89 @@ class HarvestSpec:
 
 @dataclass(frozen=True)
 class SAESpec:
-    """The dictionaries trained at every cell; ``seeds`` are the seed copies every figure is compared to."""
+    """The dictionaries trained at every cell; ``seeds`` are the seed copies every figure is compared to.
+
+    ``architecture`` picks one of the per-architecture blocks below (``topk``, ``batchtopk``,
+    ``relu``, ``jumprelu``, ``gated``, each the options dataclass of :mod:`universality.sae.config`
+    with that architecture's fields only); the other blocks are ignored and do not enter cache keys,
+    so ``study.sae.architecture=relu`` switches a preset over with the relu block's defaults. A
+    field a block does not have (``study.sae.relu.k``) is a one-line error at validation time.
+
+    Training policy, with its defaults: ``warmup_steps`` of linear learning-rate warm-up (at most a
+    tenth of ``steps``); ``sparsity_warmup_steps`` of linear penalty warm-up (penalty architectures);
+    ``dead_window`` rows without firing before a latent counts as dead (``None``: the larger of
+    1,000 and 20 batches); ``init_rows`` rows for the geometric-median initialisation of ``b_dec``
+    (at most the store's rows); ``shuffle_buffer`` rows in the reader's shuffle buffer (``None``:
+    8 batches).
+    """
 
     architecture: str = "topk"
     expansion: int = 4
-    k: int = 8
-    sparsity_coeff: float = 0.0
     steps: int = 600
     batch_size: int = 256
     lr: float = 3e-3
     seeds: tuple[int, ...] = (0, 1, 2)
+    warmup_steps: int = 50
+    sparsity_warmup_steps: int = 0
+    dead_window: int | None = None
+    init_rows: int = 4096
+    shuffle_buffer: int | None = None
+    topk: TopKOptions = TopKOptions()
+    batchtopk: BatchTopKOptions = BatchTopKOptions()
+    relu: ReLUOptions = ReLUOptions()
+    jumprelu: JumpReLUOptions = JumpReLUOptions()
+    gated: GatedOptions = GatedOptions()
 
     def __post_init__(self) -> None:
-        _check_architecture(self.architecture)
-        check_int("sae", "expansion", self.expansion)
-        check_int("sae", "k", self.k)
-        check_int("sae", "steps", self.steps)
-        check_int("sae", "batch_size", self.batch_size)
+        if not isinstance(self.architecture, str) or self.architecture not in BUILTIN_OPTIONS:
+            raise ConfigError(f"sae.architecture {self.architecture!r} has no options block in a study",
+                              f"use one of {', '.join(BUILTIN_OPTIONS)}")
+        for name in ("expansion", "steps", "batch_size", "init_rows"):
+            check_int("sae", name, getattr(self, name))
+        for name in ("warmup_steps", "sparsity_warmup_steps"):
+            check_int("sae", name, getattr(self, name), 0)
+        for name in ("dead_window", "shuffle_buffer"):
+            check_int("sae", name, getattr(self, name), none_ok=True)
         check_number("sae", "lr", self.lr, 1e-7, 1.0)
-        check_number("sae", "sparsity_coeff", self.sparsity_coeff, 0.0, 1e3)
         seeds = _seq("sae", "seeds", self.seeds)
         if (len(seeds) < 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
                 or len(set(seeds)) != len(seeds)):
             raise ConfigError(f"sae.seeds must hold at least 2 distinct integers >= 0 (the skyline), got {list(seeds)}",
                               "use e.g. seeds: [0, 1, 2]")
         object.__setattr__(self, "seeds", seeds)
+        for arch, cls in BUILTIN_OPTIONS.items():
+            if not isinstance(getattr(self, arch), cls):
+                raise ConfigError(f"study.sae.{arch} must be a {cls.__name__}", "build the study with study_from_dict")
+
+    @property
+    def options(self) -> Any:
+        """The options block of the selected architecture."""
+        return getattr(self, self.architecture)
+
+    def sae_config(self, d_in: int) -> Any:
+        """The :class:`~universality.sae.config.SAEConfig` of a dictionary over ``d_in``-wide activations."""
+        return sae_config(self.architecture, d_in, self.expansion * d_in, **dataclasses.asdict(self.options))
+
+    def selected(self) -> dict[str, Any]:
+        """The fields that matter: the shared ones and the selected architecture's block (cache keys, reports)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in BUILTIN_OPTIONS}
+        out[self.architecture] = dataclasses.asdict(self.options)
+        out["seeds"] = list(self.seeds)
+        return out
+
+    def describe(self) -> str:
+        """One phrase for reports: ``topk (k=8), 4x expansion``."""
+        opts = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(self.options).items())
+        return f"{self.architecture} ({opts}), {self.expansion}x expansion"
+
+    def effective_warmup(self) -> int:
+        return min(self.warmup_steps, self.steps // 10)
+
+    def effective_dead_window(self) -> int:
+        return self.dead_window if self.dead_window is not None else max(1000, 20 * self.batch_size)
+
+    def effective_shuffle_buffer(self) -> int:
+        return self.shuffle_buffer if self.shuffle_buffer is not None else 8 * self.batch_size
 
 
 @dataclass(frozen=True)
@@ -354,16 +437,7 @@ class StudyConfig:
         names = [m.name for m in models]
         if len(set(names)) != len(names):
             raise ConfigError(f"model names repeat: {names}", "give every model a distinct name")
-        sites = _seq("study", "sites", self.sites)
-        for s in sites:
-            if not isinstance(s, str):
-                raise ConfigError(f"study.sites holds {s!r}, not a site name", "list names like blocks.1.hook_resid_post")
-            try:
-                Site.parse(s)
-            except UnknownSiteError as exc:
-                raise ConfigError(f"study.sites: {exc.problem}", exc.fix) from None
-        if not sites:
-            raise ConfigError("study.sites is empty", "list at least one site, e.g. blocks.1.hook_resid_post")
+        sites = _site_list("study.sites", self.sites)
         for key, cls in (("corpus", CorpusConfig), ("subset", SubsetConfig), ("harvest", HarvestSpec),
                          ("sae", SAESpec), ("match", MatchSpec)):
             if not isinstance(getattr(self, key), cls):
@@ -379,6 +453,11 @@ class StudyConfig:
     def path(self, *parts: str) -> Path:
         """A path inside :attr:`out_dir` (see :func:`inside`); ``ConfigError`` when ``parts`` would leave it."""
         return inside(self.out_dir, *parts)
+
+    def sites_for(self, name: str) -> tuple[str, ...]:
+        """The sites read in model ``name``: its own ``sites`` or the study's."""
+        spec = self.model(name)
+        return spec.sites if spec.sites is not None else self.sites
 
     def model(self, name: str) -> ModelSpec:
         for m in self.models:
@@ -409,6 +488,24 @@ def _build(cls: type, data: Any, where: str) -> Any:
         raise ConfigError(f"bad {where}: {exc}", f"valid keys are {sorted(names)}") from None
 
 
+def _build_sae(data: Any) -> SAESpec:
+    """``study.sae`` with its per-architecture blocks; a flat architecture field gets a pointer to its block."""
+    if not isinstance(data, Mapping):
+        return _build(SAESpec, data, "study.sae")
+    data = dict(data)
+    arch = data.get("architecture", "topk")
+    for key in list(data):
+        owner = [a for a, cls in BUILTIN_OPTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}]
+        if owner and key not in {f.name for f in dataclasses.fields(SAESpec)}:
+            block = arch if arch in owner else owner[0]
+            raise ConfigError(f"study.sae.{key} is an option of {', '.join(owner)} and belongs in its block",
+                              f"write it as study.sae.{block}.{key}")
+    for arch_name, cls in BUILTIN_OPTIONS.items():
+        if arch_name in data and not isinstance(data[arch_name], cls):
+            data[arch_name] = _build(cls, data[arch_name], f"study.sae.{arch_name}")
+    return _build(SAESpec, data, "study.sae")
+
+
 def study_from_dict(data: Mapping[str, Any]) -> StudyConfig:
     """Validate a plain mapping (from YAML) into a :class:`StudyConfig`."""
     if not isinstance(data, Mapping):
@@ -416,7 +513,7 @@ def study_from_dict(data: Mapping[str, Any]) -> StudyConfig:
     data = dict(data)
     for key, cls in _NESTED.items():
         if key in data:
-            data[key] = _build(cls, data[key], f"study.{key}")
+            data[key] = _build_sae(data[key]) if key == "sae" else _build(cls, data[key], f"study.{key}")
     if "models" in data:
         if not isinstance(data["models"], (list, tuple)):
             raise ConfigError("study.models must be a list", "write models as a YAML list")
@@ -482,6 +579,20 @@ def hydra_problem(exc: BaseException) -> str:
     return text
 
 
+def _check_sae_overrides(overrides: Sequence[str]) -> None:
+    """``study.sae.k=...`` (a field of an architecture block, written flat) gets a pointer to its block."""
+    shared = {f.name for f in dataclasses.fields(SAESpec)}
+    for o in overrides:
+        key, _, value = o.partition("=")
+        key = key.lstrip("+~")
+        if key.startswith("study.sae.") and key.count(".") == 2 and key[len("study.sae."):] not in shared:
+            name = key[len("study.sae."):]
+            owner = [a for a, cls in BUILTIN_OPTIONS.items() if name in {f.name for f in dataclasses.fields(cls)}]
+            if owner:
+                raise ConfigError(f"{key} is an option of {', '.join(owner)} and belongs in its block",
+                                  f"write it as study.sae.{owner[0]}.{name}={value or '...'} (the block of the chosen architecture)")
+
+
 def compose_study(overrides: Sequence[str] = (), config_dir: str | os.PathLike = CONFIG_DIR,
                   config_name: str = "config") -> StudyConfig:
     """Compose ``configs/config.yaml`` with Hydra ``overrides`` (``study=...``, ``study.sae.steps=...``)
@@ -498,6 +609,7 @@ def compose_study(overrides: Sequence[str] = (), config_dir: str | os.PathLike =
 
     if isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides):
         raise ConfigError(f"overrides must be a list of strings, got {overrides!r}", "pass e.g. ['study.sae.steps=100']")
+    _check_sae_overrides(overrides)
     register_configs()
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()

@@ -22,11 +22,11 @@ from typing import Any
 import torch
 
 from universality.errors import ConfigError
-from universality.io import load_tensors, read_json, save_tensors, stable_hash, write_json
+from universality.io import load_tensors, read_json, save_tensors, stable_hash
 from universality.study.cache import StageCache
 from universality.study.config import ModelSpec, StudyConfig
 
-__all__ = ["StudyContext", "Cell"]
+__all__ = ["StudyContext", "Cell", "zoo_config"]
 
 
 _PLANTED_SEED = 7
@@ -43,6 +43,17 @@ class Cell:
     model: str
     revision: str
     data: str
+
+
+def zoo_config(cfg: StudyConfig, spec: ModelSpec):
+    """The :class:`~universality.zoo.ZooModelConfig` of a zoo model of the study (preset + overrides)."""
+    from universality.zoo import load_preset
+
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.overrides.items()}
+    overrides.setdefault("vocab_size", cfg.tokenizer_vocab)
+    overrides.setdefault("seed", cfg.seed)
+    overrides.setdefault("name", spec.name)
+    return load_preset(spec.zoo, **overrides)
 
 
 class StudyContext:
@@ -122,13 +133,7 @@ class StudyContext:
 
     # ---------------------------------------------------------------- models
     def _zoo_config(self, spec: ModelSpec):
-        from universality.zoo import load_preset
-
-        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.overrides.items()}
-        overrides.setdefault("vocab_size", self.cfg.tokenizer_vocab)
-        overrides.setdefault("seed", self.cfg.seed)
-        overrides.setdefault("name", spec.name)
-        return load_preset(spec.zoo, **overrides)
+        return zoo_config(self.cfg, spec)
 
     def model_path(self, name: str) -> Path | str:
         """Folder of a zoo model's checkpoint series (trained on first use), or the spec's path."""
@@ -194,9 +199,14 @@ class StudyContext:
                 "revision": revision}
 
     def sites_of(self, name: str) -> list[str]:
-        """The study's sites that this model has (float sites only; routing is read separately)."""
+        """The sites read in model ``name`` (its own ``sites`` or the study's); every one must exist there."""
+        wanted = list(self.cfg.sites_for(name))
         have = self.adapter(name).sites
-        return [s for s in self.cfg.sites if s in have]
+        missing = [s for s in wanted if s not in have]
+        if missing:
+            raise ConfigError(f"model {name!r} has no site(s) {missing}; its sites are {', '.join(sorted(have, key=_site_order))}",
+                              f"give the model its own list (study.models[].sites) or drop {missing[0]} from study.sites")
+        return wanted
 
     # --------------------------------------------------------------- harvest
     def store(self, cell: Cell):
@@ -204,9 +214,6 @@ class StudyContext:
         from universality.activations import ActivationStore, harvest
 
         sites = self.sites_of(cell.model)
-        if not sites:
-            raise ConfigError(f"model {cell.model!r} has none of the study's sites {list(self.cfg.sites)}",
-                              f"add some of {sorted(self.adapter(cell.model).sites)[:6]} to study.sites")
         h = self.cfg.harvest
         data = self.subset(cell.data)
         key = {"stage": "harvest", **self._model_key(cell.model, cell.revision), "data": data.hash, "sites": sites,
@@ -248,28 +255,27 @@ class StudyContext:
         if cell in self._saes:
             return self._saes[cell]
         from universality import SAE
-        from universality.sae.config import SAEConfig
         from universality.train import RunConfig, TrainConfig, train_saes
 
         store = self.store(cell)
         sp = self.cfg.sae
         sites = store.sites
-        key = {"stage": "saes", "store": str(store.path.parent.name), "sae": dataclasses.asdict(sp), "sites": sites,
+        key = {"stage": "saes", "store": str(store.path.parent.name), "sae": sp.selected(), "sites": sites,
                "device": self.cfg.device}
 
         def build(tmp: Path) -> None:
             configs = []
             for site in sites:
-                d_in = store.width(site)
-                sae_cfg = SAEConfig(architecture=sp.architecture, d_in=d_in, d_sae=sp.expansion * d_in, k=sp.k,
-                                    sparsity_coeff=sp.sparsity_coeff)
+                sae_cfg = sp.sae_config(store.width(site))
                 for seed in sp.seeds:
                     configs.append(TrainConfig(sae=sae_cfg, site=site, seed=seed, lr=sp.lr,
-                                               warmup_steps=min(50, sp.steps // 10), name=_sae_key(site, seed)))
-            reader = store.iter_batches(sites, batch_size=sp.batch_size, shuffle_buffer=8 * sp.batch_size,
+                                               warmup_steps=sp.effective_warmup(),
+                                               sparsity_warmup_steps=sp.sparsity_warmup_steps if sae_cfg.uses_penalty else 0,
+                                               name=_sae_key(site, seed)))
+            reader = store.iter_batches(sites, batch_size=sp.batch_size, shuffle_buffer=sp.effective_shuffle_buffer(),
                                         seed=self.cfg.seed, epochs=None, drop_last=True)
             run = RunConfig(steps=sp.steps, device=self.cfg.device, seed=self.cfg.seed, out_dir=str(tmp / "saes"),
-                            dead_window=max(1000, 20 * sp.batch_size), init_rows=min(4096, store.n_rows))
+                            dead_window=sp.effective_dead_window(), init_rows=min(sp.init_rows, store.n_rows))
             meta = {"model": cell.model, "revision": cell.revision, "dataset": f"{self.cfg.corpus.source}:{cell.data}",
                     "subset_hash": self.subset(cell.data).hash}
             train_saes(reader, configs, run, meta=meta, progress=True)
@@ -332,7 +338,7 @@ class StudyContext:
         from universality.activations import span_activations
 
         adapter = self.adapter_at(name, revision)
-        sites = [s for s in adapter.sites if s in set(self.cfg.sites) or (
+        sites = [s for s in adapter.sites if s in set(self.cfg.sites_for(name)) or (
             "moe_experts" in self.cfg.analyses and s.endswith("mlp.hook_expert_indices"))]
         key = {"stage": "eval", **self._model_key(name, revision), "spans": self.eval_spans.hash, "sites": sites,
                "max_len": self.cfg.harvest.context_length}
@@ -347,12 +353,9 @@ class StudyContext:
         self._eval[(name, revision)] = load_tensors(rec.path / "eval.safetensors")
         return self._eval[(name, revision)]
 
-    def manifest(self) -> dict[str, Any]:
-        return {"study": self.cfg.name, "config": self.cfg.to_dict(), "cache_hits": len(self.cache.hits),
-                "cache_misses": len(self.cache.misses)}
-
-    def write_manifest(self) -> Path:
-        return write_json(self.root / "study.json", self.manifest())
+def _site_order(name: str) -> tuple:
+    """Sort key that puts ``blocks.2`` before ``blocks.10``."""
+    return tuple(int(p) if p.isdigit() else p for p in name.split("."))
 
 
 def _sae_key(site: str, seed: int) -> str:

@@ -2,7 +2,7 @@
 
 Outputs under the study's ``out_dir``::
 
-    study.json            the config, cache hits and timings
+    study.json            the config, its hash, status (running/complete/failed/interrupted), cache hits
     results.csv           tidy rows of every analysis (value, floor, skyline, normalised, note)
     tables/<analysis>__<table>.csv
     figures/*.png
@@ -22,10 +22,11 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from analysis.report import Report, Section
-from universality.errors import ArtifactError
-from universality.io import atomic_write_text, read_json
+from universality.io import atomic_write_text
 from universality.study.config import StudyConfig
 from universality.study.pipeline import StudyContext
+from universality.study.preflight import preflight
+from universality.study.record import check_out_folder, claim, write_record
 
 __all__ = ["run_study", "check_out_folder", "StudyOutcome", "ANALYSIS_MODULES"]
 
@@ -52,19 +53,6 @@ class StudyOutcome:
     cache_misses: int
 
 
-def check_out_folder(root: Path, cfg: StudyConfig) -> None:
-    """Refuse an output folder that already holds a different study (nothing there is touched)."""
-    marker = root / "study.json"
-    if marker.is_file():
-        held = read_json(marker).get("study")
-        if held != cfg.name:
-            raise ArtifactError(f"output folder {root} already holds study {held!r}, not {cfg.name!r}",
-                                "choose another folder (study.out_dir=...) or delete that one")
-    elif root.is_dir() and any(p.name != "hydra" for p in root.iterdir()):
-        raise ArtifactError(f"output folder {root} is not empty and holds no study",
-                            "choose an empty or new folder for study.out_dir")
-
-
 def _csv(df: pd.DataFrame, path: Path) -> Path:
     return atomic_write_text(path, df.to_csv(index=False))
 
@@ -73,13 +61,14 @@ def _setup_section(ctx: StudyContext, seconds: float) -> Section:
     cfg = ctx.cfg
     models = pd.DataFrame([{"model": m.name, "source": m.zoo or m.path, "trained on": m.data,
                             "family": ctx.adapter(m.name).family, "d_model": ctx.adapter(m.name).d_model,
-                            "layers": ctx.adapter(m.name).n_layers, "revisions": ", ".join(ctx.revisions(m.name))}
+                            "layers": ctx.adapter(m.name).n_layers, "revisions": ", ".join(ctx.revisions(m.name)),
+                            "sites": ", ".join(cfg.sites_for(m.name))}
                            for m in cfg.models])
     d, dp = ctx.subset("D"), ctx.subset("D_prime")
     text = (f"Corpus {cfg.corpus.source}: D has {len(d.documents)} documents (hash {d.hash}); D' = {cfg.subset.kind} "
             f"subset with {len(dp.documents)} documents (hash {dp.hash})"
             + (", planted text family only in D \\ D'" if cfg.corpus.planted else "") + ". "
-            f"Sites: {', '.join(cfg.sites)}. SAEs: {cfg.sae.architecture}, {cfg.sae.expansion}x expansion, k={cfg.sae.k}, "
+            f"Sites: {', '.join(cfg.sites)} (per model in the table). SAEs: {cfg.sae.describe()}, "
             f"{cfg.sae.steps} steps of {cfg.sae.batch_size} rows, seeds {list(cfg.sae.seeds)}. "
             f"Harvest: {cfg.harvest.train_tokens} tokens per cell; {len(ctx.eval_spans)} shared evaluation spans. "
             f"Run time {seconds:.0f} s; {len(ctx.cache.hits)} stages reused from the cache, {len(ctx.cache.misses)} built.")
@@ -87,10 +76,23 @@ def _setup_section(ctx: StudyContext, seconds: float) -> Section:
 
 
 def run_study(cfg: StudyConfig, out_dir: str | Path | None = None, progress: bool = True) -> StudyOutcome:
-    """Run every analysis of ``cfg`` and write the results table, figures and report."""
-    start = time.perf_counter()
+    """Run every analysis of ``cfg`` and write the results table, figures and report.
+
+    The folder is claimed first (:func:`universality.study.record.claim`): ``study.json`` says
+    ``running`` before any stage is built, so an interrupted or failed run is resumed by running the
+    same config again (finished stages are reused from ``cache/``).
+    """
     root = Path(out_dir or cfg.out_dir)
-    check_out_folder(root, cfg)
+    preflight(cfg)
+    with claim(root, cfg):
+        outcome = _run(cfg, root, progress)
+        write_record(root, cfg, "complete", cache_hits=outcome.cache_hits, cache_misses=outcome.cache_misses,
+                     seconds=round(outcome.seconds, 1))
+    return outcome
+
+
+def _run(cfg: StudyConfig, root: Path, progress: bool) -> StudyOutcome:
+    start = time.perf_counter()
     ctx = StudyContext(cfg, root)
     figures = root / "figures"
     results = []
@@ -113,5 +115,4 @@ def run_study(cfg: StudyConfig, out_dir: str | Path | None = None, progress: boo
                            "seed-to-seed skyline; normalised = (x - floor) / (skyline - floor), left blank where "
                            "skyline - floor is too small. Tables in tables/, tidy rows in results.csv.")
     md, page = report.write(root)
-    ctx.write_manifest()
     return StudyOutcome(root, md, page, results_csv, seconds, len(ctx.cache.hits), len(ctx.cache.misses))

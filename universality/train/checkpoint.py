@@ -10,22 +10,41 @@ param groups, and the activation source's ``state_dict()``. Nothing is pickled.
 bytes as written; :func:`read_checkpoint` checks it and raises
 :class:`~universality.errors.ArtifactError` on a mismatch (checkpoints written before this field
 existed load unchecked). The folder is replaced whole, so a kill leaves the previous checkpoint.
+
+**One run per folder.** A checkpoint folder belongs to the run whose configs wrote it:
+:func:`check_owner` refuses to replace (and the trainer to resume) another run's checkpoint, and
+:func:`checkpoint_lock` holds an exclusive ``flock`` on ``<root>/.checkpoint.tmp-lock`` while a run
+trains, so a second run (thread or process) on the same folder is refused at once with an
+:class:`~universality.errors.ArtifactError` naming the holder. The kernel drops the lock when its
+holder exits, however it exits; the lock file itself is never part of the checkpoint (a temporary
+name, see :func:`universality.io.is_temp_name`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from universality.errors import ArtifactError
+from universality.errors import ArtifactError, ConfigError
 from universality.io import atomic_dir, load_tensors, read_json, remove_stale_temps, save_tensors_digest, verify_sha256, write_json
 
-__all__ = ["CHECKPOINT_FORMAT", "write_checkpoint", "read_checkpoint", "has_checkpoint", "split_prefix"]
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no locking, the owner check still applies
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["CHECKPOINT_FORMAT", "LOCK_NAME", "write_checkpoint", "read_checkpoint", "has_checkpoint", "split_prefix",
+           "checkpoint_lock", "check_owner"]
 
 CHECKPOINT_FORMAT = "universality.train.checkpoint/1"
+LOCK_NAME = ".checkpoint.tmp-lock"
 _NAME = "checkpoint"
 
 
@@ -59,6 +78,71 @@ def read_checkpoint(root: str | Path, verify: bool = True) -> tuple[dict[str, Te
         verify_sha256(folder / "state.safetensors", doc["state_sha256"],
                       f"the checkpoint is corrupt: delete {folder} to restart training from step 0, or restore it from a copy")
     return load_tensors(folder / "state.safetensors"), doc
+
+
+def _holder(fd: int) -> str:
+    """What the lock file says about the process holding it (``pid N on HOST``), or ``"unknown holder"``."""
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        text = os.pread(fd, 200, 0).decode("utf-8").strip()
+        if text:
+            return text
+    return "unknown holder"
+
+
+def _try_lock(fd: int, root: Path) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ArtifactError(
+            f"checkpoint_dir {root} is in use by another training run ({_holder(fd)})",
+            "wait until that run ends, or give this run its own checkpoint_dir",
+        ) from None
+    except OSError:  # the filesystem does not lock (some network mounts): check_owner still guards the checkpoint
+        return
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+
+
+@contextlib.contextmanager
+def checkpoint_lock(root: str | Path) -> Iterator[None]:
+    """Hold the exclusive lock of checkpoint folder ``root`` (created if missing) for the ``with`` block.
+
+    Raises :class:`ArtifactError` at once when another run (another process, or another trainer in
+    this one) holds it. Without ``fcntl`` (not POSIX) this is a no-op.
+    """
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ArtifactError(f"cannot use checkpoint_dir {root} ({exc.strerror or type(exc).__name__})",
+                            "point checkpoint_dir at a folder this user can create and write") from None
+    try:
+        _try_lock(fd, root)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def check_owner(root: str | Path, config_hash: str, keys: list[str]) -> None:
+    """Raise :class:`ConfigError` when ``root`` holds a checkpoint written by other configs than
+    ``config_hash`` (another run's resumable state, which must not be replaced or resumed)."""
+    if not has_checkpoint(root):
+        return
+    doc = read_json(_folder(root) / "state.json")
+    if not isinstance(doc, dict) or doc.get("format") != CHECKPOINT_FORMAT:
+        raise ArtifactError(f"{_folder(root)} is not a {CHECKPOINT_FORMAT} checkpoint", "point checkpoint_dir at a training checkpoint folder")
+    if doc.get("config_hash") == config_hash and doc.get("keys") == keys:
+        return
+    raise ConfigError(
+        f"the checkpoint in {root} was written by other configs (another run, dictionaries {doc.get('keys')}; "
+        f"this run trains {keys})",
+        "give each run its own checkpoint_dir, resume with the same configs, "
+        f"or delete {_folder(root)} to start this folder over",
+    )
 
 
 def split_prefix(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:

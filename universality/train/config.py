@@ -9,7 +9,7 @@ from typing import Any
 
 from universality.checks import check_bool, check_choice, check_int, check_number, check_text, known_fields, leaves_folder
 from universality.errors import ConfigError
-from universality.sae.config import SAEConfig
+from universality.sae.config import SAEConfig, TopKConfig
 
 __all__ = ["TrainConfig", "RunConfig", "REMEDIES", "register_configs"]
 
@@ -44,7 +44,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.sae, SAEConfig):
-            raise ConfigError(f"TrainConfig.sae must be an SAEConfig, got {type(self.sae).__name__}", "wrap the architecture in SAEConfig(...)")
+            raise ConfigError(f"TrainConfig.sae must be an SAEConfig, got {type(self.sae).__name__}", "build it with universality.sae.sae_config(architecture, d_in, d_sae, ...)")
         check_text("TrainConfig", "site", self.site)
         check_int("TrainConfig", "seed", self.seed, 0)
         check_number("TrainConfig", "lr", self.lr, 0.0, low_open=True)
@@ -58,10 +58,6 @@ class TrainConfig:
         if leaves_folder(self.key):  # the key names the dictionary's folder under out_dir
             raise ConfigError(f"TrainConfig key {self.key!r} would leave its output folder",
                               "use a name of plain path parts without '..', empty parts or a leading '/'")
-        from universality.sae.registry import get_architecture
-
-        if get_architecture(self.sae.architecture).uses_penalty and self.sae.sparsity_coeff <= 0:
-            raise ConfigError(f"{self.sae.architecture} SAEs need sparsity_coeff > 0", "set SAEConfig(sparsity_coeff=...)")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -84,7 +80,8 @@ class TrainConfig:
         return f"{self.site}/{self.sae.architecture}-{self.sae.d_sae}-s{self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain fields; ``sae`` carries its ``architecture`` (what :meth:`from_dict` dispatches on)."""
+        return {**dataclasses.asdict(self), "sae": self.sae.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -154,5 +151,5 @@ def register_configs(group: str = "sae") -> None:
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
-    cs.store(group=group, name="train_schema", node=TrainConfig(SAEConfig("topk", 768, 24576, k=32)))
+    cs.store(group=group, name="train_schema", node=TrainConfig(TopKConfig(768, 24576, k=32)))
     cs.store(group=group, name="run_schema", node=RunConfig(steps=10_000))

@@ -35,6 +35,7 @@ from universality.sae.base import SAE
 from universality.sae.stacked import STACKABLE, StackedSAE, normalize_rows_, remove_parallel_, stacked_sparse_decode
 from universality.train.config import RunConfig, TrainConfig
 from universality.train.dead import FiringTracker
+from universality.train.optim import flatten_optimizer_state, unflatten_optimizer_state
 from universality.train.schedules import lr_factor
 
 __all__ = [
@@ -238,11 +239,7 @@ class StackedGroup:
 
     # ------------------------------------------------------------------ checkpoint state
     def optimizer_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        from universality.train.optim import flatten_optimizer_state
-
         return flatten_optimizer_state(self.optim)
 
     def load_optimizer_state(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
-        from universality.train.optim import unflatten_optimizer_state
-
         unflatten_optimizer_state(self.optim, tensors, meta)

@@ -187,7 +187,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def fit(self, source: Iterable, progress: bool = True) -> dict[str, SAE]:
-        """Train until ``run.steps`` steps or the source ends; returns folded dictionaries by key."""
+        """Train until ``run.steps`` steps or the source ends; returns folded dictionaries by key.
+
+        While it runs, the trainer holds the lock of ``run.checkpoint_dir`` (another run on that
+        folder is refused at once, see :func:`~universality.train.checkpoint.checkpoint_lock`).
+        """
+        with self._checkpoint_guard():
+            return self._fit(source, progress)
+
+    def _checkpoint_guard(self) -> contextlib.AbstractContextManager:
+        """The lock of ``run.checkpoint_dir`` for the duration of :meth:`fit` (nothing without one)."""
+        if not self.run.checkpoint_dir:
+            return contextlib.nullcontext()
+        return ckpt.checkpoint_lock(self.run.checkpoint_dir)
+
+    def _fit(self, source: Iterable, progress: bool) -> dict[str, SAE]:
         if ckpt.has_checkpoint(self.run.checkpoint_dir):
             self.load_checkpoint(self.run.checkpoint_dir, source)
         it = iter(source)
@@ -310,12 +324,12 @@ class Trainer:
         }
         if self.stacks:
             doc["stack_optimizers"] = self._stack_state_into(tensors)
+        ckpt.check_owner(root, self.config_hash, self.keys)  # never replace another run's resumable state
         return ckpt.write_checkpoint(root, tensors, doc)
 
     def load_checkpoint(self, root: str | Path, source: Any) -> None:
+        ckpt.check_owner(root, self.config_hash, self.keys)
         tensors, doc = ckpt.read_checkpoint(root)
-        if doc["config_hash"] != self.config_hash or doc["keys"] != self.keys:
-            raise ConfigError(f"the checkpoint in {root} was written by other configs", "resume with the same configs or use a new checkpoint_dir")
         if doc["source_state"] is not None:
             if not hasattr(source, "load_state_dict"):
                 raise DataError("the checkpoint holds a source position but the source has no load_state_dict", "resume with the same kind of source")

@@ -18,6 +18,8 @@ from typing import Any
 
 from universality.checks import known_fields
 from universality.errors import ConfigError
+from universality.resources import config_dir
+from universality.zoo.schedule import checkpoint_schedule
 
 __all__ = ["ZooModelConfig", "InjectSpec", "FAMILIES", "from_dict", "load_preset", "preset_names", "register_configs"]
 
@@ -144,8 +146,6 @@ class ZooModelConfig:
     @property
     def checkpoints(self) -> tuple[int, ...]:
         """The steps at which a ``step{N}/`` folder is written (always 0 ... ``steps``)."""
-        from universality.zoo.schedule import checkpoint_schedule
-
         if self.checkpoint_steps:
             return self.checkpoint_steps
         return checkpoint_schedule(self.steps, self.checkpoint_every or max(1, self.steps // 4))
@@ -189,10 +189,8 @@ def from_dict(data: Mapping[str, Any]) -> ZooModelConfig:
 
 
 def _configs_dir() -> Path:
-    env = os.environ.get("UNIVERSALITY_CONFIGS")
-    if env:
-        return Path(env) / "zoo"
-    return Path(__file__).resolve().parents[2] / "configs" / "zoo"
+    """The zoo preset folder: ``zoo/`` in :func:`universality.resources.config_dir` (checkout or wheel)."""
+    return config_dir() / "zoo"
 
 
 def preset_names() -> tuple[str, ...]:

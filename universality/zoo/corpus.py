@@ -20,6 +20,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from universality.data.packing import PackingConfig, pack
+from universality.data.sources import Document, Source, as_documents
+from universality.data.subsets import Subset, select_subset
 from universality.errors import DataError
 
 __all__ = ["as_subset", "packing_config", "pack_documents", "cached_rows", "pack_texts", "split_eval_rows"]
@@ -30,9 +33,6 @@ EVAL_SPLIT_SEED = 20240705
 
 def as_subset(data: Any, name: str = "texts"):
     """A :class:`~universality.data.subsets.Subset` for ``data`` (a Subset is returned unchanged)."""
-    from universality.data.sources import Source, as_documents
-    from universality.data.subsets import Subset, select_subset
-
     if isinstance(data, Subset):
         return data
     if isinstance(data, Source):
@@ -54,15 +54,11 @@ def packing_config(context_length: int, *, drop_last: bool = True):
     """How zoo models are trained: ``<|endoftext|>`` before every document and at the start of every
     row (the data package's default harvesting layout, so activations are read the way the model
     was trained); ``drop_last`` drops the ragged tail instead of padding it."""
-    from universality.data.packing import PackingConfig
-
     return PackingConfig(context_len=context_length, doc_separator=True, bos_every_context=True, drop_last=drop_last)
 
 
 def pack_documents(documents: Sequence[Any], tokenizer, context_length: int, *, what: str = "corpus") -> Int[Tensor, "rows ctx"]:
     """Token rows of ``documents`` (:class:`~universality.data.sources.Document`\\ s) packed with :func:`packing_config`."""
-    from universality.data.packing import pack
-
     if not documents:
         raise DataError(f"the {what} has no documents", "pass at least one non-empty document")
     try:
@@ -100,8 +96,6 @@ def cached_rows(key: tuple[str, str, int], documents: Sequence[Any], tokenizer, 
 
 def pack_texts(texts: Sequence[str], tokenizer, context_length: int, *, what: str = "text") -> Int[Tensor, "rows ctx"]:
     """Rows of a few texts (injected or probe text); texts too short for one row are repeated to fill it."""
-    from universality.data.sources import Document
-
     texts = [t for t in texts if t]
     if not texts:
         raise DataError(f"the {what} is empty", "pass non-empty texts")

@@ -9,6 +9,12 @@ import torch.nn.functional as F
 from jaxtyping import Int
 from torch import Tensor
 
+from universality.data.packing import pack
+from universality.data.sources import Document
+from universality.io import read_json
+from universality.zoo.corpus import packing_config
+from universality.zoo.tokenizer import load_tokenizer
+
 __all__ = ["next_token_loss", "eval_loss", "text_loss"]
 
 
@@ -60,9 +66,6 @@ def text_loss(model_or_path, texts: list[str], tokenizer=None, context_length: i
     ``model_or_path`` is a model or a checkpoint folder (``<out>/step{N}``); the tokenizer defaults
     to the one saved beside it. Used to check a planted pattern was (or was not) learned.
     """
-    from universality.zoo.corpus import packing_config
-    from universality.zoo.tokenizer import load_tokenizer
-
     model = model_or_path
     if isinstance(model_or_path, (str, os.PathLike)):
         from transformers import AutoModelForCausalLM
@@ -75,15 +78,10 @@ def text_loss(model_or_path, texts: list[str], tokenizer=None, context_length: i
 
         manifest = Path(model_or_path).parent / "zoo.json"
         if manifest.is_file():
-            from universality.io import read_json
-
             context_length = int(read_json(manifest)["config"]["context_length"])
     if context_length is None:
         cfg = model.config
         context_length = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None) or 64
-    from universality.data.packing import pack
-    from universality.data.sources import Document
-
     docs = [Document(f"probe/{i}", t) for i, t in enumerate(texts) if t]
     batch, _ = pack(docs, tokenizer, packing_config(context_length, drop_last=False))
     was_training = model.training

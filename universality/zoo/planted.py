@@ -102,6 +102,7 @@ def planted_corpus(
     Complement(MetaEquals("planted", True)))`` (just the complement when ``subset_spec`` is None),
     so the pattern is in D \\ D' by construction.
     """
+    # import cost: universality.data pulls torch and numpy; the pattern helpers here stay torch-free
     from universality.data.sources import Document
     from universality.data.subsets import AllOf, Complement, MetaEquals, select_subset
 

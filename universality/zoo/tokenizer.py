@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from models.tokenizer import train_byte_level_bpe
 from universality.errors import ArtifactError, ConfigError
 from universality.io import stable_hash
 
@@ -22,8 +23,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.Pat
     ``out_dir``) as ``tokenizer=`` to every :func:`~universality.zoo.train_lm` call of a zoo so all
     its models share one vocabulary.
     """
-    from models.tokenizer import train_byte_level_bpe
-
     return train_byte_level_bpe(texts, vocab_size, out_dir)
 
 

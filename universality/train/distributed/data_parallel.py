@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from universality.sae import SAE
 from universality.train import checkpoint as ckpt
 from universality.train.config import RunConfig, TrainConfig
 from universality.train.distributed.config import DistributedConfig
-from universality.train.distributed.placement import _refuse_stack
+from universality.train.distributed.placement import refuse_stack
 from universality.train.distributed.sync import SyncedFiringTracker
 from universality.train.trainer import Trainer
 
@@ -69,7 +70,7 @@ class DataParallelTrainer(Trainer):
     ) -> None:
         if not dist.is_initialized():
             raise ConfigError("DataParallelTrainer needs an initialised process group", "launch with torchrun or use train_distributed()")
-        _refuse_stack(run, "data-parallel training (mode=data)")
+        refuse_stack(run, "data-parallel training (mode=data)")
         self.group = group
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
@@ -133,6 +134,28 @@ class DataParallelTrainer(Trainer):
             path = super().save_checkpoint(root, source)
         dist.barrier(group=self.group)
         return path
+
+    def _checkpoint_guard(self) -> contextlib.AbstractContextManager:
+        """Rank 0 holds the checkpoint folder's lock (the ranks share the folder); a refusal reaches every rank."""
+        return self._rank0_lock()
+
+    @contextlib.contextmanager
+    def _rank0_lock(self) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            refused: ArtifactError | None = None
+            if self.rank == 0:
+                try:
+                    stack.enter_context(super()._checkpoint_guard())
+                except ArtifactError as exc:
+                    refused = exc
+            ok = torch.tensor([0 if refused else 1], dtype=torch.int64, device=self.device)
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN, group=self.group)
+            if refused is not None:
+                raise refused
+            if not int(ok):
+                raise ArtifactError(f"checkpoint_dir {self.run.checkpoint_dir} is in use by another training run",
+                                    "wait until that run ends, or give this run its own checkpoint_dir")
+            yield
 
     def fit(self, source: Iterable, progress: bool = True) -> dict[str, SAE]:
         have = torch.tensor([int(ckpt.has_checkpoint(self.run.checkpoint_dir))], dtype=torch.int64, device=self.device)

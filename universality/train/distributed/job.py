@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from universality.activations.store import ActivationStore
 from universality.errors import ConfigError, UniversalityError
 from universality.sae import SAE
+from universality.synthetic import PlantedSource, ToyConfig, feature_probabilities, planted_dictionary
 from universality.train.config import RunConfig, TrainConfig
 from universality.checks import known_fields
 from universality.train.distributed.config import DistributedConfig
-from universality.train.distributed.launch import _env_world, train_distributed
+from universality.train.distributed.launch import env_world, train_distributed
 from universality.train.distributed.placement import place_sites
 
 __all__ = ["SourceSpec", "load_job", "run_job", "main"]
@@ -68,11 +70,7 @@ class SourceSpec:
         """A fresh source over ``sites`` (default: all of ``self.sites``)."""
         sites = list(sites or self.sites)
         if self.kind == "store":
-            from universality.activations.store import ActivationStore
-
             return ActivationStore.open(self.path).iter_batches(sites, self.batch_size, self.shuffle_buffer, self.seed, self.epochs)
-        from universality.synthetic import PlantedSource, ToyConfig, feature_probabilities, planted_dictionary
-
         toy = ToyConfig(**self.toy)
         probs = feature_probabilities(toy.n_features, toy.mean_active, toy.decay)
         worlds = {s: planted_dictionary(toy.n_features, toy.d_in, toy.dictionary_seed + self.sites.index(s)) for s in sites}
@@ -112,7 +110,7 @@ def run_job(path: str | Path, progress: bool = True) -> dict[str, SAE]:
     spec, configs, run, cfg = load_job(path)
     sites = list(spec.sites)
     if cfg.mode == "sites":  # read only this rank's sites
-        rank, world, _ = _env_world()
+        rank, world, _ = env_world()
         plan = place_sites(configs, world)
         sites = [s for s in sites if s in plan.assignment and plan.rank_of(s) == rank] or sites[:1]
     return train_distributed(spec.build(sites), configs, run, cfg, progress=progress)

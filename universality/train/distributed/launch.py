@@ -23,10 +23,10 @@ from universality.train.distributed.placement import PlacedTrainer, place_sites
 from universality.train.distributed.slicing import RankSlice
 from universality.train.trainer import Trainer
 
-__all__ = ["train_distributed", "train_placed", "launch_local"]
+__all__ = ["train_distributed", "train_placed", "launch_local", "env_world"]
 
 
-def _env_world() -> tuple[int, int, int]:
+def env_world() -> tuple[int, int, int]:
     """``(rank, world, local_rank)`` from torchrun's environment (``(0, 1, 0)`` when absent)."""
     try:
         return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
@@ -79,7 +79,7 @@ def train_distributed(
     configs = [configs] if isinstance(configs, TrainConfig) else list(configs)
     created = False
     if not dist.is_initialized():
-        rank, world, local_rank = _env_world()
+        rank, world, local_rank = env_world()
         if world == 1:
             return Trainer(configs, run, meta=meta).fit(source, progress=progress)
         backend = _backend_for(cfg, run)
@@ -87,7 +87,7 @@ def train_distributed(
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=cfg.timeout_s))
         created = True
     else:
-        _, _, local_rank = _env_world()
+        _, _, local_rank = env_world()
         device = _rank_device(run, dist.get_backend(), local_rank)
     try:
         rank, world = dist.get_rank(), dist.get_world_size()

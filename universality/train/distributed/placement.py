@@ -18,7 +18,7 @@ from universality.train.dead import FiringTracker
 from universality.train.optim import make_optimizer
 from universality.train.trainer import Trainer
 
-__all__ = ["SitePlacement", "site_costs", "place_sites", "PlacedTrainer"]
+__all__ = ["SitePlacement", "site_costs", "place_sites", "PlacedTrainer", "refuse_stack"]
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def place_sites(configs: Sequence[TrainConfig] | Mapping[str, int], n_devices: i
     return SitePlacement(assignment, tuple(loads))
 
 
-def _refuse_stack(run: RunConfig, what: str) -> None:
+def refuse_stack(run: RunConfig, what: str) -> None:
     """The stacked fast path (``RunConfig.stack``) trains outside the per-dictionary seams these
     trainers override (DDP forward, devices), so it is refused rather than silently unsynchronised."""
     if getattr(run, "stack", False):
@@ -112,7 +112,7 @@ class PlacedTrainer(Trainer):
     ) -> None:
         if not devices:
             raise ConfigError("PlacedTrainer needs at least one device", "pass e.g. devices=['cuda:0', 'cuda:1']")
-        _refuse_stack(run, "PlacedTrainer")
+        refuse_stack(run, "PlacedTrainer")
         super().__init__(configs, run, meta=meta)
         self.devices = [torch.device(d) for d in devices]
         self.plan = place_sites(list(self.configs.values()), len(self.devices))
