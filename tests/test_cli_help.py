@@ -105,3 +105,11 @@ def test_every_shipped_preset_has_a_description(group):
     assert resources.preset_names(group)
     for name in resources.preset_names(group):
         assert resources.preset_description(group, name), f"configs/{group}/{name}.yaml has no leading comment"
+
+
+def test_the_docs_list_every_study_field():
+    from universality.__main__ import study_fields
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "readme" / "60_studies.md").read_text()
+    missing = [key for key, _, _ in study_fields() if f"| `{key}` |" not in doc]
+    assert not missing, f"docs/readme/60_studies.md lacks {missing}; regenerate its field table"

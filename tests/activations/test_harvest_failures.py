@@ -144,3 +144,13 @@ def test_a_huge_document_with_few_tokens_wanted_tokenises_a_bounded_prefix(tiny_
     store = harvest(_Adapter(tiny_gpt2, tok), [text], SITES, tmp_path / "store", max_tokens=200, **KW)
     assert store.n_rows == 200
     assert tok.chars < 400_000, tok.chars  # a bounded prefix, not 5 MB
+
+
+def test_capturing_contexts_longer_than_the_model_positions(tiny_gpt2):
+    from universality.activations import capture_rows
+    from universality.data import Packer
+
+    batch = next(Packer(tiny_gpt2.tokenizer, PackingConfig(context_len=200)).batches([Document("d", GOOD[1] * 40)], 2))
+    with pytest.raises(ConfigError) as info:
+        capture_rows(tiny_gpt2, batch, SITES)
+    assert "context_len=200" in _one_line(info.value) and "128 positions" in str(info.value)

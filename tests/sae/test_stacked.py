@@ -7,7 +7,7 @@ import torch
 
 from universality.errors import ConfigError
 from universality.sae import SAE, sae_config, make_sae
-from universality.sae import stacked as stacked_mod
+from universality.sae import kernels
 from universality.sae.stacked import StackedSAE, stacked_sparse_decode, stacked_topk_encoder
 
 
@@ -55,7 +55,7 @@ def test_stack_forward_and_gradients_equal_the_individual_saes(arch, device):
 def test_k_sparse_backward_passes_gradcheck(dense, monkeypatch):
     """Both backward paths (CPU dense scatter + bmm; the CUDA index_add_ path, forced here on the
     CPU) agree with finite differences in float64."""
-    monkeypatch.setattr(stacked_mod, "_dense_backward", lambda device: dense)
+    monkeypatch.setattr(kernels, "dense_backward", lambda device: dense)
     g = torch.Generator().manual_seed(1)
     N, B, D, F, K = 2, 5, 4, 7, 3
     x = torch.randn(N, B, D, dtype=torch.float64, generator=g, requires_grad=True)
@@ -149,8 +149,8 @@ def test_bf16_compute_path_keeps_fp32_gradients(dense, monkeypatch):
         return out, {n: getattr(stack, n).grad for n in ("W_dec", "W_enc", "b_enc", "b_dec")}
 
     ref_out, ref = grads(StackedSAE.from_saes(saes))
-    monkeypatch.setattr(stacked_mod, "_dense_backward", lambda device: dense)
-    monkeypatch.setattr(stacked_mod, "_compute_dtype", lambda t: torch.bfloat16)
+    monkeypatch.setattr(kernels, "dense_backward", lambda device: dense)
+    monkeypatch.setattr(kernels, "compute_dtype", lambda t: torch.bfloat16)
     out, got = grads(StackedSAE.from_saes(saes))
     assert out.pre.dtype == torch.bfloat16
     for name, g in got.items():

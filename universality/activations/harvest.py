@@ -118,14 +118,13 @@ def max_positions(adapter) -> int | None:
     return None
 
 
-def check_context_len(adapter, packing: PackingConfig) -> None:
-    """Raise :class:`ConfigError` when ``packing.context_len`` exceeds the model's positions."""
+def check_context_len(adapter, context_len: int) -> None:
+    """Raise :class:`ConfigError` when contexts of ``context_len`` tokens exceed the model's positions."""
     limit = max_positions(adapter)
-    if limit is not None and packing.context_len > limit:
+    if limit is not None and context_len > limit:
         raise ConfigError(
-            f"context_len={packing.context_len} is longer than model {getattr(adapter, 'name', '?')!r} "
-            f"takes ({limit} positions)",
-            f"use PackingConfig(context_len=...) of at most {limit}",
+            f"context_len={context_len} is longer than model {getattr(adapter, 'name', '?')!r} takes ({limit} positions)",
+            f"use contexts of at most {limit} tokens (PackingConfig(context_len=...), or max_len= of evaluation spans)",
         )
 
 
@@ -219,6 +218,7 @@ def capture_rows(
     Kept rows are the text tokens (and BOS tokens when ``include_bos``) in row-major order; rows
     stay on the model's device.
     """
+    check_context_len(adapter, int(batch.input_ids.shape[1]))
     keep = keep_mask(batch, include_bos)
     acts = adapter.capture(batch.input_ids, list(sites), attention_mask=batch.attention_mask, dtype=dtype)
     flat_idx = keep.flatten().nonzero().squeeze(1)
@@ -393,7 +393,7 @@ def harvest(
         cfg = HarvestConfig(**(asdict(cfg) | {"packing": cfg.packing} | overrides))
     names = check_sites(adapter, sites)
     packer = Packer(adapter.tokenizer, cfg.packing)  # checks the tokenizer before anything is written
-    check_context_len(adapter, cfg.packing)
+    check_context_len(adapter, cfg.packing.context_len)
     out_dir = Path(out_dir)
     subset = texts_or_dataset if isinstance(texts_or_dataset, Subset) else None
     documents = as_documents(texts_or_dataset)

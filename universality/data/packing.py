@@ -114,15 +114,15 @@ def default_chunk_chars(cfg: PackingConfig) -> int:
 
 
 def _candidate_cuts(text: str, lo: int, hi: int) -> Iterator[int]:
-    """Positions in ``(lo, len(text))`` of a space after a non-space: the nearest at or before ``hi``
-    first (going back), then those after it, ``_CUT_TRIES`` each way at most."""
+    """Positions in ``(lo, hi + (hi - lo))`` of a space after a non-space: the nearest at or before
+    ``hi`` first (going back), then those after it; ``_CUT_TRIES`` each way at most."""
     found, i = 0, hi + 1
     while found < _CUT_TRIES and (i := text.rfind(" ", lo + 1, i)) > lo:
         if not text[i - 1].isspace():
             found += 1
             yield i
-    found, i = 0, hi
-    while found < _CUT_TRIES and (i := text.find(" ", i + 1)) != -1:
+    found, i, end = 0, hi, min(len(text), 2 * hi - lo)
+    while found < _CUT_TRIES and (i := text.find(" ", i + 1, end)) != -1:
         if not text[i - 1].isspace():
             found += 1
             yield i

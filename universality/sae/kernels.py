@@ -1,0 +1,189 @@
+"""The TopK kernels, one of each: every TopK dictionary, alone or in a stack, runs through them.
+
+A single dictionary is a stack of one (:func:`topk_encoder`), so the autocast dtype, the fp32
+accumulation of bf16 gradients and the k-sparse backward are the same code for both (they had
+drifted apart when the single dictionary had its own copy).
+
+- :func:`stacked_topk_encoder`: ``TopK_k(ReLU(x_i W_i + b_i))`` for each dictionary ``i`` (Gao et
+  al. 2024) with a backward that sends gradient only through the ``k`` kept latents: on the CPU a
+  scatter into a dense code and one ``bmm`` (BLAS is faster there than ``index_add_`` with repeated
+  indices, which also collapses when other processes compete for the cores); on CUDA ``index_add_``
+  over the ``batch * k`` active rows, unless AuxK already sends a dense gradient.
+- :func:`stacked_sparse_decode`: each token's reconstruction gathers only its ``k`` decoder rows.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+__all__ = [
+    "compute_dtype",
+    "dense_backward",
+    "flat_index",
+    "sparse_decode",
+    "stacked_sparse_decode",
+    "stacked_topk_encoder",
+    "topk_encoder",
+]
+
+
+def compute_dtype(t: Tensor) -> torch.dtype:
+    """The dtype matmuls run in: autocast's on CUDA when it is on, the tensor's own otherwise."""
+    if t.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+        return torch.get_autocast_dtype("cuda")
+    return t.dtype
+
+
+def dense_backward(device: torch.device) -> bool:
+    """Whether the k-sparse backward scatters into a dense code and uses BLAS (the CPU), rather than
+    touching only the ``k`` rows with ``index_add_`` (CUDA; also the path tests force on the CPU)."""
+    return device.type == "cpu"
+
+
+def flat_index(idx_NBK: Tensor, n_latents: int) -> Tensor:
+    """Row indices into the ``(n * d_sae, ...)`` flattening of a stacked weight."""
+    offset_N11 = torch.arange(idx_NBK.shape[0], device=idx_NBK.device).view(-1, 1, 1) * n_latents
+    return idx_NBK + offset_N11
+
+
+class _StackedTopKEncoder(torch.autograd.Function):
+    """``TopK(ReLU(x W_i + b_i))`` for each dictionary ``i``, with a k-sparse backward.
+
+    Returns ``(values, indices, pre)``; the dense pre-activations carry a gradient only when a loss
+    reads them (AuxK), which then takes the dense path.
+    """
+
+    @staticmethod
+    def forward(ctx, x_NBD: Tensor, W_NDF: Tensor, b_NF: Tensor, k: int):
+        dt = compute_dtype(W_NDF)
+        xc_NBD, Wc_NDF = x_NBD.to(dt), W_NDF.to(dt)
+        pre_NBF = torch.baddbmm(b_NF.to(dt).unsqueeze(1), xc_NBD, Wc_NDF)
+        vals_NBK, idx_NBK = torch.relu(pre_NBF).topk(k, dim=-1, sorted=False)
+        ctx.save_for_backward(xc_NBD, Wc_NDF, idx_NBK, vals_NBK > 0)
+        ctx.in_dtypes = (x_NBD.dtype, W_NDF.dtype, b_NF.dtype)
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(idx_NBK)
+        return vals_NBK, idx_NBK, pre_NBF
+
+    @staticmethod
+    def backward(ctx, g_vals_NBK, _g_idx, g_pre_NBF):
+        x_NBD, W_NDF, idx_NBK, on_NBK = ctx.saved_tensors
+        N, B, D = x_NBD.shape
+        Fn = W_NDF.shape[2]
+        need_x, need_W, need_b = ctx.needs_input_grad[:3]
+        acc = torch.float32 if W_NDF.dtype in (torch.bfloat16, torch.float16) else W_NDF.dtype
+        grad_x = grad_W = grad_b = None
+        dense_NBF = g_pre_NBF.to(W_NDF.dtype) if g_pre_NBF is not None else None
+        if g_vals_NBK is not None:
+            g_NBK = (g_vals_NBK * on_NBK).to(W_NDF.dtype)
+            if dense_backward(x_NBD.device) or dense_NBF is not None:
+                # scatter into a dense code, then one matmul: on the CPU (index_add_ with repeated indices is
+                # serial there), and on CUDA when AuxK already sends a dense gradient (its matmuls are paid anyway)
+                G_NBF = torch.zeros(N, B, Fn, dtype=W_NDF.dtype, device=W_NDF.device).scatter_(2, idx_NBK, g_NBK)
+                dense_NBF = G_NBF if dense_NBF is None else dense_NBF + G_NBF
+            else:
+                flat_idx = flat_index(idx_NBK, Fn).reshape(-1)
+                if need_x:
+                    W_flat = W_NDF.transpose(1, 2).reshape(N * Fn, D)
+                    grad_x = F.embedding_bag(flat_idx.view(N * B, -1), W_flat, per_sample_weights=g_NBK.reshape(N * B, -1),
+                                             mode="sum").view(N, B, D).to(acc)
+                if need_W:  # one dictionary at a time: the (batch * k, d_in) contributions stay small
+                    g_NFD = torch.zeros(N, Fn, D, dtype=acc, device=W_NDF.device)
+                    for i in range(N):
+                        contrib = (g_NBK[i].unsqueeze(-1) * x_NBD[i].unsqueeze(1)).reshape(-1, D).to(acc)
+                        g_NFD[i].index_add_(0, idx_NBK[i].reshape(-1), contrib)
+                    grad_W = g_NFD.transpose(1, 2)
+                if need_b:
+                    grad_b = torch.zeros(N * Fn, dtype=acc, device=W_NDF.device).index_add_(
+                        0, flat_idx, g_NBK.reshape(-1).to(acc)).view(N, Fn)
+        if dense_NBF is not None:
+            if need_x:
+                gx = torch.bmm(dense_NBF, W_NDF.transpose(1, 2))
+                grad_x = gx if grad_x is None else grad_x + gx
+            if need_W:
+                gW = torch.bmm(x_NBD.transpose(1, 2), dense_NBF)
+                grad_W = gW if grad_W is None else grad_W + gW
+            if need_b:
+                gb = dense_NBF.sum(dim=1)
+                grad_b = gb if grad_b is None else grad_b + gb
+        dx, dW, db = ctx.in_dtypes
+        return (None if grad_x is None else grad_x.to(dx), None if grad_W is None else grad_W.to(dW),
+                None if grad_b is None else grad_b.to(db), None)
+
+
+class _StackedSparseDecode(torch.autograd.Function):
+    """``out[i, b] = sum_j vals[i, b, j] * W[i, idx[i, b, j]]`` touching only the ``k`` gathered rows."""
+
+    @staticmethod
+    def forward(ctx, idx_NBK: Tensor, vals_NBK: Tensor, W_NFD: Tensor):
+        N, B, K = idx_NBK.shape
+        Fn, D = W_NFD.shape[1:]
+        dt = compute_dtype(W_NFD)
+        W_flat = W_NFD.to(dt).reshape(N * Fn, D)
+        flat_NB_K = flat_index(idx_NBK, Fn).reshape(N * B, K)
+        vc = vals_NBK.to(dt)
+        out = F.embedding_bag(flat_NB_K, W_flat, per_sample_weights=vc.reshape(N * B, K), mode="sum")
+        ctx.save_for_backward(idx_NBK, flat_NB_K, vc, W_flat)
+        ctx.shape = (N, B, K, Fn, D)
+        ctx.in_dtypes = (vals_NBK.dtype, W_NFD.dtype)
+        return out.view(N, B, D)
+
+    @staticmethod
+    def backward(ctx, g_NBD):
+        idx_NBK, flat_NB_K, v_NBK, W_flat = ctx.saved_tensors
+        N, B, K, Fn, D = ctx.shape
+        g = g_NBD.to(W_flat.dtype)
+        grad_vals = grad_W = None
+        if ctx.needs_input_grad[1]:  # <W_dec row, g> for each active row, gathered one dictionary at a time
+            flat_NBK = flat_NB_K.view(N, B, K)
+            grad_vals = torch.stack([
+                torch.bmm(W_flat.index_select(0, flat_NBK[i].reshape(-1)).view(B, K, D), g[i].reshape(B, D, 1)).view(B, K)
+                for i in range(N)
+            ]).to(ctx.in_dtypes[0])
+        if ctx.needs_input_grad[2]:
+            if dense_backward(g.device):
+                # CPU: scatter the k values into a dense code and let BLAS form Z^T g (as topk.py does)
+                Z_NBF = torch.zeros(N, B, Fn, dtype=W_flat.dtype, device=g.device).scatter_add_(2, idx_NBK, v_NBK)
+                grad_W = torch.bmm(Z_NBF.transpose(1, 2), g.reshape(N, B, D))
+            else:
+                acc = torch.float32 if W_flat.dtype in (torch.bfloat16, torch.float16) else W_flat.dtype
+                grad_W = torch.zeros(N, Fn, D, dtype=acc, device=g.device)
+                for i in range(N):  # one dictionary at a time: the (batch * k, d_in) contributions stay small
+                    contrib = (v_NBK[i].unsqueeze(-1) * g[i].unsqueeze(1)).reshape(-1, D).to(acc)
+                    grad_W[i].index_add_(0, idx_NBK[i].reshape(-1), contrib)
+            grad_W = grad_W.to(ctx.in_dtypes[1])
+        return None, grad_vals, grad_W
+
+
+def stacked_topk_encoder(
+    x: Float[Tensor, "n batch d_in"], W_enc: Float[Tensor, "n d_in d_sae"], b_enc: Float[Tensor, "n d_sae"], k: int
+) -> tuple[Float[Tensor, "n batch k"], Int[Tensor, "n batch k"], Float[Tensor, "n batch d_sae"]]:
+    """``(values, indices, pre)`` of ``TopK_k(ReLU(x_i W_enc,i + b_enc,i))`` for each dictionary ``i``
+    (Gao et al. 2024), with a backward that sends gradient only through the ``k`` kept latents."""
+    return _StackedTopKEncoder.apply(x, W_enc, b_enc, k)
+
+
+def stacked_sparse_decode(
+    idx: Int[Tensor, "n batch k"], vals: Float[Tensor, "n batch k"], W_dec: Float[Tensor, "n d_sae d_in"]
+) -> Float[Tensor, "n batch d_in"]:
+    """``sum_j vals[i, b, j] W_dec[i, idx[i, b, j]]`` (no bias), gathering ``k`` rows per token; its
+    backward touches only those rows of ``W_dec``."""
+    return _StackedSparseDecode.apply(idx, vals, W_dec)
+
+
+def topk_encoder(
+    x: Float[Tensor, "batch d_in"], W_enc: Float[Tensor, "d_in d_sae"], b_enc: Float[Tensor, " d_sae"], k: int
+) -> tuple[Float[Tensor, "batch k"], Int[Tensor, "batch k"], Float[Tensor, "batch d_sae"]]:
+    """``(values, indices, pre)`` of ``TopK_k(ReLU(x W_enc + b_enc))`` for one dictionary: a stack of one."""
+    vals, idx, pre = stacked_topk_encoder(x.unsqueeze(0), W_enc.unsqueeze(0), b_enc.unsqueeze(0), k)
+    return vals[0], idx[0], pre[0]
+
+
+def sparse_decode(
+    idx: Int[Tensor, "batch k"], vals: Float[Tensor, "batch k"], W_dec: Float[Tensor, "d_sae d_in"]
+) -> Float[Tensor, "batch d_in"]:
+    """``sum_j vals[b, j] W_dec[idx[b, j]]`` (no bias) for one dictionary: a stack of one."""
+    return stacked_sparse_decode(idx.unsqueeze(0), vals.unsqueeze(0), W_dec.unsqueeze(0))[0]
