@@ -38,12 +38,14 @@ def test_mppc_is_one_for_rescaled_permuted_codes_and_near_zero_for_independent()
 
 
 def test_shared_fraction_counts_latents_where_encoder_and_decoder_agree():
+    g = torch.Generator().manual_seed(7)  # seeded: an unseeded draw failed this once in a full run
     A, B, perm = permuted_noisy_copy(n=40, noise=0.05)
     Ea, Eb = A.clone(), B.clone()
-    Eb[perm[:10]] = unit(torch.randn(10, A.shape[1]))  # 10 latents: encoders no longer agree
+    Eb[perm[:10]] = unit(torch.randn(10, A.shape[1], generator=g))  # 10 latents: encoders no longer agree
     sf = shared_fraction(Ea, A, Eb, B, thresholds=(0.5, 0.9))
     assert sf[0.5] == pytest.approx(30 / 40) and sf[0.9] == pytest.approx(30 / 40)
-    assert shared_fraction(A, A, unit(torch.randn(40, A.shape[1])), unit(torch.randn(40, A.shape[1])))[0.5] == 0.0
+    rand_enc, rand_dec = (unit(torch.randn(40, A.shape[1], generator=g)) for _ in range(2))
+    assert shared_fraction(A, A, rand_enc, rand_dec)[0.5] == 0.0
 
 
 def test_svcca_rsa_cka_invariances():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from universality.errors import ArtifactError, ConfigError, MatchError, UniversalityError
+from universality.errors import ArtifactError, MatchError, UniversalityError
 
 REPO = Path(__file__).resolve().parents[2]
 SITE0 = "blocks.0.hook_resid_post"

@@ -171,9 +171,9 @@ def _resumable(out_dir: Path, key: str, overwrite: bool) -> dict[str, Any] | Non
     if isinstance(old, dict) and old.get("key") == key:
         return old
     if _holds_rows(old):
-        sites = sorted(old.get("sites", {})) if isinstance(old, dict) else "?"
+        info = old if isinstance(old, dict) else {}
         raise ArtifactError(
-            f"{out_dir} holds a different harvest (model {old.get('model') if isinstance(old, dict) else None!r}, sites {sites})",
+            f"{out_dir} holds a different harvest (model {info.get('model')!r}, sites {sorted(info.get('sites') or {})})",
             "choose another out_dir, or pass overwrite=True to replace it",
         )
     return None
@@ -370,6 +370,97 @@ class _StoreBuilder:
         self.pool.put(buffer)
 
 
+def _fill_store(adapter, documents: Iterable[Document], names: list[str], widths: dict[str, int], packer: Packer,
+                manifest: dict[str, Any], out_dir: Path, cfg: HarvestConfig, progress: bool) -> ActivationStore:
+    """Run the forward passes and write the shards of the harvest ``manifest`` describes (resuming
+    after its complete shards), then mark it complete."""
+    manifest_path = out_dir / MANIFEST
+    builder = _StoreBuilder(out_dir, manifest)
+    if manifest["shards"]:  # rebuild running statistics from the complete shards (same partial sums, same order)
+        previous = ActivationStore(out_dir, manifest)
+        for i, shard in enumerate(manifest["shards"]):
+            keys = [k for k in previous._header(i) if k.startswith("stat_")]
+            builder.add_stats(previous.read_rows(i, keys), int(shard["rows"]))
+    for stray in out_dir.iterdir():  # temporary files of an interrupted write
+        if is_temp_name(stray.name) and stray.is_file():
+            stray.unlink(missing_ok=True)
+
+    start_context = int(manifest["contexts_done"])
+    rows_done = int(manifest["n_rows"])
+    shard_index = len(manifest["shards"])
+    next_doc = len(ActivationStore(out_dir, manifest).doc_ids) if manifest["shards"] else 0
+    writer = ShardWriter(builder.write_shard, max_pending=cfg.max_pending_shards, threaded=cfg.background_writer)
+    store_dtypes = {n: torch.int64 if manifest["sites"][n]["kind"] == "int" else cfg.torch_dtype for n in names}
+    capacity = cfg.shard_rows + cfg.batch_size * cfg.packing.context_len
+    device = getattr(adapter, "device", torch.device("cpu"))
+    on_cuda = torch.device(device).type == "cuda"
+
+    def new_buffer() -> _ShardBuffer:  # buffers come back from the writer once their shard is on disk
+        try:
+            return builder.pool.get_nowait().reset()
+        except queue.Empty:
+            return _ShardBuffer(widths, store_dtypes, manifest["row_fields"], capacity, pin=on_cuda)
+
+    buf = new_buffer()
+    contexts_done = start_context
+
+    def flush() -> None:
+        nonlocal buf, shard_index, next_doc
+        if buf.n == 0:
+            return
+        if on_cuda:
+            torch.cuda.current_stream(device).synchronize()  # the non-blocking host copies have landed
+        acts, fields, stats = buf.views()
+        max_doc = int(fields["doc_index"].max().item()) if fields["doc_index"].numel() else next_doc - 1
+        hi = max(max_doc + 1, next_doc)
+        doc_ids = packer.doc_ids[next_doc:hi]
+        writer.submit((shard_index, acts, fields, stats, doc_ids, next_doc, contexts_done, buf.n, buf))
+        shard_index += 1
+        next_doc = hi
+        buf = new_buffer()
+
+    limit = cfg.max_tokens
+    bar = tqdm(total=limit, initial=rows_done, desc=f"harvest {getattr(adapter, 'name', '')}", unit="tok",
+               dynamic_ncols=True, **({} if progress else {"disable": True}))
+    finished = False
+    batches = _prefetch(packer.batches(documents, cfg.batch_size, start_context=start_context))
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                keep = keep_mask(batch, cfg.include_bos)
+                flat_keep = keep.flatten().nonzero().squeeze(1)
+                take = len(flat_keep) if limit is None else min(len(flat_keep), limit - rows_done)
+                flat_keep = flat_keep[:take]
+                acts = adapter.capture(batch.input_ids, names, attention_mask=batch.attention_mask)
+                pos = torch.arange(batch.input_ids.shape[1]).expand_as(batch.input_ids)
+                ctx = batch.context_index.view(-1, 1).expand_as(batch.input_ids)
+                fields = {f: t.reshape(-1).index_select(0, flat_keep) for f, t in (
+                    ("token_ids", batch.input_ids), ("doc_index", batch.doc_index), ("position", pos),
+                    ("context_index", ctx), ("char_start", batch.char_start), ("char_end", batch.char_end))}
+                buf.add(acts, flat_keep, fields)
+                rows_done += take
+                contexts_done = int(batch.context_index[-1]) + 1
+                bar.update(take)
+                if limit is not None and rows_done >= limit:
+                    break
+                if buf.n >= cfg.shard_rows:
+                    flush()
+            finished = True
+            flush()
+    finally:
+        batches.close()  # stops the prefetch thread
+        bar.close()
+        writer.close()  # completes queued shards even when the loop raised
+    if finished:
+        if manifest["n_rows"] == 0:
+            raise DataError("the harvest produced no rows (the documents hold no text tokens: empty texts?)",
+                            "pass non-empty documents")
+        manifest["complete"] = True
+        builder.refresh_stats()
+        write_json(manifest_path, manifest)
+    return ActivationStore.open(out_dir)
+
+
 def harvest(
     adapter,
     texts_or_dataset: Iterable[Document] | Sequence[str] | Subset,
@@ -434,91 +525,7 @@ def harvest(
             out_dir.mkdir(parents=True, exist_ok=True)
             manifest = _new_manifest(adapter, key, request, subset, widths, cfg)
             write_json(manifest_path, manifest)
-
-        builder = _StoreBuilder(out_dir, manifest)
-        if manifest["shards"]:  # rebuild running statistics from the complete shards (same partial sums, same order)
-            previous = ActivationStore(out_dir, manifest)
-            for i, shard in enumerate(manifest["shards"]):
-                keys = [k for k in previous._header(i) if k.startswith("stat_")]
-                builder.add_stats(previous.read_rows(i, keys), int(shard["rows"]))
-        for stray in out_dir.iterdir():  # temporary files of an interrupted write
-            if is_temp_name(stray.name) and stray.is_file():
-                stray.unlink(missing_ok=True)
-
-        start_context = int(manifest["contexts_done"])
-        rows_done = int(manifest["n_rows"])
-        shard_index = len(manifest["shards"])
-        next_doc = len(ActivationStore(out_dir, manifest).doc_ids) if manifest["shards"] else 0
-        writer = ShardWriter(builder.write_shard, max_pending=cfg.max_pending_shards, threaded=cfg.background_writer)
-        store_dtypes = {n: torch.int64 if manifest["sites"][n]["kind"] == "int" else cfg.torch_dtype for n in names}
-        capacity = cfg.shard_rows + cfg.batch_size * cfg.packing.context_len
-        device = getattr(adapter, "device", torch.device("cpu"))
-        on_cuda = torch.device(device).type == "cuda"
-
-        def new_buffer() -> _ShardBuffer:  # buffers come back from the writer once their shard is on disk
-            try:
-                return builder.pool.get_nowait().reset()
-            except queue.Empty:
-                return _ShardBuffer(widths, store_dtypes, manifest["row_fields"], capacity, pin=on_cuda)
-
-        buf = new_buffer()
-        contexts_done = start_context
-
-        def flush() -> None:
-            nonlocal buf, shard_index, next_doc
-            if buf.n == 0:
-                return
-            if on_cuda:
-                torch.cuda.current_stream(device).synchronize()  # the non-blocking host copies have landed
-            acts, fields, stats = buf.views()
-            max_doc = int(fields["doc_index"].max().item()) if fields["doc_index"].numel() else next_doc - 1
-            hi = max(max_doc + 1, next_doc)
-            doc_ids = packer.doc_ids[next_doc:hi]
-            writer.submit((shard_index, acts, fields, stats, doc_ids, next_doc, contexts_done, buf.n, buf))
-            shard_index += 1
-            next_doc = hi
-            buf = new_buffer()
-
-        limit = cfg.max_tokens
-        bar = tqdm(total=limit, initial=rows_done, desc=f"harvest {getattr(adapter, 'name', '')}", unit="tok",
-                   dynamic_ncols=True, **({} if progress else {"disable": True}))
-        finished = False
-        batches = _prefetch(packer.batches(documents, cfg.batch_size, start_context=start_context))
-        try:
-            with torch.no_grad():
-                for batch in batches:
-                    keep = keep_mask(batch, cfg.include_bos)
-                    flat_keep = keep.flatten().nonzero().squeeze(1)
-                    take = len(flat_keep) if limit is None else min(len(flat_keep), limit - rows_done)
-                    flat_keep = flat_keep[:take]
-                    acts = adapter.capture(batch.input_ids, names, attention_mask=batch.attention_mask)
-                    pos = torch.arange(batch.input_ids.shape[1]).expand_as(batch.input_ids)
-                    ctx = batch.context_index.view(-1, 1).expand_as(batch.input_ids)
-                    fields = {f: t.reshape(-1).index_select(0, flat_keep) for f, t in (
-                        ("token_ids", batch.input_ids), ("doc_index", batch.doc_index), ("position", pos),
-                        ("context_index", ctx), ("char_start", batch.char_start), ("char_end", batch.char_end))}
-                    buf.add(acts, flat_keep, fields)
-                    rows_done += take
-                    contexts_done = int(batch.context_index[-1]) + 1
-                    bar.update(take)
-                    if limit is not None and rows_done >= limit:
-                        break
-                    if buf.n >= cfg.shard_rows:
-                        flush()
-                finished = True
-                flush()
-        finally:
-            batches.close()  # stops the prefetch thread
-            bar.close()
-            writer.close()  # completes queued shards even when the loop raised
-        if finished:
-            if manifest["n_rows"] == 0:
-                raise DataError("the harvest produced no rows (the documents hold no text tokens: empty texts?)",
-                                "pass non-empty documents")
-            manifest["complete"] = True
-            builder.refresh_stats()
-            write_json(manifest_path, manifest)
-        return ActivationStore.open(out_dir)
+        return _fill_store(adapter, documents, names, widths, packer, manifest, out_dir, cfg, progress)
     except BaseException:
         if manifest is not None and not manifest["shards"]:  # nothing worth keeping: leave no stub behind
             _discard_stub(out_dir, created)

@@ -150,7 +150,8 @@ class Packer:
         self.n_text_tokens = 0
         self.chunk_chars = default_chunk_chars(cfg) if chunk_chars is None else chunk_chars
         if not isinstance(self.chunk_chars, int) or self.chunk_chars < 1:
-            raise ConfigError(f"chunk_chars must be a positive integer, got {chunk_chars!r}", "pass e.g. 65536, or leave it unset")
+            raise ConfigError(f"chunk_chars must be a positive integer, got {chunk_chars!r}",
+                              "pass e.g. 65536, or leave it unset")
 
     # ------------------------------------------------------------------ tokenizer calls
     def _encode(self, texts: list[str], labels: list[tuple[str, str]]) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -18,7 +18,7 @@ from universality.errors import DataError, MatchError
 from universality.match.methods import n_features
 from universality.match.registry import Matcher, get_matcher, methods
 from universality.match.result import MatchResult
-from universality.match.similarity import _check_codes
+from universality.match.similarity import check_codes
 from universality.match.views import VIEWS, FeatureCodes, directions, encode_codes, token_fingerprint
 
 __all__ = ["METHODS", "match", "resolve_view", "check_activations", "as_pair"]
@@ -108,7 +108,7 @@ def resolve_view(
         ta, tb = as_pair(token_ids)
         ca = a if isinstance(a, FeatureCodes) else encode_codes(a, xa, ta)
         cb = b if isinstance(b, FeatureCodes) else encode_codes(b, xb, tb)
-    _check_codes(ca, cb)
+    check_codes(ca, cb)
     return ca.to(dev), cb.to(dev), "pearson"
 
 

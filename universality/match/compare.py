@@ -38,6 +38,7 @@ from universality.match.views import FeatureCodes, decoder_directions, encode_co
 __all__ = [
     "compare",
     "COLUMNS",
+    "Dictionaries",
     "Baselines",
     "NullSamples",
     "p_value",
@@ -78,6 +79,18 @@ Null = Callable[[Any, int], Any]
 Pair = tuple[Any, Any]
 
 
+@dataclass(frozen=True)
+class Dictionaries:
+    """The two dictionaries compared, their unit decoder directions and their second-seed skylines (or ``None``)."""
+
+    a: Any
+    b: Any
+    Da: Float[Tensor, "n d_a"]
+    Db: Float[Tensor, "m d_b"]
+    sky_a: Any = None
+    sky_b: Any = None
+
+
 # ============================================================================================ baselines
 class NullSamples:
     """Each null sample (a rotation or token shuffle of ``b`` for a seed) is drawn once and shared by the
@@ -114,7 +127,8 @@ class Baselines:
     floor_is_null: bool = False
 
 
-def weight_floor(Db: Float[Tensor, "m d"], xb: Float[Tensor, "T d"] | None, floor: str, seed: int) -> Float[Tensor, "m d"]:
+def weight_floor(Db: Float[Tensor, "m d"], xb: Float[Tensor, "T d"] | None, floor: str,
+                 seed: int) -> Float[Tensor, "m d"]:
     """The floor dictionary of the weight metrics: ``m`` unit directions with the covariance of ``b``'s
     activations (``floor='covariance'``, or ``'auto'`` with activations) or uniform on the sphere."""
     use_cov = floor == "covariance" or (floor == "auto" and xb is not None)
@@ -203,11 +217,11 @@ def decoder_rows(Da: Float[Tensor, "n d"], Db: Float[Tensor, "m d"], base: Basel
     ]
 
 
-def shared_fraction_rows(a: Any, b: Any, sky_a: Any, sky_b: Any, Da: Float[Tensor, "n d"], Db: Float[Tensor, "m d"],
-                         floor_dec: Float[Tensor, "m d"], thresholds: Sequence[float]) -> list[Row]:
+def shared_fraction_rows(d: Dictionaries, floor_dec: Float[Tensor, "m d"], thresholds: Sequence[float]) -> list[Row]:
     """Paulo & Belrose's shared fraction at each threshold on (encoder, decoder) directions; the floor is the
     random dictionary as both encoder and decoder (it has no separate encoder), no p-value."""
-    Ea, Eb = encoder_directions(a), encoder_directions(b)
+    Da, Db, sky_a, sky_b = d.Da, d.Db, d.sky_a, d.sky_b
+    Ea, Eb = encoder_directions(d.a), encoder_directions(d.b)
     sa = ((Ea, Da), (encoder_directions(sky_a), decoder_directions(sky_a))) if sky_a is not None else None
     sb = ((Eb, Db), (encoder_directions(sky_b), decoder_directions(sky_b))) if sky_b is not None else None
     base = Baselines(floor_b=(floor_dec, floor_dec), skyline_a=sa, skyline_b=sb)
@@ -220,11 +234,11 @@ def shared_fraction_rows(a: Any, b: Any, sky_a: Any, sky_b: Any, Da: Float[Tenso
     return rows
 
 
-def weight_rows(a: Any, b: Any, Da: Float[Tensor, "n d"], Db: Float[Tensor, "m d"], sky_a: Any, sky_b: Any,
-                xb: Float[Tensor, "T d"] | None, *, floor: str, thresholds: Sequence[float], seed: int, n_perm: int,
-                nulls: NullSamples) -> list[Row]:
+def weight_rows(d: Dictionaries, xb: Float[Tensor, "T d_b"] | None, *, floor: str, thresholds: Sequence[float],
+                seed: int, n_perm: int, nulls: NullSamples) -> list[Row]:
     """The weight-view rows: against the floor dictionary, the skylines and (for p-values) random rotations of
     ``b``; one explanatory NaN row when the widths differ (cosines need a shared space)."""
+    Da, Db, sky_a, sky_b = d.Da, d.Db, d.sky_a, d.sky_b
     if Da.shape[1] != Db.shape[1]:
         return [missing_row("mean_matched_cosine", "decoder", "a<->b",
                             f"widths differ ({Da.shape[1]} vs {Db.shape[1]}): weight metrics need a shared space; "
@@ -235,21 +249,22 @@ def weight_rows(a: Any, b: Any, Da: Float[Tensor, "n d"], Db: Float[Tensor, "m d
                      skyline_b=(Db, decoder_directions(sky_b)) if sky_b is not None else None,
                      null=nulls.cached(_rotate, "rotation"))
     rows = decoder_rows(Da, Db, base, n_perm)
-    if _has_encoder(a) and _has_encoder(b):
-        rows += shared_fraction_rows(a, b, sky_a, sky_b, Da, Db, fl_dec, thresholds)
+    if _has_encoder(d.a) and _has_encoder(d.b):
+        rows += shared_fraction_rows(d, fl_dec, thresholds)
     return rows
 
 
 # ============================================================================================ activation metrics
-def activation_codes(a: Any, b: Any, sky_a: Any, sky_b: Any, activations: Any,
-                     token_ids: Any) -> tuple[FeatureCodes, FeatureCodes, FeatureCodes | None, FeatureCodes | None]:
+def activation_codes(
+    d: Dictionaries, activations: Any, token_ids: Any
+) -> tuple[FeatureCodes, FeatureCodes, FeatureCodes | None, FeatureCodes | None]:
     """Codes ``(n, T)``/``(m, T)`` of ``a`` and ``b`` (and of their skylines, or ``None``) on the shared tokens."""
     xa, xb = as_pair(activations)
     ta, tb = as_pair(token_ids)
-    ca = a if isinstance(a, FeatureCodes) else encode_codes(a, xa, ta)
-    cb = b if isinstance(b, FeatureCodes) else encode_codes(b, xb, tb)
-    sca = encode_codes(sky_a, xa, ta) if sky_a is not None else None
-    scb = encode_codes(sky_b, xb, tb) if sky_b is not None else None
+    ca = d.a if isinstance(d.a, FeatureCodes) else encode_codes(d.a, xa, ta)
+    cb = d.b if isinstance(d.b, FeatureCodes) else encode_codes(d.b, xb, tb)
+    sca = encode_codes(d.sky_a, xa, ta) if d.sky_a is not None else None
+    scb = encode_codes(d.sky_b, xb, tb) if d.sky_b is not None else None
     return ca, cb, sca, scb
 
 
@@ -282,11 +297,11 @@ def _paired_rows(x: FeatureCodes, y: FeatureCodes, Dx: Float[Tensor, "n d_x"], D
     return Dx[res.pairs[keep, 0]], Dy[res.pairs[keep, 1]]
 
 
-def matched_decoder_rows(ca: FeatureCodes, cb: FeatureCodes, sca: FeatureCodes | None, scb: FeatureCodes | None,
-                         Da: Float[Tensor, "n d_a"], Db: Float[Tensor, "m d_b"], sky_a: Any, sky_b: Any,
-                         corr_threshold: float, n_perm: int) -> list[Row]:
+def matched_decoder_rows(d: Dictionaries, ca: FeatureCodes, cb: FeatureCodes, sca: FeatureCodes | None,
+                         scb: FeatureCodes | None, corr_threshold: float, n_perm: int) -> list[Row]:
     """SVCCA and RSA on decoder rows of activation-matched pairs (works across widths, Lan et al. 2024);
     floor and p-value: the same rows with the pairing shuffled (Lan et al.'s random-pairing baseline)."""
+    Da, Db, sky_a, sky_b = d.Da, d.Db, d.sky_a, d.sky_b
     main = _paired_rows(ca, cb, Da, Db, corr_threshold)
     sky_rows_a = _paired_rows(ca, sca, Da, decoder_directions(sky_a), corr_threshold) if sca is not None else None
     sky_rows_b = _paired_rows(cb, scb, Db, decoder_directions(sky_b), corr_threshold) if scb is not None else None
@@ -301,17 +316,16 @@ def matched_decoder_rows(ca: FeatureCodes, cb: FeatureCodes, sca: FeatureCodes |
     return rows
 
 
-def activation_rows(a: Any, b: Any, Da: Float[Tensor, "n d_a"], Db: Float[Tensor, "m d_b"], sky_a: Any, sky_b: Any,
-                    activations: Any, token_ids: Any, *, corr_threshold: float, n_perm: int,
+def activation_rows(d: Dictionaries, activations: Any, token_ids: Any, *, corr_threshold: float, n_perm: int,
                     nulls: NullSamples) -> list[Row]:
     """The activation-view rows: codes on the shared tokens, read against token shuffles of ``b``'s codes
     (floor = null mean, p-value) and the skylines' codes."""
-    ca, cb, sca, scb = activation_codes(a, b, sky_a, sky_b, activations, token_ids)
+    ca, cb, sca, scb = activation_codes(d, activations, token_ids)
     base = Baselines(skyline_a=(ca, sca) if sca is not None else None,
                      skyline_b=(cb, scb) if scb is not None else None,
                      null=nulls.cached(bl.shuffle_tokens, "shuffle"), floor_is_null=True)
     return (correlation_rows(ca, cb, base, corr_threshold, n_perm)
-            + matched_decoder_rows(ca, cb, sca, scb, Da, Db, sky_a, sky_b, corr_threshold, n_perm))
+            + matched_decoder_rows(d, ca, cb, sca, scb, corr_threshold, n_perm))
 
 
 # ============================================================================================ compare
@@ -357,13 +371,11 @@ def compare(
     """
     if activations is not None:
         check_activations(activations, token_ids)  # fail before any metric is computed
-    sky_a, sky_b = _skylines(skyline)
+    d = Dictionaries(a, b, decoder_directions(a), decoder_directions(b), *_skylines(skyline))
     nulls = NullSamples()
-    Da, Db = decoder_directions(a), decoder_directions(b)
     xb = as_pair(activations)[1] if activations is not None else None
-    rows = weight_rows(a, b, Da, Db, sky_a, sky_b, xb, floor=floor, thresholds=thresholds, seed=seed,
-                       n_perm=n_perm, nulls=nulls)
+    rows = weight_rows(d, xb, floor=floor, thresholds=thresholds, seed=seed, n_perm=n_perm, nulls=nulls)
     if activations is not None:
-        rows += activation_rows(a, b, Da, Db, sky_a, sky_b, activations, token_ids, corr_threshold=corr_threshold,
-                                n_perm=n_perm, nulls=nulls)
+        rows += activation_rows(d, activations, token_ids, corr_threshold=corr_threshold, n_perm=n_perm,
+                                nulls=nulls)
     return pd.DataFrame(rows, columns=COLUMNS)

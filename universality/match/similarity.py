@@ -41,6 +41,7 @@ __all__ = [
     "topk_partners",
     "default_block",
     "gram_blocks",
+    "check_codes",
 ]
 
 SIMILARITIES = ("cosine", "pearson", "jaccard")
@@ -67,7 +68,7 @@ def cosine_blocks(
         yield i0, A[i0 : i0 + block] @ B.T
 
 
-def _check_codes(ca: FeatureCodes, cb: FeatureCodes) -> None:
+def check_codes(ca: FeatureCodes, cb: FeatureCodes) -> None:
     if ca.fingerprint != cb.fingerprint or ca.n_tokens != cb.n_tokens:
         raise MatchError(
             f"activation codes come from different tokens (fingerprints {ca.fingerprint} vs {cb.fingerprint}, "
@@ -78,7 +79,7 @@ def _check_codes(ca: FeatureCodes, cb: FeatureCodes) -> None:
 
 def gram_blocks(ca: FeatureCodes, cb: FeatureCodes, block: int | None, binary: bool) -> Iterator[tuple[int, Tensor]]:
     """Yield ``(i0, codes_a[i0:i1] @ codes_b.T)`` with ``codes_b`` kept sparse."""
-    _check_codes(ca, cb)
+    check_codes(ca, cb)
     B = cb.binary().codes if binary else cb.codes
     block = block or default_block(cb.n, ca.n_tokens)
     for i0 in range(0, ca.n, block):

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from universality.errors import ArtifactError, ConfigError
 from universality.io import atomic_dir, load_tensors, read_json, remove_stale_temps, save_tensors_digest, verify_sha256, write_json
+from universality.sae import formats
 from universality.sae.config import SAEConfig
 from universality.sae.registry import get_architecture
 
@@ -235,8 +236,6 @@ class SAE(nn.Module):
         if not path.is_dir():
             raise ArtifactError(f"{path} is not a folder", "pass the dictionary folder that holds cfg.json")
         if not (path / "weights.safetensors").exists():
-            from universality.sae import formats
-
             if (path / "sae_weights.safetensors").exists():
                 return formats.load_saelens(path, device=device)
             if (path / "sae.safetensors").exists():

@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 
 from universality.checks import check_bool, check_choice, check_int, check_number, check_text
 from universality.errors import ConfigError
+from universality.sae.registry import get_architecture
 
 __all__ = [
     "SAEConfig",
@@ -258,8 +259,6 @@ def config_class(architecture: str) -> type[SAEConfig]:
     """The config class of ``architecture`` (built-in, or named by a registered SAE class)."""
     cls = _BUILTIN_CONFIGS.get(architecture)
     if cls is None:
-        from universality.sae.registry import get_architecture  # registry imports SAE modules on demand
-
         cls = get_architecture(architecture).config_class
     return cls
 

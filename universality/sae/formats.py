@@ -22,15 +22,17 @@ relu/jumprelu/gated); a TopK decoder must already have unit rows.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from universality.errors import ArtifactError, ConfigError
 from universality.io import atomic_dir, load_tensors, read_json, save_tensors, write_json
-from universality.sae.base import SAE
 from universality.sae.config import SAEConfig, sae_config
 from universality.sae.registry import get_architecture
+
+if TYPE_CHECKING:  # SAE.load dispatches here; at run time formats needs only the registry
+    from universality.sae.base import SAE
 
 __all__ = ["load_saelens", "save_saelens", "load_sparsify", "save_sparsify"]
 

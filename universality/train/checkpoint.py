@@ -134,7 +134,8 @@ def check_owner(root: str | Path, config_hash: str, keys: list[str]) -> None:
         return
     doc = read_json(_folder(root) / "state.json")
     if not isinstance(doc, dict) or doc.get("format") != CHECKPOINT_FORMAT:
-        raise ArtifactError(f"{_folder(root)} is not a {CHECKPOINT_FORMAT} checkpoint", "point checkpoint_dir at a training checkpoint folder")
+        raise ArtifactError(f"{_folder(root)} is not a {CHECKPOINT_FORMAT} checkpoint",
+                            "point checkpoint_dir at a training checkpoint folder")
     if doc.get("config_hash") == config_hash and doc.get("keys") == keys:
         return
     raise ConfigError(

@@ -18,7 +18,7 @@ from universality.errors import ConfigError, DataError, MatchError
 from universality.match import assignment as asg
 from universality.match import transport as tr
 from universality.match.result import MatchResult
-from universality.match.similarity import _check_codes, dense_similarity, topk_partners
+from universality.match.similarity import check_codes as _check_codes, dense_similarity, topk_partners
 from universality.match.views import VIEWS, FeatureCodes, directions, encode_codes, token_fingerprint
 
 __all__ = ["METHODS", "match", "resolve_view", "check_activations"]

@@ -153,8 +153,8 @@ class PartialOptions:
 def partial(a: Any, b: Any, similarity: str, options: PartialOptions) -> MatchResult:
     """Partial optimal transport moving exactly mass ``s`` (Chapel et al. 2020),
 
-    .. math:: \\min_{P \\ge 0,\\; P\\mathbf 1 \\le a,\\; P^\\top \\mathbf 1 \\le b,\\; \\mathbf 1^\\top P \\mathbf 1 = s}
-              \\langle P, C \\rangle,
+    .. math:: \\min_{P \\ge 0,\\; P\\mathbf 1 \\le a,\\; P^\\top \\mathbf 1 \\le b,\\;
+              \\mathbf 1^\\top P \\mathbf 1 = s} \\langle P, C \\rangle,
 
     by ``ot.partial.partial_wasserstein``: the cheapest mass moves first, so the matched pairs are the most
     similar ones (:func:`universality.match.transport.partial_shared_fraction` reads a shared fraction
