@@ -11,6 +11,11 @@ the module's input or output is read, which tuple element, and how to shape it),
   replaces the block input/output, a component site replaces the component output (so the residual
   stream receives the new value), and ``resid_mid`` is replaced by shifting the attention output by
   ``fn(resid_mid) - resid_mid``.
+
+Sites travel typed (see :mod:`universality.sites`): ``capture`` and ``forward`` accept names or
+:class:`~universality.sites.Site` objects and convert them once (:meth:`ModelAdapter._resolve_sites`);
+hooks are installed per ``Site`` and fill a ``Site``-keyed dict, and only the returned dict is keyed
+by ``Site.name``. A requested site the model lacks raises :class:`UnknownSiteError` listing its sites.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal
 
 import torch
@@ -25,7 +31,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from universality.errors import ConfigError, ModelLoadError, UnknownSiteError
-from universality.sites import HOOKS, Site, parse_sites
+from universality.sites import HOOKS, Site, as_site, as_sites, require_sites, site
 
 __all__ = [
     "SiteSpec",
@@ -36,6 +42,7 @@ __all__ = [
     "checked_replacement",
     "collect",
     "format_site_list",
+    "replacement_table",
     "run_capture",
 ]
 
@@ -121,12 +128,24 @@ def run_capture(parsed: Sequence[Site], install: Callable[[Site], Any], run: Cal
             h.remove()
 
 
-def collect(parsed: Sequence[Site], captured: Mapping[str, Tensor], what: str) -> dict[str, Tensor]:
-    """The captured activations in request order; a site whose hook never fired is an error."""
-    missing = [s.name for s in parsed if s.name not in captured]
+def collect(parsed: Sequence[Site], captured: Mapping[Site, Tensor], what: str) -> dict[str, Tensor]:
+    """The captured activations in request order, keyed by site name (the data that leaves the
+    adapter); a site whose hook never fired is an error."""
+    missing = [s.name for s in parsed if s not in captured]
     if missing:
         raise RuntimeError(f"{what} for {missing} never fired; the site spec does not match the model")
-    return {s.name: captured[s.name] for s in parsed}
+    return {s.name: captured[s] for s in parsed}
+
+
+def replacement_table(replace: Mapping[str | Site, Callable[[Tensor], Tensor]] | None) -> dict[Site, Callable[[Tensor], Tensor]]:
+    """``forward``'s ``replace`` mapping with its keys (names or ``Site``) converted once to ``Site``."""
+    out: dict[Site, Callable[[Tensor], Tensor]] = {}
+    for key, fn in dict(replace or {}).items():
+        s = as_site(key)
+        if s in out:
+            raise ConfigError(f"replace names site {s.name} twice", "give one replacement per site")
+        out[s] = fn
+    return out
 
 
 def _get_module(root: nn.Module, path: str) -> nn.Module | None:
@@ -179,7 +198,8 @@ class ModelAdapter:
     """The interface every backend implements (see docs/INTERFACES.md).
 
     Attributes: ``family``, ``name``, ``revision``, ``model``, ``tokenizer``, ``device``, ``dtype``,
-    ``n_layers``, ``d_model``, ``sites`` (site name -> width), ``checkpoints`` (ordered revisions).
+    ``n_layers``, ``d_model``, ``sites`` (site name -> width), ``site_table`` (the same, keyed by
+    :class:`~universality.sites.Site`), ``checkpoints`` (ordered revisions).
     """
 
     family: str
@@ -197,6 +217,12 @@ class ModelAdapter:
     def sites(self) -> dict[str, int]:  # pragma: no cover - implemented by subclasses
         raise NotImplementedError
 
+    @property
+    def site_table(self) -> Mapping[Site, int]:
+        """The model's sites, typed: ``Site -> width``. Built-in adapters keep one made at construction;
+        this default (for adapters that only define ``sites``) parses the names."""
+        return {as_site(n): int(w) for n, w in self.sites.items()}
+
     def capture(
         self,
         input_ids: Int[Tensor, "batch pos"],
@@ -210,7 +236,7 @@ class ModelAdapter:
         self,
         input_ids: Int[Tensor, "batch pos"],
         attention_mask: Int[Tensor, "batch pos"] | None = None,
-        replace: Mapping[str, Callable[[Tensor], Tensor]] | None = None,
+        replace: Mapping[str | Site, Callable[[Tensor], Tensor]] | None = None,
     ) -> Float[Tensor, "batch pos vocab"]:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -244,16 +270,10 @@ class ModelAdapter:
 
     # ---- shared helpers -------------------------------------------------------------------------
     def _resolve_sites(self, sites: str | Site | Iterable[str | Site]) -> tuple[Site, ...]:
-        if isinstance(sites, (str, Site)):
-            sites = [sites]
-        parsed = parse_sites(list(sites))
-        available = self.sites
-        for s in parsed:
-            if s.name not in available:
-                raise UnknownSiteError(
-                    f"{self.family} model {self.name!r} has no site {s.name!r}",
-                    f"use one of {format_site_list(available)}",
-                )
+        """The entry conversion of ``capture`` / ``forward``: names or ``Site`` objects -> sorted
+        ``Site`` tuple; :class:`UnknownSiteError` listing the model's sites for one it lacks."""
+        parsed = as_sites(sites)
+        require_sites(parsed, self.site_table, f"{self.family} model {self.name!r}")
         return parsed
 
     def _prepare_inputs(
@@ -305,15 +325,15 @@ class HFAdapter(ModelAdapter):
             raise ModelLoadError(f"{spec.family} model has no module {spec.layers!r}", "check the model class matches its config")
         self.n_layers = len(blocks)
         self.d_model = int(model.config.hidden_size)
-        self._sites = self._discover_sites()
+        self._sites: dict[Site, int] = self._discover_sites()
 
     def __repr__(self) -> str:
         rev = f", revision={self.revision!r}" if self.revision else ""
         return f"HFAdapter({self.family}, {self.name!r}{rev}, n_layers={self.n_layers}, d_model={self.d_model})"
 
     # ---- sites ----------------------------------------------------------------------------------
-    def _discover_sites(self) -> dict[str, int]:
-        out: dict[str, int] = {}
+    def _discover_sites(self) -> dict[Site, int]:
+        out: dict[Site, int] = {}
         cfg = self.model.config
         for layer in range(self.n_layers):
             for hook in HOOKS:
@@ -328,7 +348,7 @@ class HFAdapter(ModelAdapter):
                 width = self._width(spec, module)
                 if width is None:
                     continue
-                out[f"blocks.{layer}.{hook}"] = width
+                out[site(layer, hook)] = width
         return out
 
     def _width(self, spec: SiteSpec, module: nn.Module) -> int | None:
@@ -341,7 +361,11 @@ class HFAdapter(ModelAdapter):
 
     @property
     def sites(self) -> dict[str, int]:
-        return dict(self._sites)
+        return {s.name: w for s, w in self._sites.items()}
+
+    @property
+    def site_table(self) -> Mapping[Site, int]:
+        return MappingProxyType(self._sites)
 
     def _module(self, template: str, layer: int) -> nn.Module:
         module = _get_module(self.model, template.format(layer=layer))
@@ -372,16 +396,16 @@ class HFAdapter(ModelAdapter):
         input_ids, attention_mask = self._prepare_inputs(input_ids, attention_mask)
         batch, pos = input_ids.shape
         out_dtype = dtype or self.dtype
-        captured: dict[str, Tensor] = {}
+        captured: dict[Site, Tensor] = {}
         wanted = len(parsed)
 
-        def store(name: str, value: Tensor, flat: bool) -> None:
+        def store(s: Site, value: Tensor, flat: bool) -> None:
             if flat:
                 value = value.reshape(batch, pos, -1)
             value = value.detach()
             if value.dtype.is_floating_point and value.dtype != out_dtype:
                 value = value.to(out_dtype)
-            captured[name] = value
+            captured[s] = value
             if len(captured) == wanted:
                 raise StopForward
 
@@ -389,9 +413,9 @@ class HFAdapter(ModelAdapter):
             spec = self.spec.sites[s.hook]
             module = self._module(spec.module, s.layer)
             if spec.read == "input":
-                hook = functools.partial(_capture_input_hook, store, s.name)
+                hook = functools.partial(_capture_input_hook, store, s)
                 return module.register_forward_pre_hook(hook, with_kwargs=True)
-            hook = functools.partial(_capture_output_hook, store, s.name, spec.index, spec.flat)
+            hook = functools.partial(_capture_output_hook, store, s, spec.index, spec.flat)
             return module.register_forward_hook(hook)
 
         run_capture(parsed, install, lambda: self.model(**self._model_inputs(input_ids, attention_mask)))
@@ -402,16 +426,17 @@ class HFAdapter(ModelAdapter):
         self,
         input_ids: Int[Tensor, "batch pos"],
         attention_mask: Int[Tensor, "batch pos"] | None = None,
-        replace: Mapping[str, Callable[[Tensor], Tensor]] | None = None,
+        replace: Mapping[str | Site, Callable[[Tensor], Tensor]] | None = None,
     ) -> Float[Tensor, "batch pos vocab"]:
-        """Full logits; each ``replace[site]`` maps the site's activation to the value used instead."""
+        """Full logits; each ``replace[site]`` (a name or ``Site``) maps the site's activation to the
+        value used instead."""
         input_ids, attention_mask = self._prepare_inputs(input_ids, attention_mask)
-        replace = dict(replace or {})
-        parsed = self._resolve_sites(list(replace)) if replace else ()
+        fns = replacement_table(replace)
+        parsed = self._resolve_sites(fns) if fns else ()
         handles = []
         try:
             for s in parsed:
-                handles.extend(self._register_replacement(s, replace[s.name]))
+                handles.extend(self._register_replacement(s, fns[s]))
             with torch.no_grad():
                 out = self.model(**self._model_inputs(input_ids, attention_mask))
         finally:
@@ -427,11 +452,11 @@ class HFAdapter(ModelAdapter):
             raise UnknownSiteError(f"site {s.name} cannot be replaced", "replace a residual or component output site")
         if spec.replace == "input":
             module = self._module(spec.module, s.layer)
-            hook = functools.partial(_replace_input_hook, fn, s.name)
+            hook = functools.partial(_replace_input_hook, fn, s)
             return [module.register_forward_pre_hook(hook, with_kwargs=True)]
         if spec.replace == "output":
             module = self._module(spec.module, s.layer)
-            hook = functools.partial(_replace_output_hook, fn, s.name, spec.index)
+            hook = functools.partial(_replace_output_hook, fn, s, spec.index)
             return [module.register_forward_hook(hook)]
         # attn_delta: resid_mid = resid_pre + attn_out; make attn_out' = fn(resid_mid) - resid_pre.
         assert spec.attn_module is not None and spec.block_module is not None
@@ -445,35 +470,36 @@ class HFAdapter(ModelAdapter):
         def shift(_m, _args, output):
             a = _pick(output, None)
             pre = state.pop("pre")
-            new = checked_replacement(fn(pre + a), a, s.name) - pre
+            new = checked_replacement(fn(pre + a), a, s) - pre
             return _with_pick(output, None, new.to(a.dtype))
 
         return [block.register_forward_pre_hook(keep_pre, with_kwargs=True), attn.register_forward_hook(shift)]
 
 
-def checked_replacement(new: Any, old: Tensor, name: str) -> Tensor:
-    """``new``, the replacement for site ``name``, cast to ``old``'s dtype; a ConfigError unless shaped like ``old``."""
+def checked_replacement(new: Any, old: Tensor, s: Site) -> Tensor:
+    """``new``, the replacement for site ``s``, cast to ``old``'s dtype; a ConfigError unless shaped like ``old``."""
     if not isinstance(new, Tensor) or new.shape != old.shape:
         raise ConfigError(
-            f"replacement for {name} returned {getattr(new, 'shape', type(new).__name__)}, expected shape {tuple(old.shape)}",
+            f"replacement for {s.name} returned {getattr(new, 'shape', type(new).__name__)}, expected shape {tuple(old.shape)}",
             "return a tensor shaped like the activation",
         )
     return new.to(old.dtype)
 
 
-def _capture_input_hook(store, name, _module, args, kwargs):
-    store(name, _first_input(args, kwargs), False)
+def _capture_input_hook(store: Callable[[Site, Tensor, bool], None], s: Site, _module, args, kwargs):
+    store(s, _first_input(args, kwargs), False)
 
 
-def _capture_output_hook(store, name, index, flat, _module, _args, output):
-    store(name, _pick(output, index), flat)
+def _capture_output_hook(store: Callable[[Site, Tensor, bool], None], s: Site, index: int | None, flat: bool,
+                         _module, _args, output):
+    store(s, _pick(output, index), flat)
 
 
-def _replace_input_hook(fn, name, _module, args, kwargs):
+def _replace_input_hook(fn: Callable[[Tensor], Tensor], s: Site, _module, args, kwargs):
     old = _first_input(args, kwargs)
-    return _with_first_input(args, kwargs, checked_replacement(fn(old), old, name))
+    return _with_first_input(args, kwargs, checked_replacement(fn(old), old, s))
 
 
-def _replace_output_hook(fn, name, index, _module, _args, output):
+def _replace_output_hook(fn: Callable[[Tensor], Tensor], s: Site, index: int | None, _module, _args, output):
     old = _pick(output, index)
-    return _with_pick(output, index, checked_replacement(fn(old), old, name))
+    return _with_pick(output, index, checked_replacement(fn(old), old, s))

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from models.base import ModelAdapter, StopForward, checked_replacement, collect, run_capture
+from models.base import ModelAdapter, StopForward, checked_replacement, collect, replacement_table, run_capture
 from models.source import ModelSource, load_tokenizer, read_raw_config
 from universality.errors import ModelLoadError
-from universality.sites import HOOKS, ROUTING_HOOKS, Site
+from universality.sites import HOOKS, Site, site
 
 __all__ = ["TLensAdapter", "load_tlens"]
 
@@ -46,22 +47,26 @@ class TLensAdapter(ModelAdapter):
         self.d_model = int(bridge.cfg.d_model)
         self.source_family = getattr(getattr(bridge, "original_model", None), "config", None)
         self.source_family = getattr(self.source_family, "model_type", None)
-        hook_dict = bridge.hook_dict
-        self._hooks: dict[str, nn.Module] = {}
+        hook_dict = bridge.hook_dict  # TransformerLens' own table, keyed by hook name
+        self._hooks: dict[Site, nn.Module] = {}
         for layer in range(self.n_layers):
             for hook in HOOKS:
-                name_ = f"blocks.{layer}.{hook}"
+                s = site(layer, hook)
                 # Routing sites are read by the HF backend only (their widths and dtypes differ).
-                if name_ in hook_dict and hook not in ROUTING_HOOKS:
-                    self._hooks[name_] = hook_dict[name_]
-        self._sites = {n: self.d_model for n in self._hooks}
+                if not s.is_routing and s.name in hook_dict:
+                    self._hooks[s] = hook_dict[s.name]
+        self._sites: dict[Site, int] = {s: self.d_model for s in self._hooks}
 
     def __repr__(self) -> str:
         return f"TLensAdapter({self.source_family}, {self.name!r}, n_layers={self.n_layers}, d_model={self.d_model})"
 
     @property
     def sites(self) -> dict[str, int]:
-        return dict(self._sites)
+        return {s.name: w for s, w in self._sites.items()}
+
+    @property
+    def site_table(self) -> Mapping[Site, int]:
+        return MappingProxyType(self._sites)
 
     def _run(self, input_ids: Tensor, attention_mask: Tensor | None):
         return self.bridge(input_ids, return_type="logits", attention_mask=attention_mask)
@@ -77,16 +82,16 @@ class TLensAdapter(ModelAdapter):
         parsed = self._resolve_sites(sites)
         input_ids, attention_mask = self._prepare_inputs(input_ids, attention_mask)
         out_dtype = dtype or self.dtype
-        captured: dict[str, Tensor] = {}
+        captured: dict[Site, Tensor] = {}
         wanted = len(parsed)
 
-        def grab(name: str, _module, _args, output) -> None:
+        def grab(s: Site, _module, _args, output) -> None:
             value = output.detach()
-            captured[name] = value.to(out_dtype) if value.dtype != out_dtype else value
+            captured[s] = value.to(out_dtype) if value.dtype != out_dtype else value
             if len(captured) == wanted:
                 raise StopForward
 
-        run_capture(parsed, lambda s: self._hooks[s.name].register_forward_hook(functools.partial(grab, s.name)),
+        run_capture(parsed, lambda s: self._hooks[s].register_forward_hook(functools.partial(grab, s)),
                     lambda: self._run(input_ids, attention_mask))
         return collect(parsed, captured, "TransformerBridge hook points")
 
@@ -94,21 +99,21 @@ class TLensAdapter(ModelAdapter):
         self,
         input_ids: Int[Tensor, "batch pos"],
         attention_mask: Int[Tensor, "batch pos"] | None = None,
-        replace: Mapping[str, Callable[[Tensor], Tensor]] | None = None,
+        replace: Mapping[str | Site, Callable[[Tensor], Tensor]] | None = None,
     ) -> Float[Tensor, "batch pos vocab"]:
-        """Full logits, with each ``replace[site](act)`` spliced in at its hook point."""
+        """Full logits, with each ``replace[site](act)`` (a name or ``Site`` key) spliced in at its hook point."""
         input_ids, attention_mask = self._prepare_inputs(input_ids, attention_mask)
-        replace = dict(replace or {})
-        parsed = self._resolve_sites(list(replace)) if replace else ()
+        fns = replacement_table(replace)
+        parsed = self._resolve_sites(fns) if fns else ()
 
-        def swap(name: str, fn: Callable[[Tensor], Tensor], _module, _args, output):
-            return checked_replacement(fn(output), output, name)
+        def swap(s: Site, fn: Callable[[Tensor], Tensor], _module, _args, output):
+            return checked_replacement(fn(output), output, s)
 
         handles = []
         try:
             for s in parsed:
-                hook = functools.partial(swap, s.name, replace[s.name])
-                handles.append(self._hooks[s.name].register_forward_hook(hook))
+                hook = functools.partial(swap, s, fns[s])
+                handles.append(self._hooks[s].register_forward_hook(hook))
             with torch.no_grad():
                 return self._run(input_ids, attention_mask)
         finally:

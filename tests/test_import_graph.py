@@ -74,14 +74,7 @@ KNOWN_PRIVATE: dict[tuple[str, str], str] = {
 # undocumented local import left under it fails the test (remove it).
 _CLI = "owned by the CLI renovation: lazy imports that keep --help fast need '# import cost' comments"
 _STUDY = "universality/study/* is owned by the study renovation: add '# import cost' comments or import at module level"
-KNOWN_LOCAL: dict[str, str] = {
-    "universality.__main__": _CLI,
-    "universality.cli": _CLI,
-    "universality.activations.harvest": "owned by another change: `import universality` (cheap) in _versions can move to module level",
-    "universality.study": _STUDY,
-    "universality.train.trainer": "owned by the trainer change: Trainer.measure's import of universality.eval.metrics "
-    "closes no cycle and can move to module level",
-}
+KNOWN_LOCAL: dict[str, str] = {}
 
 
 # --------------------------------------------------------------------------------------------------

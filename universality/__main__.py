@@ -35,15 +35,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from universality.errors import UniversalityError, error_line
 from universality.resources import config_dir, preset_description, preset_names
-from universality.study.config import StudyConfig
+from universality.study.config import StudyConfig, check_inputs, compose_study, register_configs, study_from_dict
 
 CONFIG_DIR = str(config_dir())
 
 
 @hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
-    from universality.study.config import study_from_dict
-    from universality.study.runner import run_study
+    from universality.study.runner import run_study  # import cost: torch, models and the trainer, for a run only
 
     logging.getLogger("universality").setLevel(logging.INFO)
     try:
@@ -69,11 +68,10 @@ def _hydra_main(cfg: DictConfig) -> None:
 def precheck(overrides: Sequence[str]) -> None:
     """Compose and validate a single run's config, check its local inputs and its output folder; raises
     :class:`~universality.errors.UniversalityError` on bad input. Writes nothing."""
-    from universality.study.config import check_inputs, compose_study
-
     study = compose_study(overrides, CONFIG_DIR)
     check_inputs(study)
-    from universality.study.preflight import preflight  # import cost (torch, models): only once the config is valid
+    # import cost: preflight pulls torch and the model adapters; only once the config is valid
+    from universality.study.preflight import preflight
     from universality.study.record import check_out_folder
 
     check_out_folder(Path(study.out_dir), study)
@@ -207,8 +205,6 @@ def help_text(width: int | None = None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from universality.study.config import register_configs
-
     args = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if "--help" in args or "-h" in args:

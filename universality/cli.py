@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from universality.errors import ArtifactError, ConfigError, MatchError, UniversalityError, error_line
+from universality.sites import Site, as_site
 
 __all__ = ["main", "build_parser", "describe_path", "MATCH_FORMAT"]
 
@@ -70,6 +71,7 @@ def _finite_tensors(tensors: dict[str, Any], where: str) -> None:
 
 
 def _describe_file(path: Path) -> dict[str, Any]:
+    # import cost: torch and model code load only for the command that needs them (--help stays fast)
     from universality.io import load_tensors, read_json, sha256_file
 
     suffix = path.suffix.lower()
@@ -90,6 +92,7 @@ def _describe_file(path: Path) -> dict[str, Any]:
 def _describe_sae(path: Path, expect: dict[str, str]) -> dict[str, Any]:
     import torch
 
+    # import cost: torch and model code load only for the command that needs them (--help stays fast)
     from universality.sae import SAE
 
     sae = SAE.load(path, device="cpu")
@@ -109,6 +112,7 @@ def _describe_sae(path: Path, expect: dict[str, str]) -> dict[str, Any]:
 def _describe_store(path: Path, expect: dict[str, str], deep: bool) -> dict[str, Any]:
     import torch
 
+    # import cost: torch and model code load only for the command that needs them (--help stays fast)
     from universality.activations import ActivationStore
     from universality.study.config import inside
 
@@ -138,6 +142,7 @@ def _describe_store(path: Path, expect: dict[str, str], deep: bool) -> dict[str,
 
 
 def _describe_checkpoint(path: Path) -> dict[str, Any]:
+    # import cost: torch and model code load only for the command that needs them (--help stays fast)
     from universality.train.checkpoint import read_checkpoint
 
     root = path.parent if path.name == "checkpoint" else path
@@ -148,6 +153,7 @@ def _describe_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _describe_study(path: Path) -> dict[str, Any]:
+    # import cost: torch and model code load only for the command that needs them (--help stays fast)
     from universality.io import read_json
 
     doc = read_json(path / "study.json")
@@ -160,6 +166,7 @@ def _describe_study(path: Path) -> dict[str, Any]:
 
 
 def _describe_model(path: Path, revision: str | None) -> dict[str, Any]:
+    # import cost: torch and model code load only for the command that needs them (--help stays fast)
     import models
 
     adapter = models.load(str(path), revision=revision, device="cpu")
@@ -202,15 +209,17 @@ def describe_path(path: str | Path, expect: dict[str, str] | None = None, revisi
 
 
 # ----------------------------------------------------------------------------- match
-def _store_rows(path: str, site: str, max_rows: int) -> tuple[Any, Any]:
+def _store_rows(path: str, site: Site, max_rows: int) -> tuple[Any, Any]:
     """The first ``max_rows`` rows of ``site`` in a store, and one int64 key per row that mixes the token
     id, the document index and the position, so two stores fingerprint equal only on the same tokens."""
     import torch
 
+    # import cost: torch and model code load only for the command that needs them (--help stays fast)
     from universality.activations import ActivationStore
 
     store = ActivationStore.open(path, expect={"site": site})
-    keys = [f"acts/{site}", "token_ids", "doc_index", "position"]
+    acts = f"acts/{site.name}"  # the shard key (the store's on-disk layout)
+    keys = [acts, "token_ids", "doc_index", "position"]
     parts, got = [], 0
     for i, shard in enumerate(store.shards):
         if got >= max_rows:
@@ -223,16 +232,15 @@ def _store_rows(path: str, site: str, max_rows: int) -> tuple[Any, Any]:
     cat = {k: torch.cat([p[k] for p in parts]) for k in keys}
     prime = 1_000_003  # int64 arithmetic wraps deterministically; the key only feeds a fingerprint
     token_key = (cat["doc_index"].long() * prime + cat["position"].long()) * prime + cat["token_ids"].long()
-    return cat[f"acts/{site}"].float(), token_key
+    return cat[acts].float(), token_key
 
 
-def _site_of(sae: Any, given: str | None, label: str) -> str:
-    from universality.sites import Site
-
+def _site_of(sae: Any, given: str | None, label: str) -> Site:
+    """The site of dictionary ``label``: ``--site`` or the one its ``cfg.json`` records, parsed once here."""
     site = given or sae.meta.get("site")
     if not site:
         raise ConfigError(f"dictionary {label} records no site", "pass --site blocks.{layer}.hook_...")
-    return Site.parse(site).name
+    return as_site(site)
 
 
 def _check_width(x: Any, sae: Any, label: str, store: str) -> None:
@@ -242,6 +250,7 @@ def _check_width(x: Any, sae: Any, label: str, store: str) -> None:
 
 
 def _check_out(out: str | None) -> Path | None:
+    # import cost: torch and model code load only for the command that needs them (--help stays fast)
     from universality.io import read_json
 
     if out is None:
@@ -275,6 +284,7 @@ def _check_writable(p: Path) -> None:
 
 
 def _write_out(out: Path, summary: dict[str, Any]) -> None:
+    # import cost: torch and model code load only for the command that needs them (--help stays fast)
     from universality.io import write_json
 
     try:
@@ -309,9 +319,11 @@ def _json_safe(x: Any) -> Any:
 
 def run_match(args: argparse.Namespace) -> dict[str, Any]:
     """The ``match`` command: load, validate, match, compare; returns the summary it prints."""
+    # import cost: torch and model code load only for the command that needs them (--help stays fast)
     from universality.match import compare, match
     from universality.sae import SAE
 
+    # import cost: torch and model code load only for the command that needs them (--help stays fast)
     from universality.match.api import METHODS
     from universality.match.views import VIEWS
 
@@ -364,6 +376,7 @@ def run_match(args: argparse.Namespace) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- validate
 def run_validate(overrides: Sequence[str]) -> dict[str, Any]:
+    # import cost: torch and model code load only for the command that needs them (--help stays fast)
     from universality.study.config import check_inputs, compose_study
 
     study = compose_study(overrides)

@@ -332,7 +332,7 @@ STUDY_INVALID = {
     **{("sae", a, "sparsity_coeff"): _not_num(0.0, math.inf) | st.just(0.0)
        for a in ("relu", "jumprelu", "gated")},
     ("sae", "relu", "tied"): _not_bool(),
-    ("sae", "jumprelu", "bandwidth"): _not_num(1e-300, math.inf),
+    ("sae", "jumprelu", "bandwidth"): _not_num(0.0, math.inf) | st.just(0.0),  # > 0, however small
     ("sae", "seeds"): st.one_of(st.integers(), st.text(max_size=3), st.lists(st.integers(0, 5), max_size=1),
                                 st.just([1, 1]), st.just([0, -1]), st.just([0, 1.5]), st.just([True, 0])),
     ("match", "thresholds"): st.one_of(st.just([]), st.integers(), st.text(max_size=3),
@@ -436,7 +436,7 @@ TRAIN_INVALID = {
     "sparsity_warmup_steps": _not_int(0),
     "decay_start": _not_num(0.0, 1.0),
     "remedy": _not_in(REMEDIES),
-    "aux_coeff": _not_num(0.0, 1e300),
+    "aux_coeff": _not_num(0.0, math.inf),  # >= 0, any finite size
     "aux_k": _not_int(1, none_ok=True),
     "site": st.one_of(st.just(""), st.none(), st.integers()),
     "name": st.one_of(st.just(""), st.integers(), st.lists(st.text(max_size=2), max_size=2)),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from universality.study.analyses.common import context_excess
+from analysis.studies.common import context_excess
 from universality.zoo import word_passage
 
 

@@ -152,7 +152,7 @@ def test_a_second_process_on_the_folder_is_refused(built, tmp_path):
 def test_per_model_sites_and_a_missing_site_is_an_error_before_work(tmp_path):
     cfg = tiny(tmp_path / "s", sites=["blocks.1.hook_mixer_out"])  # a Mamba site on a Transformer
     with pytest.raises(ConfigError, match=r"model 'pythia' has no site\(s\) \['blocks.1.hook_mixer_out'\]; its sites are "
-                                          r"blocks.0.hook_attn_out, .*blocks.1.hook_resid_pre; give the model its own"):
+                                          r"blocks.0.hook_resid_pre, blocks.0.hook_attn_out, .*blocks.1.hook_resid_post; give the model its own"):
         run_study(cfg, progress=False)
     assert not (tmp_path / "s").exists()
     both = compose_study(["study=architecture_comparison"])
@@ -186,3 +186,5 @@ def test_architecture_options_live_in_their_block():
         compose_study(["study.sae.relu.k=3"])
     with pytest.raises(ConfigError, match="unknown key.*'k'.* in study.sae.gated"):
         study_from_dict({**json.loads(json.dumps(relu.to_dict())), "sae": {"architecture": "gated", "gated": {"k": 2}}})
+    per_model = compose_study(["+study.models.0.overrides.steps=40", "study.models.2.data=D"])
+    assert per_model.models[0].overrides == {"steps": 40} and per_model.models[2].data == "D"

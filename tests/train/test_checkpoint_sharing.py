@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from universality import synthetic as syn
-from universality.errors import ArtifactError, ConfigError, UniversalityError
+from universality.errors import ArtifactError, ConfigError, DataError, UniversalityError
 from universality.sae import sae_config
 from universality.train import RunConfig, TrainConfig, Trainer
 from universality.train import checkpoint as ckpt
@@ -128,13 +128,31 @@ def test_without_a_lock_a_run_never_replaces_another_runs_checkpoint(tmp_path, m
     assert doc["keys"] == second.keys and doc["step"] == 4  # seed 1's checkpoint is intact
 
 
-def test_lock_file_is_not_part_of_the_checkpoint(tmp_path):
+def test_the_lock_file_exists_only_while_a_run_trains(tmp_path):
     from universality.io import is_temp_name
 
     root = tmp_path / "ck"
+    during: list[list[str]] = []
+    source = _CallsAt(_source(), 3, lambda: during.append(sorted(p.name for p in root.iterdir())))
+    Trainer(_configs(0), _run(root, steps=6)).fit(source, progress=False)
+    assert during == [sorted(["checkpoint", LOCK_NAME])]
+    assert is_temp_name(LOCK_NAME)  # skipped by checksums and by tools that list an artifact's files
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint"]
+
+
+def test_a_lock_file_left_by_a_killed_run_is_taken_over(tmp_path):
+    root = tmp_path / "ck"
+    root.mkdir()
+    (root / LOCK_NAME).write_text("pid 4000000 on gone\n")  # no process holds its lock
     Trainer(_configs(0), _run(root, steps=2)).fit(_source(), progress=False)
-    assert is_temp_name(LOCK_NAME)  # skipped by checksums and by tools that list artifacts
-    assert sorted(p.name for p in root.iterdir()) == sorted(["checkpoint", LOCK_NAME])
+    assert read_checkpoint(root)[1]["step"] == 2 and not (root / LOCK_NAME).exists()
+
+
+def test_a_run_that_writes_nothing_leaves_no_folder(tmp_path):
+    root = tmp_path / "ck"
+    with pytest.raises(DataError, match="width"):
+        Trainer(_configs(0), _run(root, steps=2)).fit([torch.zeros(4, D_IN + 1)], progress=False)
+    assert not root.exists()
 
 
 _HOLDER = textwrap.dedent("""

@@ -33,27 +33,31 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+import universality
+from universality.activations.layout import acts_key
 from universality.activations.store import FORMAT, MANIFEST, ActivationStore, shard_name
 from universality.activations.writer import ShardWriter, shard_partial_stats
 from universality.data.eval_tokens import SpanTokens
 from universality.data.packing import PAD, TEXT, PackedBatch, Packer, PackingConfig
 from universality.data.sources import Document, as_documents
 from universality.data.subsets import Subset
-from universality.errors import ArtifactError, ConfigError, DataError, UnknownSiteError
+from universality.errors import ArtifactError, ConfigError, DataError
 from universality.io import is_temp_name, read_json, save_tensors_digest, sha256_file, stable_hash, write_json
-from universality.sites import parse_sites
+from universality.sites import Site, as_site, as_sites, require_sites
 
-__all__ = ["HarvestConfig", "harvest", "check_sites", "check_context_len", "max_positions", "capture_rows", "span_activations"]
+__all__ = ["HarvestConfig", "harvest", "check_sites", "site_table", "check_context_len", "max_positions", "capture_rows",
+           "span_activations"]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -88,15 +92,21 @@ class HarvestConfig:
         return _DTYPES[self.dtype]
 
 
-def check_sites(adapter, sites: str | Sequence[str]) -> list[str]:
-    """Canonical names of ``sites``; :class:`UnknownSiteError` when the model lacks one."""
-    names = [s.name for s in parse_sites(sites)]
-    available = adapter.sites
-    missing = [n for n in names if n not in available]
-    if missing:
-        shown = ", ".join(sorted(available)[:12]) + (" ..." if len(available) > 12 else "")
-        raise UnknownSiteError(f"model {getattr(adapter, 'name', '?')!r} has no site(s) {missing}", f"use some of: {shown}")
-    return names
+def site_table(adapter) -> Mapping[Site, int]:
+    """The adapter's sites, typed (``Site -> width``): its ``site_table`` (every
+    :class:`~models.base.ModelAdapter` has one), else its ``sites`` names parsed here, at the edge."""
+    table = getattr(adapter, "site_table", None)
+    if table is not None:
+        return table
+    return {as_site(n): int(w) for n, w in adapter.sites.items()}
+
+
+def check_sites(adapter, sites: str | Site | Sequence[str | Site]) -> tuple[Site, ...]:
+    """``sites`` as sorted :class:`~universality.sites.Site` objects (names are parsed here, once);
+    :class:`~universality.errors.UnknownSiteError` listing the model's sites when it lacks one."""
+    parsed = as_sites(sites)
+    require_sites(parsed, site_table(adapter), f"model {getattr(adapter, 'name', '?')!r}")
+    return parsed
 
 
 _POSITION_FIELDS = ("n_positions", "max_position_embeddings", "n_ctx")
@@ -179,7 +189,7 @@ def _resumable(out_dir: Path, key: str, overwrite: bool) -> dict[str, Any] | Non
     return None
 
 
-def _new_manifest(adapter, key: str, request: dict[str, Any], subset: Subset | None, widths: dict[str, int],
+def _new_manifest(adapter, key: str, request: dict[str, Any], subset: Subset | None, widths: dict[Site, int],
                   cfg: HarvestConfig) -> dict[str, Any]:
     """The manifest of a harvest that has written nothing yet."""
     return {
@@ -189,9 +199,8 @@ def _new_manifest(adapter, key: str, request: dict[str, Any], subset: Subset | N
         **{k: request[k] for k in ("model", "revision", "dataset", "subset_hash", "packing", "include_bos")},
         "subset": subset.describe() if subset is not None else None,
         "sites": {
-            n: {"width": w, "kind": "int" if n.endswith("hook_expert_indices") else "float",
-                "dtype": "int64" if n.endswith("hook_expert_indices") else cfg.dtype, "stats": None}
-            for n, w in widths.items()
+            s.name: {"width": w, "kind": s.kind, "dtype": "int64" if s.is_integer else cfg.dtype, "stats": None}
+            for s, w in widths.items()
         },
         "harvest": {k: request[k] for k in ("batch_size", "shard_rows", "max_tokens")},
         "row_fields": ["token_ids", "doc_index", "position", "context_index", "char_start", "char_end"],
@@ -211,23 +220,26 @@ def keep_mask(batch: PackedBatch, include_bos: bool = False) -> Tensor:
 
 
 def capture_rows(
-    adapter, batch: PackedBatch, sites: Sequence[str], include_bos: bool = False, dtype: torch.dtype | None = None
+    adapter, batch: PackedBatch, sites: str | Site | Sequence[str | Site], include_bos: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> tuple[dict[str, Float[Tensor, "rows width"]], Tensor]:
-    """One forward pass over ``batch``; returns ``(site -> kept rows, keep mask (batch, pos))``.
+    """One forward pass over ``batch``; returns ``(site name -> kept rows, keep mask (batch, pos))``.
 
-    Kept rows are the text tokens (and BOS tokens when ``include_bos``) in row-major order; rows
-    stay on the model's device.
+    ``sites`` are :class:`~universality.sites.Site` objects (names are accepted too and converted
+    once). Kept rows are the text tokens (and BOS tokens when ``include_bos``) in row-major order;
+    rows stay on the model's device.
     """
     check_context_len(adapter, int(batch.input_ids.shape[1]))
+    parsed = as_sites(sites)
     keep = keep_mask(batch, include_bos)
-    acts = adapter.capture(batch.input_ids, list(sites), attention_mask=batch.attention_mask, dtype=dtype)
+    acts = adapter.capture(batch.input_ids, parsed, attention_mask=batch.attention_mask, dtype=dtype)
     flat_idx = keep.flatten().nonzero().squeeze(1)
     out, idx_dev = {}, {}
-    for name in sites:
-        a = acts[name]
+    for s in parsed:
+        a = acts[s.name]
         if a.device not in idx_dev:
             idx_dev[a.device] = flat_idx.to(a.device, non_blocking=True)
-        out[name] = a.flatten(0, 1).index_select(0, idx_dev[a.device])
+        out[s.name] = a.flatten(0, 1).index_select(0, idx_dev[a.device])
     return out, keep
 
 
@@ -267,10 +279,6 @@ def _prefetch(it: Iterator, depth: int = 2) -> Iterator:
 
 
 def _versions() -> dict[str, str]:
-    import transformers
-
-    import universality
-
     return {"universality": universality.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
@@ -281,25 +289,25 @@ class _ShardBuffer:
     otherwise the writer thread computes them from the buffer.
     """
 
-    def __init__(self, widths: dict[str, int], dtypes: dict[str, torch.dtype], fields: Sequence[str], capacity: int,
+    def __init__(self, widths: dict[Site, int], dtypes: dict[Site, torch.dtype], fields: Sequence[str], capacity: int,
                  pin: bool) -> None:
-        self.acts = {n: torch.empty((capacity, w), dtype=dtypes[n], pin_memory=pin) for n, w in widths.items()}
+        self.acts = {s: torch.empty((capacity, w), dtype=dtypes[s], pin_memory=pin) for s, w in widths.items()}
         self.fields = {f: torch.empty(capacity, dtype=torch.int64) for f in fields}
         self.dtypes = dtypes
         self.sums: dict[str, Tensor] = {}
         self.n = 0
 
     def add(self, acts: dict[str, Tensor], rows: Tensor, fields: dict[str, Tensor]) -> None:
-        """Append ``acts[site].flatten(0, 1)[rows]`` (acts: (batch, pos, width)) and the row fields."""
+        """Append ``acts[site name].flatten(0, 1)[rows]`` (``capture``'s output, (batch, pos, width)) and
+        the row fields."""
         lo, hi = self.n, self.n + rows.shape[0]
         idx: dict[torch.device, Tensor] = {}
-        for name, a in acts.items():
-            if name not in self.acts:
-                continue
-            flat = a.flatten(0, 1)
+        for s, shard_acts in self.acts.items():
+            name = s.name
+            flat = acts[name].flatten(0, 1)
             if flat.device not in idx:
                 idx[flat.device] = rows.to(flat.device, non_blocking=True)
-            target = self.acts[name][lo:hi]
+            target = shard_acts[lo:hi]
             if not flat.is_cuda and flat.dtype == target.dtype:
                 torch.index_select(flat, 0, idx[flat.device], out=target)  # gather straight into the shard
                 continue
@@ -317,8 +325,8 @@ class _ShardBuffer:
         self.sums, self.n = {}, 0
         return self
 
-    def views(self) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor] | None]:
-        acts = {n: t[: self.n] for n, t in self.acts.items()}
+    def views(self) -> tuple[dict[Site, Tensor], dict[str, Tensor], dict[str, Tensor] | None]:
+        acts = {s: t[: self.n] for s, t in self.acts.items()}
         fields = {f: t[: self.n] for f, t in self.fields.items()}
         stats = {k: v.cpu() for k, v in self.sums.items()} if self.sums else None
         return acts, fields, stats
@@ -350,11 +358,13 @@ class _StoreBuilder:
             if entry["kind"] == "float" and n > 0:
                 entry["stats"] = {"n": n, "mean": (self.sums[site] / n).tolist(), "mean_sq_norm": self.sumsq[site] / n}
 
-    def write_shard(self, item: tuple[int, dict[str, Tensor], dict[str, Tensor], list[str], int, int, int]) -> None:
+    def write_shard(self, item: tuple[int, dict[Site, Tensor], dict[str, Tensor], dict[str, Tensor] | None, list[str], int,
+                                      int, int, _ShardBuffer]) -> None:
         index, acts, fields, stats, doc_ids, first_doc, contexts_done, rows, buffer = item
-        computed = shard_partial_stats({n: a for n, a in acts.items() if stats is None or f"stat_sum/{n}" not in stats})
+        named = {s.name: a for s, a in acts.items()}  # statistics keys (stat_sum/<name>) go to disk
+        computed = shard_partial_stats({n: a for n, a in named.items() if stats is None or f"stat_sum/{n}" not in stats})
         stats = (stats or {}) | computed
-        tensors = {f"acts/{s}": a for s, a in acts.items()} | fields | stats
+        tensors = {acts_key(s): a for s, a in acts.items()} | fields | stats
         fname = shard_name(index)
         docs_name = fname.replace(".safetensors", ".docs.json")
         docs_sha = sha256_file(write_json(self.out_dir / docs_name, {"first_index": first_doc, "ids": doc_ids}))
@@ -366,11 +376,11 @@ class _StoreBuilder:
         self.manifest["contexts_done"] = contexts_done
         self.manifest["n_rows"] = self.manifest["n_tokens"] = self.manifest["n_rows"] + rows
         write_json(self.out_dir / MANIFEST, self.manifest)
-        del acts, fields, tensors
+        del acts, named, fields, tensors
         self.pool.put(buffer)
 
 
-def _fill_store(adapter, documents: Iterable[Document], names: list[str], widths: dict[str, int], packer: Packer,
+def _fill_store(adapter, documents: Iterable[Document], sites: tuple[Site, ...], widths: dict[Site, int], packer: Packer,
                 manifest: dict[str, Any], out_dir: Path, cfg: HarvestConfig, progress: bool) -> ActivationStore:
     """Run the forward passes and write the shards of the harvest ``manifest`` describes (resuming
     after its complete shards), then mark it complete."""
@@ -390,7 +400,7 @@ def _fill_store(adapter, documents: Iterable[Document], names: list[str], widths
     shard_index = len(manifest["shards"])
     next_doc = len(ActivationStore(out_dir, manifest).doc_ids) if manifest["shards"] else 0
     writer = ShardWriter(builder.write_shard, max_pending=cfg.max_pending_shards, threaded=cfg.background_writer)
-    store_dtypes = {n: torch.int64 if manifest["sites"][n]["kind"] == "int" else cfg.torch_dtype for n in names}
+    store_dtypes = {s: torch.int64 if s.is_integer else cfg.torch_dtype for s in sites}
     capacity = cfg.shard_rows + cfg.batch_size * cfg.packing.context_len
     device = getattr(adapter, "device", torch.device("cpu"))
     on_cuda = torch.device(device).type == "cuda"
@@ -431,7 +441,7 @@ def _fill_store(adapter, documents: Iterable[Document], names: list[str], widths
                 flat_keep = keep.flatten().nonzero().squeeze(1)
                 take = len(flat_keep) if limit is None else min(len(flat_keep), limit - rows_done)
                 flat_keep = flat_keep[:take]
-                acts = adapter.capture(batch.input_ids, names, attention_mask=batch.attention_mask)
+                acts = adapter.capture(batch.input_ids, sites, attention_mask=batch.attention_mask)
                 pos = torch.arange(batch.input_ids.shape[1]).expand_as(batch.input_ids)
                 ctx = batch.context_index.view(-1, 1).expand_as(batch.input_ids)
                 fields = {f: t.reshape(-1).index_select(0, flat_keep) for f, t in (
@@ -464,7 +474,7 @@ def _fill_store(adapter, documents: Iterable[Document], names: list[str], widths
 def harvest(
     adapter,
     texts_or_dataset: Iterable[Document] | Sequence[str] | Subset,
-    sites: str | Sequence[str],
+    sites: str | Site | Sequence[str | Site],
     out_dir: str | os.PathLike,
     cfg: HarvestConfig | None = None,
     *,
@@ -482,7 +492,7 @@ def harvest(
     cfg = cfg or HarvestConfig()
     if overrides:
         cfg = HarvestConfig(**(asdict(cfg) | {"packing": cfg.packing} | overrides))
-    names = check_sites(adapter, sites)
+    parsed = check_sites(adapter, sites)
     packer = Packer(adapter.tokenizer, cfg.packing)  # checks the tokenizer before anything is written
     check_context_len(adapter, cfg.packing.context_len)
     out_dir = Path(out_dir)
@@ -494,11 +504,12 @@ def harvest(
         dataset = {"name": subset.source_name}
     if dataset_name:
         dataset["name"] = dataset_name
-    widths = {n: int(adapter.sites[n]) for n in names}
+    table = site_table(adapter)
+    widths = {s: int(table[s]) for s in parsed}
     request = {
         "model": getattr(adapter, "name", None),
         "revision": getattr(adapter, "revision", None),
-        "sites": names,
+        "sites": [s.name for s in parsed],  # names: the key (and the manifest) is what goes to disk
         "dataset": dataset,
         "subset_hash": subset.hash if subset is not None else None,
         "packing": asdict(cfg.packing),
@@ -525,7 +536,7 @@ def harvest(
             out_dir.mkdir(parents=True, exist_ok=True)
             manifest = _new_manifest(adapter, key, request, subset, widths, cfg)
             write_json(manifest_path, manifest)
-        return _fill_store(adapter, documents, names, widths, packer, manifest, out_dir, cfg, progress)
+        return _fill_store(adapter, documents, parsed, widths, packer, manifest, out_dir, cfg, progress)
     except BaseException:
         if manifest is not None and not manifest["shards"]:  # nothing worth keeping: leave no stub behind
             _discard_stub(out_dir, created)
@@ -534,15 +545,16 @@ def harvest(
 
 @torch.no_grad()
 def span_activations(
-    adapter, tokens: SpanTokens, sites: str | Sequence[str], batch_size: int = 16, dtype: torch.dtype | None = torch.float32
+    adapter, tokens: SpanTokens, sites: str | Site | Sequence[str | Site], batch_size: int = 16,
+    dtype: torch.dtype | None = torch.float32,
 ) -> dict[str, Float[Tensor, "n_text_tokens width"]]:
     """Activations of the text tokens of shared evaluation spans, rows in ``SpanTokens`` order.
 
     The rows line up with :func:`universality.data.align_span_tokens` (side a or b), so
     ``alignment.pool(rows, side)`` puts two models on the same units.
     """
-    names = check_sites(adapter, sites)
-    out: dict[str, list[Tensor]] = {n: [] for n in names}
+    parsed = check_sites(adapter, sites)
+    out: dict[Site, list[Tensor]] = {s: [] for s in parsed}
     n_spans = tokens.input_ids.shape[0]
     for i in range(0, n_spans, batch_size):
         sl = slice(i, i + batch_size)
@@ -551,8 +563,8 @@ def span_activations(
             char_start=tokens.char_spans[sl][..., 0], char_end=tokens.char_spans[sl][..., 1], kind=tokens.kind[sl],
             context_index=torch.arange(i, min(i + batch_size, n_spans)),
         )
-        acts, _ = capture_rows(adapter, batch, names, include_bos=False, dtype=dtype)
-        for n in names:
-            out[n].append(acts[n].cpu())
-    return {n: torch.cat(v) for n, v in out.items()}
+        acts, _ = capture_rows(adapter, batch, parsed, include_bos=False, dtype=dtype)
+        for s in parsed:
+            out[s].append(acts[s.name].cpu())
+    return {s.name: torch.cat(v) for s, v in out.items()}
 

@@ -19,6 +19,7 @@ from universality.activations.harvest import capture_rows, check_sites
 from universality.activations.readers import RowReader
 from universality.data.packing import Packer, PackingConfig, to_batch
 from universality.data.sources import as_documents
+from universality.sites import Site
 
 __all__ = ["LiveReader"]
 
@@ -35,7 +36,7 @@ class LiveReader(RowReader):
         self,
         adapter,
         documents,
-        sites: str | Sequence[str],
+        sites: str | Site | Sequence[str | Site],
         packing=None,
         batch_size: int = 4096,
         shuffle_buffer: int = 0,
@@ -47,8 +48,7 @@ class LiveReader(RowReader):
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        names = check_sites(adapter, sites)
-        super().__init__(names, batch_size, shuffle_buffer, seed, epochs, drop_last, device, dtype)
+        super().__init__(check_sites(adapter, sites), batch_size, shuffle_buffer, seed, epochs, drop_last, device, dtype)
         self.adapter = adapter
         self.documents = as_documents(documents)
         self.packing = packing or PackingConfig()
@@ -83,6 +83,6 @@ class LiveReader(RowReader):
         parts: list[dict[str, Tensor]] = []
         for i in range(0, len(contexts), self.forward_batch):
             batch = to_batch(contexts[i : i + self.forward_batch], group * self.group_contexts + i)
-            acts, _ = capture_rows(self.adapter, batch, self.sites, include_bos=self.include_bos)
-            parts.append({s: a.cpu() for s, a in acts.items()})
-        return {s: torch.cat([p[s] for p in parts]) for s in self.sites}
+            acts, _ = capture_rows(self.adapter, batch, self.typed_sites, include_bos=self.include_bos)
+            parts.append({n: a.cpu() for n, a in acts.items()})
+        return {n: torch.cat([p[n] for p in parts]) for n in self.sites}

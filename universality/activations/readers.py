@@ -28,10 +28,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from universality.activations.layout import ROW_FIELDS
+from universality.activations.layout import ROW_FIELDS, acts_key
 from universality.errors import ConfigError
 from universality.io import stable_hash
-from universality.sites import parse_sites
+from universality.sites import Site
 
 __all__ = ["DevicePrefetcher", "RowReader", "StoreReader"]
 
@@ -46,11 +46,15 @@ def _seed(*parts: int) -> int:
 
 
 class RowReader:
-    """Base class: turns ``_load_group(epoch, group)`` results into resumable batches."""
+    """Base class: turns ``_load_group(epoch, group)`` results into resumable batches.
+
+    ``typed_sites`` are the sites read (:class:`~universality.sites.Site`); ``sites`` their names,
+    which key the yielded batches and the resumable state (data that leaves the library).
+    """
 
     def __init__(
         self,
-        sites: Sequence[str],
+        sites: Sequence[Site],
         batch_size: int,
         shuffle_buffer: int,
         seed: int,
@@ -65,7 +69,8 @@ class RowReader:
             raise ConfigError(f"shuffle_buffer must be an integer >= 0, got {shuffle_buffer!r}", "pass 0 (no shuffle) or e.g. 2**18")
         if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
             raise ConfigError(f"epochs must be a positive integer or None (endless), got {epochs!r}", "pass e.g. 1")
-        self.sites = list(sites)
+        self.typed_sites: tuple[Site, ...] = tuple(sites)
+        self.sites: list[str] = [s.name for s in self.typed_sites]
         self.batch_size, self.shuffle_buffer, self.seed = batch_size, shuffle_buffer, int(seed)
         self.epochs, self.drop_last = epochs, drop_last
         self.device = torch.device(device) if device is not None else None
@@ -154,7 +159,7 @@ class StoreReader(RowReader):
     def __init__(
         self,
         store,
-        sites: str | Sequence[str] | None = None,
+        sites: str | Site | Sequence[str | Site] | None = None,
         batch_size: int = 4096,
         shuffle_buffer: int = 0,
         seed: int = 0,
@@ -165,16 +170,16 @@ class StoreReader(RowReader):
         fields: Sequence[str] = (),
         piece_rows: int | None = None,
     ) -> None:
-        names = store.sites if sites is None else [s.name for s in parse_sites(sites)]
-        for name in names:
-            store._site(name)  # UnknownSiteError for a missing site
+        # the store's sites in manifest order, or the requested ones (sorted; UnknownSiteError for a missing one)
+        typed = store.typed_sites if sites is None else store.require(sites)
         bad = [f for f in fields if f not in ROW_FIELDS]
         if bad:
             raise ConfigError(f"unknown row fields {bad}", f"use some of {ROW_FIELDS}")
-        super().__init__(names, batch_size, shuffle_buffer, seed, epochs, drop_last, device, dtype)
+        super().__init__(typed, batch_size, shuffle_buffer, seed, epochs, drop_last, device, dtype)
         self.store = store
         self.fields = list(fields)
-        self._keys = [f"acts/{s}" for s in names] + self.fields
+        # shard tensor key -> key of the yielded batch (the site name, or the row field itself)
+        self._keys: dict[str, str] = {acts_key(s): s.name for s in typed} | {f: f for f in self.fields}
         default_piece = shuffle_buffer if shuffle_buffer > 0 else max(batch_size, 1 << 16)
         self.piece_rows = int(piece_rows or default_piece)
         self._pieces: list[tuple[int, int, int]] = []
@@ -231,7 +236,7 @@ class StoreReader(RowReader):
                 self.store.read_rows_into(shard, key, lo, hi, buf[at : at + hi - lo])
                 at += hi - lo
             out[key] = buf
-        return {k.removeprefix("acts/"): v for k, v in out.items()}
+        return {self._keys[k]: v for k, v in out.items()}
 
     def __len__(self) -> int:
         """Batches per epoch."""

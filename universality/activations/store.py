@@ -39,11 +39,11 @@ from typing import Any
 
 import torch
 
-from universality.activations.layout import ROW_FIELDS
+from universality.activations.layout import ROW_FIELDS, acts_key
 from universality.activations.readers import StoreReader
 from universality.errors import ArtifactError, ConfigError, UnknownSiteError
 from universality.io import read_json, verify_sha256
-from universality.sites import parse_sites
+from universality.sites import Site, as_site, as_sites
 
 __all__ = ["ActivationStore", "MANIFEST", "FORMAT", "ROW_FIELDS", "VERIFY_MODES", "shard_name"]
 
@@ -63,10 +63,6 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}.safetensors"
 
 
-def _site_names(sites) -> list[str]:
-    return [s.name for s in parse_sites(sites)]
-
-
 class ActivationStore:
     """A harvested store, read-only. Open with :meth:`open`; stream with :meth:`iter_batches`."""
 
@@ -76,6 +72,7 @@ class ActivationStore:
         self.path = path
         self.manifest = manifest
         self.verify = verify
+        self._entries = _parse_manifest_sites(path, manifest)  # Site -> manifest entry, in manifest order
         self._headers: dict[int, dict[str, tuple[torch.dtype, tuple[int, ...], int]]] = {}
         self._verified: set[int] = set()
 
@@ -155,7 +152,7 @@ class ActivationStore:
         m = self.manifest
         for key, want in expect.items():
             if key in ("site", "sites"):
-                missing = [s for s in _site_names(want) if s not in m["sites"]]
+                missing = [s.name for s in as_sites(want) if s not in self._entries]
                 if missing:
                     raise ArtifactError(
                         f"store {self.path} has no site(s) {missing} (it has {sorted(m['sites'])})",
@@ -183,7 +180,20 @@ class ActivationStore:
     # ----------------------------------------------------------------- metadata
     @property
     def sites(self) -> list[str]:
+        """Site names as the manifest lists them (the keys of the batches this store yields)."""
         return list(self.manifest["sites"])
+
+    @property
+    def typed_sites(self) -> tuple[Site, ...]:
+        """The same sites as :class:`~universality.sites.Site` objects (parsed once, when the store was opened)."""
+        return tuple(self._entries)
+
+    def require(self, sites: str | Site | Sequence[str | Site]) -> tuple[Site, ...]:
+        """``sites`` as ``Site`` objects (sorted); :class:`UnknownSiteError` for one the store lacks."""
+        parsed = as_sites(sites)
+        for s in parsed:
+            self._site(s)
+        return parsed
 
     @property
     def n_rows(self) -> int:
@@ -193,16 +203,17 @@ class ActivationStore:
     def shards(self) -> list[dict[str, Any]]:
         return list(self.manifest["shards"])
 
-    def width(self, site: str) -> int:
+    def width(self, site: str | Site) -> int:
         return int(self._site(site)["width"])
 
-    def _site(self, site: str) -> dict[str, Any]:
-        name = parse_sites(site)[0].name
-        if name not in self.manifest["sites"]:
-            raise UnknownSiteError(f"store {self.path} has no site {name!r} (it has {self.sites})", "harvest that site first")
-        return self.manifest["sites"][name]
+    def _site(self, site: str | Site) -> dict[str, Any]:
+        s = as_site(site)
+        entry = self._entries.get(s)
+        if entry is None:
+            raise UnknownSiteError(f"store {self.path} has no site {s.name!r} (it has {self.sites})", "harvest that site first")
+        return entry
 
-    def stats(self, site: str) -> dict[str, Any]:
+    def stats(self, site: str | Site) -> dict[str, Any]:
         """``{"n", "mean" (Tensor (width,)), "mean_sq_norm"}`` of a float site."""
         entry = self._site(site)
         st = entry.get("stats")
@@ -210,7 +221,7 @@ class ActivationStore:
             raise ArtifactError(f"site {site} ({entry['dtype']}) has no normalisation statistics", "integer sites carry none")
         return {"n": st["n"], "mean": torch.tensor(st["mean"], dtype=torch.float64), "mean_sq_norm": st["mean_sq_norm"]}
 
-    def norm_scale(self, site: str) -> float:
+    def norm_scale(self, site: str | Site) -> float:
         """``sqrt(width / mean_sq_norm)``: scales inputs so that E||x||^2 = width (see module doc)."""
         st = self.stats(site)
         return math.sqrt(self.width(site) / st["mean_sq_norm"]) if st["mean_sq_norm"] > 0 else 1.0
@@ -301,16 +312,18 @@ class ActivationStore:
             out[k] = t
         return out
 
-    def rows(self, fields: Sequence[str] = ROW_FIELDS, sites: Sequence[str] = ()) -> dict[str, torch.Tensor]:
-        """Every row of the named fields/sites concatenated in store order (small stores, tests)."""
-        keys = [f for f in fields] + [f"acts/{s}" for s in _site_names(sites)] if sites else list(fields)
+    def rows(self, fields: Sequence[str] = ROW_FIELDS, sites: str | Site | Sequence[str | Site] = ()) -> dict[str, torch.Tensor]:
+        """Every row of the named fields/sites concatenated in store order (small stores, tests);
+        keyed by field and site name."""
+        parsed = as_sites(sites) if sites else ()
+        out_name = {acts_key(s): s.name for s in parsed}
+        keys = list(fields) + list(out_name)
         parts = [self.read_rows(i, keys) for i in range(len(self.manifest["shards"]))]
-        out = {k: torch.cat([p[k] for p in parts]) for k in keys}
-        return {k.removeprefix("acts/"): v for k, v in out.items()}
+        return {out_name.get(k, k): torch.cat([p[k] for p in parts]) for k in keys}
 
     def iter_batches(
         self,
-        sites: str | Sequence[str] | None = None,
+        sites: str | Site | Sequence[str | Site] | None = None,
         batch_size: int = 4096,
         shuffle_buffer: int = 0,
         seed: int = 0,
@@ -336,3 +349,20 @@ class ActivationStore:
 
     def __repr__(self) -> str:
         return f"ActivationStore({str(self.path)!r}, model={self.manifest.get('model')!r}, sites={self.sites}, rows={self.n_rows})"
+
+
+def _parse_manifest_sites(path: Path, manifest: Mapping[str, Any]) -> dict[Site, dict[str, Any]]:
+    """The manifest's ``sites`` table keyed by :class:`~universality.sites.Site`: site names are
+    parsed once, when a store is opened (the file keeps them as strings)."""
+    table = manifest.get("sites") if isinstance(manifest, Mapping) else None
+    if table is None:
+        return {}
+    if not isinstance(table, Mapping):
+        raise ArtifactError(f"{path / MANIFEST} has a malformed sites table", "the store is corrupt; re-harvest it")
+    out: dict[Site, dict[str, Any]] = {}
+    for name, entry in table.items():
+        try:
+            out[as_site(name)] = entry
+        except UnknownSiteError as exc:
+            raise ArtifactError(f"{path / MANIFEST} lists a bad site: {exc.problem}", "the store is corrupt; re-harvest it") from None
+    return out

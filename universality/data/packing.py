@@ -40,7 +40,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from universality.data.sources import Document, check_text
+from universality.data.sources import Document, check_unicode
 from universality.errors import ConfigError, DataError
 
 __all__ = ["PackingConfig", "PackedBatch", "Packer", "pack", "to_batch", "TEXT", "BOS", "PAD", "bos_id_of"]
@@ -163,7 +163,7 @@ class Packer:
             enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
         except Exception:
             for what, full in labels:
-                check_text(full, what)
+                check_unicode(full, what)
             raise
         return [(np.asarray(ids, dtype=np.int64), np.asarray(offs, dtype=np.int64).reshape(-1, 2))
                 for ids, offs in zip(enc["input_ids"], enc["offset_mapping"])]

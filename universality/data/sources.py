@@ -97,7 +97,7 @@ def _surrogate_at(text: str) -> int | None:
     return None
 
 
-def check_text(text: str, what: str) -> None:
+def check_unicode(text: str, what: str) -> None:
     """Raise :class:`DataError` when ``text`` holds a lone surrogate (e.g. bytes decoded with ``surrogateescape``)."""
     at = _surrogate_at(text)
     if at is not None:
@@ -118,7 +118,7 @@ def as_text(item: Any, what: str) -> str:
                             "and pass str") from None
     if not isinstance(item, str):
         raise DataError(f"{what} is {type(item).__name__}, not str", "pass texts as str")
-    check_text(item, what)
+    check_unicode(item, what)
     return item
 
 

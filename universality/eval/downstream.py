@@ -25,6 +25,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from universality.errors import DataError
+from universality.sites import Site, as_site
 
 __all__ = ["next_token_ce", "kl_divergence", "ce_loss_recovered", "sae_replacement", "splice_metrics"]
 
@@ -83,7 +84,7 @@ def sae_replacement(sae) -> Callable[[Tensor], Tensor]:
 def splice_metrics(
     adapter,
     sae,
-    site: str,
+    site: str | Site,
     input_ids: Int[Tensor, "batch pos"],
     attention_mask: Int[Tensor, "batch pos"] | None = None,
     ablations: Sequence[str] = ("zero", "mean"),
@@ -96,6 +97,7 @@ def splice_metrics(
     unknown = set(ablations) - {"zero", "mean"}
     if unknown:
         raise DataError(f"unknown ablations {sorted(unknown)}", "use 'zero' and/or 'mean'")
+    site = as_site(site)
     clean = adapter.forward(input_ids, attention_mask=attention_mask)
     spliced = adapter.forward(input_ids, attention_mask=attention_mask, replace={site: sae_replacement(sae)})
     out = {
@@ -107,7 +109,7 @@ def splice_metrics(
         if kind == "zero":
             fn = torch.zeros_like
         else:
-            act = adapter.capture(input_ids, [site], attention_mask=attention_mask)[site]
+            act = adapter.capture(input_ids, [site], attention_mask=attention_mask)[site.name]
             m = attention_mask.bool().to(act.device) if attention_mask is not None else torch.ones(act.shape[:2], dtype=torch.bool, device=act.device)
             mean_D = act[m].double().mean(dim=0).to(act.dtype)
 

@@ -2,27 +2,19 @@
 
 ``SAE.load(path)`` dispatches on ``cfg.json["architecture"]``; :func:`make_sae` builds a fresh
 one from an architecture's config (:func:`sae_config` builds the right class by name;
-:mod:`universality.sae.config` lists each architecture's fields). Architectures: ``relu`` (L1, optionally tied), ``topk``,
-``batchtopk``, ``jumprelu``, ``gated``. :class:`StackedSAE` holds many same-shape TopK/BatchTopK
-dictionaries as one batched module (the trainer's ``RunConfig(stack=True)`` fast path).
+:mod:`universality.sae.config` lists each architecture's fields). Architectures: ``relu`` (L1,
+optionally tied), ``topk``, ``batchtopk``, ``jumprelu``, ``gated``. :class:`StackedSAE` holds many
+same-shape TopK/BatchTopK dictionaries as one batched module (the trainer's
+``RunConfig(stack=True)`` fast path).
+
+The names below are loaded on first use, so ``universality.sae.config`` (the config classes the
+study configuration reads) imports without torch.
 """
 
 from __future__ import annotations
 
-from universality.sae.base import FORMAT, SAE, SAEOutput
-from universality.sae.config import (
-    BatchTopKConfig,
-    GatedConfig,
-    JumpReLUConfig,
-    ReLUConfig,
-    SAEConfig,
-    TopKConfig,
-    config_class,
-    sae_config,
-)
-from universality.sae.init import geometric_median
-from universality.sae.registry import architectures, get_architecture, register
-from universality.sae.stacked import StackedSAE
+import importlib
+from typing import Any
 
 __all__ = [
     "FORMAT",
@@ -44,7 +36,27 @@ __all__ = [
     "register",
 ]
 
+_LAZY = {
+    "FORMAT": "universality.sae.base",
+    "SAE": "universality.sae.base",
+    "SAEOutput": "universality.sae.base",
+    "StackedSAE": "universality.sae.stacked",
+    "geometric_median": "universality.sae.init",
+    "architectures": "universality.sae.registry",
+    "get_architecture": "universality.sae.registry",
+    "make_sae": "universality.sae.registry",
+    "register": "universality.sae.registry",
+    **{name: "universality.sae.config" for name in ("SAEConfig", "TopKConfig", "BatchTopKConfig", "ReLUConfig",
+                                                    "JumpReLUConfig", "GatedConfig", "config_class", "sae_config")},
+}
 
-def make_sae(cfg: SAEConfig, *, seed: int = 0, meta: dict | None = None, device=None) -> SAE:
-    """A freshly initialised SAE of ``cfg.architecture`` (weights drawn from ``seed``)."""
-    return get_architecture(cfg.architecture)(cfg, meta=meta, seed=seed, device=device)
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'universality.sae' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -15,8 +15,9 @@ from universality.errors import ConfigError
 
 if TYPE_CHECKING:
     from universality.sae.base import SAE
+    from universality.sae.config import SAEConfig
 
-__all__ = ["register", "get_architecture", "architectures"]
+__all__ = ["register", "get_architecture", "architectures", "make_sae"]
 
 _BUILTIN: dict[str, str] = {
     "relu": "universality.sae.relu",
@@ -65,3 +66,8 @@ def get_architecture(name: str) -> type[SAE]:
 def architectures() -> tuple[str, ...]:
     """Names of every known architecture (built-in and registered)."""
     return tuple(sorted(set(_BUILTIN) | set(_REGISTRY)))
+
+
+def make_sae(cfg: SAEConfig, *, seed: int = 0, meta: dict | None = None, device=None) -> SAE:
+    """A freshly initialised SAE of ``cfg.architecture`` (weights drawn from ``seed``)."""
+    return get_architecture(cfg.architecture)(cfg, meta=meta, seed=seed, device=device)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from universality import resources
+from analysis.studies import ANALYSES as _ANALYSIS_REGISTRY
 from universality.checks import check_bool, check_int, check_number, leaves_folder
 from universality.errors import ConfigError, DataError, ModelLoadError, UnknownSiteError
 from universality.sae.config import (
@@ -35,6 +36,7 @@ from universality.sae.config import (
     sae_config,
 )
 from universality.sites import Site
+from universality.zoo.config import preset_names
 
 __all__ = [
     "ANALYSES",
@@ -60,7 +62,8 @@ __all__ = [
 #: in the wheel as ``universality/configs``): see :func:`universality.resources.config_dir`.
 CONFIG_DIR = resources.config_dir()
 
-ANALYSES = ("feature_evolution", "architecture_comparison", "subset_generalization", "layer_flow", "moe_experts")
+#: Names of the registered analyses (:data:`analysis.studies.ANALYSES`, the one registry).
+ANALYSES = tuple(_ANALYSIS_REGISTRY)
 
 
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
@@ -143,8 +146,6 @@ def _check_zoo(model: str, zoo: Any) -> None:
         if not Path(zoo).expanduser().is_file():
             raise ConfigError(f"model {model!r}: zoo preset file {zoo!r} does not exist", "check the path")
         return
-    from universality.zoo.config import preset_names
-
     presets = preset_names()
     if zoo not in presets:
         raise ConfigError(f"model {model!r}: unknown zoo preset {zoo!r}", f"use one of {', '.join(presets)} or a YAML path")
@@ -224,8 +225,8 @@ class ModelSpec:
     """One model of the study: a zoo preset trained in place (``zoo``), or a hub/local model (``path``).
 
     ``data`` is the text the model is trained on (``D`` or ``D_prime``, zoo models only);
-    ``overrides`` change preset fields (e.g. ``{steps: 100}``; set in YAML: the frozen model entries
-    cannot yet be changed by a command-line override); ``checkpoints``: ``final``, ``all``, or an explicit list
+    ``overrides`` change preset fields (e.g. ``{steps: 100}``; on the command line
+    ``+study.models.0.overrides.steps=40``, ``+`` because the key is new to that entry); ``checkpoints``: ``final``, ``all``, or an explicit list
     of revision names. ``sites``: this model's own site list (default: the study's ``sites``), for
     models that do not share every site (a Mamba has ``hook_mixer_out`` where a Transformer has
     ``hook_mlp_out``); every listed site must exist in the model, or the study stops with the
@@ -332,7 +333,7 @@ class SAESpec:
 
     def __post_init__(self) -> None:
         if not isinstance(self.architecture, str) or self.architecture not in BUILTIN_OPTIONS:
-            raise ConfigError(f"sae.architecture {self.architecture!r} has no options block in a study",
+            raise ConfigError(f"sae.architecture {self.architecture!r} is not a registered SAE architecture with a study block",
                               f"use one of {', '.join(BUILTIN_OPTIONS)}")
         for name in ("expansion", "steps", "batch_size", "init_rows"):
             check_int("sae", name, getattr(self, name))
@@ -469,6 +470,34 @@ class StudyConfig:
         return dataclasses.asdict(self)
 
 
+def _twin(cls: type, name: str, **types: Any) -> type:
+    """A non-frozen copy of dataclass ``cls`` named ``name`` in this module (importable, so Hydra's
+    joblib/submitit launchers can pickle configs that use it), with some field types replaced."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    specs: list[Any] = []
+    for f in dataclasses.fields(cls):
+        tp = types.get(f.name, hints[f.name])
+        if f.default is not dataclasses.MISSING:
+            specs.append((f.name, tp, field(default=f.default)))
+        elif f.default_factory is not dataclasses.MISSING:
+            specs.append((f.name, tp, field(default_factory=f.default_factory)))
+        else:
+            specs.append((f.name, tp))
+    twin = dataclasses.make_dataclass(name, specs)
+    twin.__module__ = __name__
+    return twin
+
+
+#: Hydra's schema of a study: :class:`StudyConfig` with ``models`` typed by a non-frozen twin of
+#: :class:`ModelSpec`. OmegaConf makes list entries of a frozen dataclass read-only as they are
+#: merged, which would block ``+study.models.0.overrides.steps=40``; :func:`study_from_dict` still
+#: builds (and validates) the frozen classes.
+ModelSpecSchema = _twin(ModelSpec, "ModelSpecSchema")
+StudySchema = _twin(StudyConfig, "StudySchema", models=tuple[ModelSpecSchema, ...])
+
+
 _NESTED = {"corpus": CorpusConfig, "subset": SubsetConfig, "harvest": HarvestSpec, "sae": SAESpec, "match": MatchSpec}
 
 
@@ -576,7 +605,8 @@ def hydra_problem(exc: BaseException) -> str:
     cause = exc.__cause__ or exc.__context__
     if cause is not None and first(cause) not in text:
         text += f" ({first(cause).rstrip('.')})"
-    return text
+    # the schema twins (StudySchema, ModelSpecSchema) are an implementation detail: name the classes users know
+    return text.replace("'StudySchema'", "'StudyConfig'").replace("'ModelSpecSchema'", "'ModelSpec'")
 
 
 def _check_sae_overrides(overrides: Sequence[str]) -> None:
@@ -640,11 +670,12 @@ def register_configs() -> None:
     """Put the study schema into Hydra's ConfigStore as ``study/study_schema``.
 
     Study YAML files start with ``defaults: [study_schema, _self_]``, so every key has its type and
-    default and overrides such as ``study.corpus.max_docs=100`` work without ``+``.
+    default and overrides such as ``study.corpus.max_docs=100`` work without ``+``. A key that a
+    model entry does not set yet takes ``+``: ``+study.models.0.overrides.steps=40``.
     """
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
-    node = OmegaConf.structured(StudyConfig)
+    node = OmegaConf.structured(StudySchema)
     _thaw(node)
     ConfigStore.instance().store(group="study", name="study_schema", node=node)

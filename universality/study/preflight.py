@@ -17,10 +17,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
+
+import torch
+from huggingface_hub import try_to_load_from_cache
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from models.base import HFAdapter
+from models.registry import family_spec
 from universality.errors import ConfigError, ModelLoadError
+from universality.sites import Site, as_site, describe_sites
 from universality.study.config import ModelSpec, StudyConfig
+from universality.study.stages import zoo_config
+from universality.zoo.families import build_model
 
 __all__ = ["preflight", "model_sites"]
 
@@ -33,8 +42,6 @@ def _offline() -> bool:
 def _check_device(cfg: StudyConfig) -> None:
     if not cfg.device.startswith("cuda"):
         return
-    import torch  # import cost: only studies that ask for a GPU pay it here
-
     if not torch.cuda.is_available():
         raise ConfigError(f"study.device is {cfg.device} but this machine has no CUDA GPU",
                           "set study.device=cpu, or run on a machine with a GPU")
@@ -46,41 +53,28 @@ def _check_device(cfg: StudyConfig) -> None:
 
 def _hub_config(spec: ModelSpec) -> Path | None:
     """``config.json`` of a hub model from the local cache (``None`` when it is not cached)."""
-    from huggingface_hub import try_to_load_from_cache
-
     found = try_to_load_from_cache(spec.path, "config.json", revision=spec.revision)
     return Path(found) if isinstance(found, str) else None
 
 
-def _sites_from_hf_config(config_json: Path, name: str) -> tuple[dict[str, int], int]:
+def _sites_from_hf_config(config_json: Path, name: str) -> tuple[dict[Site, int], int]:
     """Sites and ``d_model`` of a model from its ``config.json``, built on the meta device (no weights)."""
-    import torch  # import cost: only for hub/local models
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from models.base import HFAdapter
-    from models.registry import family_spec
-
     config = AutoConfig.from_pretrained(str(config_json.parent), trust_remote_code=False)
     spec = family_spec(config.model_type)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     adapter = HFAdapter(model, spec, name=name)
-    return adapter.sites, adapter.d_model
+    return adapter.site_table, adapter.d_model
 
 
-def model_sites(cfg: StudyConfig, spec: ModelSpec) -> tuple[dict[str, int], int] | None:
-    """``({site: width}, d_model)`` of a study model without loading weights, or ``None`` when that
+def model_sites(cfg: StudyConfig, spec: ModelSpec) -> tuple[dict[Site, int], int] | None:
+    """``({Site: width}, d_model)`` of a study model without loading weights, or ``None`` when that
     cannot be known here (a hub model that is not cached while the hub is reachable)."""
     if spec.zoo is not None:
-        from models.base import HFAdapter
-        from models.registry import family_spec
-        from universality.study.pipeline import zoo_config
-        from universality.zoo.families import build_model
-
         zcfg = zoo_config(cfg, spec)
         model = build_model(zcfg, cfg.tokenizer_vocab, 0)
         adapter = HFAdapter(model, family_spec(model.config.model_type), name=spec.name)
-        return adapter.sites, adapter.d_model
+        return adapter.site_table, adapter.d_model
     local = Path(spec.path).expanduser()
     if local.is_dir():
         config_json = local / "config.json"
@@ -102,16 +96,12 @@ def model_sites(cfg: StudyConfig, spec: ModelSpec) -> tuple[dict[str, int], int]
     return _sites_from_hf_config(config_json, spec.name)
 
 
-def _check_model(cfg: StudyConfig, spec: ModelSpec, found: tuple[dict[str, Any], int]) -> None:
+def _check_model(cfg: StudyConfig, spec: ModelSpec, found: tuple[dict[Site, int], int]) -> None:
     sites, _ = found
-    wanted = cfg.sites_for(spec.name)
-    missing = [s for s in wanted if s not in sites]
+    wanted = [as_site(s) for s in cfg.sites_for(spec.name)]
+    missing = [s.name for s in wanted if s not in sites]
     if missing:
-        def order(s: str) -> tuple:
-            return tuple(int(p) if p.isdigit() else p for p in s.split("."))
-
-        listed = ", ".join(sorted((s for s in sites if not s.endswith(("router_logits", "expert_indices"))), key=order))
-        raise ConfigError(f"model {spec.name!r} has no site(s) {missing}; its sites are {listed}",
+        raise ConfigError(f"model {spec.name!r} has no site(s) {missing}; its sites are {describe_sites(sites)}",
                           "give the model its own list (study.models[].sites) or drop the site from study.sites")
     k = getattr(cfg.sae.options, "k", None)
     if k is None:

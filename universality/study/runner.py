@@ -12,7 +12,6 @@ Outputs under the study's ``out_dir``::
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from dataclasses import dataclass
@@ -22,24 +21,17 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from analysis.report import Report, Section
+from analysis.studies import analysis_module
 from universality.io import atomic_write_text
 from universality.study.config import StudyConfig
 from universality.study.pipeline import StudyContext
 from universality.study.preflight import preflight
 from universality.study.record import check_out_folder, claim, write_record
 
-__all__ = ["run_study", "check_out_folder", "StudyOutcome", "ANALYSIS_MODULES"]
+__all__ = ["run_study", "check_out_folder", "StudyOutcome"]
 
 log = logging.getLogger("universality.study")
 
-#: analysis name -> module with ``run(ctx, figures_dir) -> AnalysisResult``
-ANALYSIS_MODULES = {
-    "feature_evolution": "universality.study.analyses.feature_evolution",
-    "architecture_comparison": "universality.study.analyses.architecture_comparison",
-    "subset_generalization": "universality.study.analyses.subset_generalization",
-    "layer_flow": "universality.study.analyses.layer_flow",
-    "moe_experts": "universality.study.analyses.moe_experts",
-}
 
 
 @dataclass(frozen=True)
@@ -98,7 +90,7 @@ def _run(cfg: StudyConfig, root: Path, progress: bool) -> StudyOutcome:
     results = []
     for name in tqdm(cfg.analyses, desc=f"study {cfg.name}", disable=not progress):
         log.info("analysis %s", name)
-        results.append(importlib.import_module(ANALYSIS_MODULES[name]).run(ctx, figures))
+        results.append(analysis_module(name).run(ctx, figures))
     tidy = pd.DataFrame([row for r in results for row in r.tidy])
     results_csv = _csv(tidy, root / "results.csv")
     for r in results:

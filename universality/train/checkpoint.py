@@ -15,8 +15,9 @@ existed load unchecked). The folder is replaced whole, so a kill leaves the prev
 :func:`check_owner` refuses to replace (and the trainer to resume) another run's checkpoint, and
 :func:`checkpoint_lock` holds an exclusive ``flock`` on ``<root>/.checkpoint.tmp-lock`` while a run
 trains, so a second run (thread or process) on the same folder is refused at once with an
-:class:`~universality.errors.ArtifactError` naming the holder. The kernel drops the lock when its
-holder exits, however it exits; the lock file itself is never part of the checkpoint (a temporary
+:class:`~universality.errors.ArtifactError` naming the holder. The lock file exists only while a run
+trains (it is removed on release); the kernel drops the lock when its holder exits, however it
+exits, and a file a killed run left is taken over. It is never part of the checkpoint (a temporary
 name, see :func:`universality.io.is_temp_name`).
 """
 
@@ -89,18 +90,49 @@ def _holder(fd: int) -> str:
     return "unknown holder"
 
 
-def _try_lock(fd: int, root: Path) -> None:
+def _open_lock(root: Path, tries: int = 3) -> int:
+    error: OSError | None = None
+    for _ in range(tries):  # a releasing run may remove the (empty) folder it created between mkdir and open
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            return os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError as exc:
+            error = exc
+        except OSError as exc:
+            error = exc
+            break
+    raise ArtifactError(f"cannot use checkpoint_dir {root} ({getattr(error, 'strerror', None) or type(error).__name__})",
+                        "point checkpoint_dir at a folder this user can create and write")
+
+
+def _is_current(fd: int, path: Path) -> bool:
+    """Whether ``fd`` is still the file at ``path`` (a releasing holder unlinks it)."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise ArtifactError(
-            f"checkpoint_dir {root} is in use by another training run ({_holder(fd)})",
-            "wait until that run ends, or give this run its own checkpoint_dir",
-        ) from None
-    except OSError:  # the filesystem does not lock (some network mounts): check_owner still guards the checkpoint
-        return
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except OSError:
+        return False
+
+
+def _acquire(root: Path, tries: int = 8) -> tuple[int, bool]:
+    """``(fd, held)``: the open lock file of ``root``, locked (``held``) unless the filesystem cannot lock."""
+    for _ in range(tries):
+        fd = _open_lock(root)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise ArtifactError(f"checkpoint_dir {root} is in use by another training run ({holder})",
+                                "wait until that run ends, or give this run its own checkpoint_dir") from None
+        except OSError:  # the filesystem does not lock (some network mounts): check_owner still guards the checkpoint
+            return fd, False
+        if _is_current(fd, root / LOCK_NAME):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            return fd, True
+        os.close(fd)  # locked a file its holder had just removed: take the new one
+    raise ArtifactError(f"cannot lock checkpoint_dir {root} (its lock file keeps changing)",
+                        "check that no other program churns the folder, then run again")
 
 
 @contextlib.contextmanager
@@ -108,31 +140,36 @@ def checkpoint_lock(root: str | Path) -> Iterator[None]:
     """Hold the exclusive lock of checkpoint folder ``root`` (created if missing) for the ``with`` block.
 
     Raises :class:`ArtifactError` at once when another run (another process, or another trainer in
-    this one) holds it. Without ``fcntl`` (not POSIX) this is a no-op.
+    this one) holds it. The lock file is removed on release (and ``root`` too when this call created
+    it and it stayed empty); a lock file left by a killed run is taken over. Without ``fcntl`` (not
+    POSIX) this is a no-op.
     """
     if fcntl is None:  # pragma: no cover
         yield
         return
     root = Path(root)
+    created = not root.exists()
+    fd, held = _acquire(root)
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise ArtifactError(f"cannot use checkpoint_dir {root} ({exc.strerror or type(exc).__name__})",
-                            "point checkpoint_dir at a folder this user can create and write") from None
-    try:
-        _try_lock(fd, root)
         yield
     finally:
-        os.close(fd)  # releases the lock
+        if held:
+            with contextlib.suppress(OSError):
+                (root / LOCK_NAME).unlink()
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                root.rmdir()
 
 
-def check_owner(root: str | Path, config_hash: str, keys: list[str]) -> None:
+def check_owner(root: str | Path, config_hash: str, keys: list[str], doc: dict[str, Any] | None = None) -> None:
     """Raise :class:`ConfigError` when ``root`` holds a checkpoint written by other configs than
-    ``config_hash`` (another run's resumable state, which must not be replaced or resumed)."""
-    if not has_checkpoint(root):
-        return
-    doc = read_json(_folder(root) / "state.json")
+    ``config_hash`` (another run's resumable state, which must not be replaced or resumed).
+    ``doc``: its ``state.json`` when already read."""
+    if doc is None:
+        if not has_checkpoint(root):
+            return
+        doc = read_json(_folder(root) / "state.json")
     if not isinstance(doc, dict) or doc.get("format") != CHECKPOINT_FORMAT:
         raise ArtifactError(f"{_folder(root)} is not a {CHECKPOINT_FORMAT} checkpoint",
                             "point checkpoint_dir at a training checkpoint folder")

@@ -19,6 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from universality.errors import ConfigError, DataError, TrainingDiverged
+from universality.eval.metrics import ReconstructionStats
 from universality.io import stable_hash
 from universality.sae import SAE, geometric_median, make_sae
 from universality.train import checkpoint as ckpt
@@ -252,8 +253,6 @@ class Trainer:
     def measure(self, batch: Mapping[str, Tensor]) -> None:
         """Reconstruction metrics of every dictionary on ``batch`` (kept, and saved with checkpoints, so
         a run resumed from its final checkpoint reports the same metrics)."""
-        from universality.eval.metrics import ReconstructionStats
-
         self._push_stacks()
         for key in self.keys:
             cfg, sae = self.configs[key], self.saes[key]
@@ -328,8 +327,8 @@ class Trainer:
         return ckpt.write_checkpoint(root, tensors, doc)
 
     def load_checkpoint(self, root: str | Path, source: Any) -> None:
-        ckpt.check_owner(root, self.config_hash, self.keys)
-        tensors, doc = ckpt.read_checkpoint(root)
+        tensors, doc = ckpt.read_checkpoint(root)  # format and checksum first
+        ckpt.check_owner(root, self.config_hash, self.keys, doc)
         if doc["source_state"] is not None:
             if not hasattr(source, "load_state_dict"):
                 raise DataError("the checkpoint holds a source position but the source has no load_state_dict", "resume with the same kind of source")

@@ -51,7 +51,7 @@ def word_passage(texts: Iterable[str], seed: int = 0, n_words: int = 24, vocabul
     its tokens also occurs all over the corpus: what sets the passage apart is its order, which a
     model can only know after it has learned the passage. Features that fire on the passage more
     than its tokens do elsewhere are therefore the model's doing, not the SAE's data
-    (:func:`universality.study.analyses.common.context_excess`). Same arguments, same passage.
+    (:func:`analysis.studies.common.context_excess`). Same arguments, same passage.
     """
     import collections
     import re

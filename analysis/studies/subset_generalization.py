@@ -25,9 +25,9 @@ import pandas as pd
 import torch
 
 from analysis import plots
+from analysis.studies.common import A_SEED, B_SEED, MIN_FIRES, SPECIFIC_MASS, AnalysisResult, Codebook, mass_share, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
 from universality.errors import ConfigError
 from universality.eval.metrics import explained_variance
-from universality.study.analyses.common import A_SEED, B_SEED, MIN_FIRES, SPECIFIC_MASS, AnalysisResult, Codebook, mass_share, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
 from universality.study.pipeline import Cell
 
 NAME = "subset_generalization"
@@ -59,7 +59,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
         if not bool(outside.any()) or bool(outside.all()):
             raise ConfigError("the evaluation spans do not cover both D' and D \\ D'",
                               "raise harvest.eval_spans or use a subset that keeps part of the corpus")
-        for site in ctx.sites_of(model):
+        for site in [s.name for s in ctx.sites_of(model)]:
             cD, cP = Cell(model, rev, "D"), Cell(model, rev, "D_prime")
             codes_D = [book.codes(cD, site, s) for s in range(len(ctx.cfg.sae.seeds))]
             codes_P = book.codes(cP, site, B_SEED)
@@ -121,7 +121,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
     if ref is not None:
         site = ref[1]
         rf, rp = ctx.revisions(m_full)[-1], ctx.revisions(m_sub)[-1]
-        if site in ctx.sites_of(m_sub):
+        if site in {s.name for s in ctx.sites_of(m_sub)}:
             pairs = {
                 "SAE data (model D: SAE_D vs SAE_D')": (Cell(m_full, rf, "D"), Cell(m_full, rf, "D_prime")),
                 "SAE data (model D': SAE_D vs SAE_D')": (Cell(m_sub, rp, "D"), Cell(m_sub, rp, "D_prime")),

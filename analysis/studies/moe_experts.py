@@ -15,9 +15,9 @@ import pandas as pd
 import torch
 
 from analysis import plots
+from analysis.studies.common import AnalysisResult
 from universality.errors import ConfigError
-from universality.sites import Site
-from universality.study.analyses.common import AnalysisResult
+from universality.sites import site as make_site
 from universality.study.pipeline import Cell
 
 NAME = "moe_experts"
@@ -43,13 +43,13 @@ def run(ctx, figures_dir) -> AnalysisResult:
     rng = np.random.default_rng(ctx.cfg.seed)
     res = AnalysisResult(NAME, f"Features and experts in {model}")
     rows, dist, summary = [], [], []
-    for site in ctx.sites_of(model):
-        layer = Site.parse(site).layer
-        key = f"blocks.{layer}.mlp.hook_expert_indices"
+    for s in ctx.sites_of(model):
+        site = s.name
+        key = make_site(s.layer, "expert_indices").name
         if key not in acts:
             continue
         top1 = acts[key][:, 0].long().numpy()
-        n_experts = int(ctx.adapter(model).sites[f"blocks.{layer}.mlp.hook_router_logits"])
+        n_experts = int(ctx.adapter(model).site_table[make_site(s.layer, "router_logits")])
         sae = ctx.saes(cell)[site][0]
         with torch.no_grad():
             fires = (sae.encode(acts[site].float()) > 0).numpy()

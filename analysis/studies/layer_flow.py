@@ -14,11 +14,10 @@ import itertools
 import pandas as pd
 
 from analysis import plots
+from analysis.studies.common import A_SEED, B_SEED, AnalysisResult, Codebook, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
 from universality.match import lineage
 from universality.match.summary import mmcs
 from universality.match.views import decoder_directions
-from universality.sites import Site
-from universality.study.analyses.common import A_SEED, B_SEED, AnalysisResult, Codebook, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
 from universality.study.pipeline import Cell
 
 NAME = "layer_flow"
@@ -28,7 +27,9 @@ def run(ctx, figures_dir) -> AnalysisResult:
     model = ctx.cfg.models[0].name
     rev = ctx.revisions(model)[-1]
     cell = Cell(model, rev, "D")
-    sites = sorted(ctx.sites_of(model), key=Site.parse)
+    typed = sorted(ctx.sites_of(model))  # forward order
+    sites = [s.name for s in typed]
+    site_of = dict(zip(sites, typed))
     book = Codebook(ctx)
     res = AnalysisResult(NAME, f"Layer and component flow in {model}")
     codes = {s: [book.codes(cell, s, i) for i in range(len(ctx.cfg.sae.seeds))] for s in sites}
@@ -37,13 +38,13 @@ def run(ctx, figures_dir) -> AnalysisResult:
     for sa, sb in itertools.product(sites, sites):
         fa, fb = per_feature_mppc(codes[sa][A_SEED], codes[sb][B_SEED])
         heat.append({"a": sa, "b": sb, "mppc": float(fa.mean())})
-        if Site.parse(sa) < Site.parse(sb):
+        if site_of[sa] < site_of[sb]:
             floor, _ = shuffled_floor(codes[sa][A_SEED], codes[sb][B_SEED], seed=ctx.cfg.seed)
             rows.append(norm_row(NAME, f"{sa} vs {sb}", "mppc", (float(fa.mean()) + float(fb.mean())) / 2, floor,
                                  (sky[sa].mean + sky[sb].mean) / 2, site_a=sa, site_b=sb))
             A = ctx.saes(cell)[sa][A_SEED]
             B = ctx.saes(cell)[sb][B_SEED]
-            if "resid" in sa and "resid" in sb and A.W_dec.shape[1] == B.W_dec.shape[1]:
+            if site_of[sa].is_residual and site_of[sb].is_residual and A.W_dec.shape[1] == B.W_dec.shape[1]:
                 ab, ba = mmcs(decoder_directions(A), decoder_directions(B))
                 own = mmcs(decoder_directions(A), decoder_directions(ctx.saes(cell)[sa][B_SEED]))
                 rows.append(norm_row(NAME, f"{sa} vs {sb}", "decoder mmcs", (ab + ba) / 2, float("nan"),
@@ -52,7 +53,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
     res.figures.append(("Site-by-site MPPC (row -> column)",
                         plots.heatmap(mat, figures_dir / "layer_flow_heatmap.png", f"{model}: sites x sites (MPPC)",
                                       cbar_label="MPPC", vmin=0, vmax=1)))
-    resid = [s for s in sites if s.endswith("hook_resid_post")]
+    resid = [s.name for s in typed if s.hook == "hook_resid_post"]
     if len(resid) >= 2:
         lin = lineage([ctx.saes(cell)[s][(A_SEED, B_SEED)[i % 2]] for i, s in enumerate(resid)], threshold=ctx.cfg.match.corr_threshold, view="activations",
                       labels=resid, activations=[book.acts(model, rev, s) for s in resid],

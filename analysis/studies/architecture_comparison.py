@@ -17,9 +17,10 @@ import pandas as pd
 import torch
 
 from analysis import plots
+from analysis.studies.common import A_SEED, B_SEED, AnalysisResult, Codebook, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
+from universality.data import align_span_tokens
 from universality.errors import ConfigError
 from universality.match import encode_codes, match
-from universality.study.analyses.common import A_SEED, B_SEED, AnalysisResult, Codebook, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
 from universality.study.pipeline import Cell
 
 NAME = "architecture_comparison"
@@ -31,7 +32,6 @@ def _rows_for(ctx, book: Codebook, a: tuple[str, str], b: tuple[str, str]):
     if ta.shape == tb.shape and torch.equal(ta, tb):
         idx = torch.arange(ta.shape[0])
         return idx, idx, ta
-    from universality.data import align_span_tokens
 
     al = align_span_tokens(ctx.eval_tokens(a[0]), ctx.eval_tokens(b[0]))
     ia, ib = al.pairs()
@@ -53,12 +53,12 @@ def run(ctx, figures_dir) -> AnalysisResult:
         ra_, rb_ = ctx.revisions(ma)[-1], ctx.revisions(mb)[-1]
         ia, ib, tok = _rows_for(ctx, book, (ma, ra_), (mb, rb_))
         ca_all, cb_all, sky_a, sky_b = {}, {}, {}, {}
-        for site in ctx.sites_of(ma):
+        for site in [s.name for s in ctx.sites_of(ma)]:
             saes = ctx.saes(Cell(ma, ra_, "D"))[site]
             x = book.acts(ma, ra_, site)[ia]
             ca_all[site] = [encode_codes(s, x, token_ids=tok) for s in saes]
             sky_a[site] = skyline_interval(ca_all[site])[0]
-        for site in ctx.sites_of(mb):
+        for site in [s.name for s in ctx.sites_of(mb)]:
             saes = ctx.saes(Cell(mb, rb_, "D"))[site]
             x = book.acts(mb, rb_, site)[ib]
             cb_all[site] = [encode_codes(s, x, token_ids=tok) for s in saes]

@@ -12,9 +12,9 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis import plots
+from analysis.studies.common import A_SEED, B_SEED, CONTEXT_EXCESS, MIN_FIRES, AnalysisResult, context_excess, Codebook, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
 from universality.errors import ConfigError
 from universality.match import lineage
-from universality.study.analyses.common import A_SEED, B_SEED, CONTEXT_EXCESS, MIN_FIRES, AnalysisResult, context_excess, Codebook, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
 from universality.study.pipeline import Cell
 
 NAME = "feature_evolution"
@@ -39,7 +39,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
     book = Codebook(ctx)
     res = AnalysisResult(NAME, f"Feature evolution over training ({model})")
     rows, dist, heat_rows = [], [], []
-    for site in ctx.sites_of(model):
+    for site in [s.name for s in ctx.sites_of(model)]:
         final_cell = Cell(model, final, "D")
         seeds = range(len(ctx.cfg.sae.seeds))
         final_codes = [book.codes(final_cell, site, s) for s in seeds]
@@ -141,7 +141,7 @@ def _passage_features(ctx, model: str, site: str, chains: pd.DataFrame) -> tuple
     final SAE's such features with the checkpoint their lineage chain starts at.
 
     The SAE of checkpoint ``i`` is the lineage's copy (seeds alternate along the series); a feature
-    counts when its :func:`~universality.study.analyses.common.context_excess` on the passage's
+    counts when its :func:`~analysis.studies.common.context_excess` on the passage's
     evaluation tokens is at least :data:`CONTEXT_EXCESS` and it fires at least :data:`MIN_FIRES` times.
     """
     import torch
