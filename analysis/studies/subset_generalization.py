@@ -20,6 +20,8 @@ trained on D' activations}. The analysis asks
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import pandas as pd
 import torch
@@ -45,13 +47,23 @@ def _models(ctx) -> tuple[str, str]:
     return full[0].name, mdp.name
 
 
+@dataclass
+class _Tables:
+    """What the per-site comparisons collect, table by table."""
+
+    rows: list[dict] = field(default_factory=list)
+    quality: list[dict] = field(default_factory=list)
+    specific: list[dict] = field(default_factory=list)
+    dist: list[dict] = field(default_factory=list)
+    curves: list[dict] = field(default_factory=list)
+
+
 def run(ctx, figures_dir) -> AnalysisResult:
     m_full, m_sub = _models(ctx)
     book = Codebook(ctx)
-    thr = ctx.cfg.match.corr_threshold
     res = AnalysisResult(NAME, f"Subset generalisation: {m_full} (trained on D) and {m_sub} (trained on D')")
-    rows, quality, specific_rows, dist, curves = [], [], [], [], []
-    ref = None
+    out = _Tables()
+    ref_site = None
     for model in (m_full, m_sub):
         rev = ctx.revisions(model)[-1]
         flags = ctx.eval_span_flags(model)
@@ -60,118 +72,143 @@ def run(ctx, figures_dir) -> AnalysisResult:
             raise ConfigError("the evaluation spans do not cover both D' and D \\ D'",
                               "raise harvest.eval_spans or use a subset that keeps part of the corpus")
         for site in [s.name for s in ctx.sites_of(model)]:
-            cD, cP = Cell(model, rev, "D"), Cell(model, rev, "D_prime")
-            codes_D = [book.codes(cD, site, s) for s in range(len(ctx.cfg.sae.seeds))]
-            codes_P = book.codes(cP, site, B_SEED)
-            sky, sky_feat = skyline_interval(codes_D)
-            floor, _ = shuffled_floor(codes_D[A_SEED], codes_P, seed=ctx.cfg.seed)
-            d_full, _ = per_feature_mppc(codes_D[A_SEED], codes_P, live_only=False)
-            d_to_p, p_to_d = per_feature_mppc(codes_D[A_SEED], codes_P)
-            seed_d, _ = per_feature_mppc(codes_D[A_SEED], codes_D[B_SEED])
-            comp = f"{model}:{site}"
-            rows.append(norm_row(NAME, comp, "mppc SAE_D' -> SAE_D", float(p_to_d.mean()), floor, sky, model=model, site=site))
-            rows.append(norm_row(NAME, comp, "mppc SAE_D -> SAE_D'", float(d_to_p.mean()), floor, sky, model=model, site=site))
-            missing = d_to_p < thr
-            seed_missing = seed_d < thr
-            live = ~np.isnan(d_full)
-            missing_full = np.nan_to_num(d_full, nan=1.0) < thr  # per feature of SAE_D; dead ones are not "missing"
-            seed_full, _ = per_feature_mppc(codes_D[A_SEED], codes_D[B_SEED], live_only=False)
-            stable = np.nan_to_num(seed_full, nan=0.0) >= thr  # found again in SAE_D's other seed copy
-            rows.append({"analysis": NAME, "comparison": comp, "metric": "fraction of D features missing from D'",
-                         "value": float(missing.mean()), "skyline": float(seed_missing.mean()),
-                         "note": "skyline column = the same rate between two seeds of SAE_D (noise level)",
-                         "model": model, "site": site})
-            rows.append({"analysis": NAME, "comparison": comp, "metric": "fraction of D' features found in D",
-                         "value": float((p_to_d >= thr).mean()), "skyline": float((seed_d >= thr).mean()),
-                         "note": "skyline column = the same rate between two seeds of SAE_D", "model": model, "site": site})
-            for t in ctx.cfg.match.thresholds:
-                curves += [{"threshold": t, "shared_fraction": float((p_to_d >= t).mean()), "comparison": f"{model}: D' in D", "kind": "observed"},
-                           {"threshold": t, "shared_fraction": float((d_to_p >= t).mean()), "comparison": f"{model}: D in D'", "kind": "observed"},
-                           {"threshold": t, "shared_fraction": float((seed_d >= t).mean()), "comparison": f"{model}: seed skyline", "kind": "skyline"}]
-            dist += [{"comparison": f"{model}: D -> D'", "kind": "observed", "score": v} for v in d_to_p]
-            dist += [{"comparison": f"{model}: D -> D'", "kind": "skyline", "score": v} for v in sky_feat]
-            x = book.acts(model, rev, site)
-            sae_D, sae_P = ctx.saes(cD)[site][A_SEED], ctx.saes(cP)[site][B_SEED]
-            families = {"D \\ D' text": outside}
-            if bool(flags["planted"].any()):
-                families["planted family"] = flags["planted"]
-            with torch.no_grad():
-                z = sae_D.encode(x)
-                for family, rows_mask in families.items():
-                    share, fires = mass_share(z, rows_mask)
-                    spec = (share >= SPECIFIC_MASS) & (fires >= MIN_FIRES) & live
-                    specific_rows.append({
-                        "model": model, "site": site, "tokens": family, "n_features": int(len(share)),
-                        "n_specific": int(spec.sum()),
-                        "missing_among_specific": float(missing_full[spec].mean()) if spec.any() else float("nan"),
-                        "missing_among_others": float(missing_full[~spec & live].mean()) if (~spec & live).any() else float("nan"),
-                        "seed_stable_specific": int((spec & stable).sum()),
-                        "missing_among_seed_stable_specific": float(missing_full[spec & stable].mean())
-                        if (spec & stable).any() else float("nan"),
-                        "token_share": float(rows_mask.float().mean()),
-                    })
-                for name_, sae in (("SAE_D", sae_D), ("SAE_D'", sae_P)):
-                    for part, mask in (("D' tokens", flags["in_subset"]), ("D \\ D' tokens", outside)):
-                        quality.append({"model": model, "site": site, "sae": name_, "tokens": part,
-                                        "explained_variance": explained_variance(x[mask], sae(x[mask]))})
+            _compare_site(ctx, book, model, rev, site, flags, outside, out)
             if model == m_full:
-                ref = (cD, site)
-    # model vs SAE data: same SAE data, different model; same model, different SAE data
-    effects = []
-    if ref is not None:
-        site = ref[1]
-        rf, rp = ctx.revisions(m_full)[-1], ctx.revisions(m_sub)[-1]
-        if site in {s.name for s in ctx.sites_of(m_sub)}:
-            pairs = {
-                "SAE data (model D: SAE_D vs SAE_D')": (Cell(m_full, rf, "D"), Cell(m_full, rf, "D_prime")),
-                "SAE data (model D': SAE_D vs SAE_D')": (Cell(m_sub, rp, "D"), Cell(m_sub, rp, "D_prime")),
-                "model (SAE on D: model D vs model D')": (Cell(m_full, rf, "D"), Cell(m_sub, rp, "D")),
-                "model (SAE on D': model D vs model D')": (Cell(m_full, rf, "D_prime"), Cell(m_sub, rp, "D_prime")),
-            }
-            sky, _ = skyline_interval([book.codes(Cell(m_full, rf, "D"), site, s) for s in range(len(ctx.cfg.sae.seeds))])
-            for label, (a, b) in pairs.items():
-                ca, cb = book.codes(a, site, A_SEED), book.codes(b, site, B_SEED)
-                fa, fb = per_feature_mppc(ca, cb)
-                floor, _ = shuffled_floor(ca, cb, seed=ctx.cfg.seed)
-                value = (float(fa.mean()) + float(fb.mean())) / 2
-                effects.append(norm_row(NAME, label, "mppc (both directions)", value, floor, sky, site=site,
-                                        factor=label.split(" (")[0]))
-            res.tables["model_vs_sae_data"] = pd.DataFrame(effects)
-            eff = pd.DataFrame(effects).groupby("factor")["value"].mean()
-            lower = eff.idxmin()
-            res.findings.append(
-                f"Changing the {lower} moves features more (mean MPPC {eff.min():.3f}) than changing the "
-                f"{eff.idxmax()} ({eff.max():.3f}); seed skyline {sky}.")
-    table = pd.DataFrame(rows)
+                ref_site = site
+    effects = _model_vs_sae_data(ctx, book, m_full, m_sub, ref_site, res)
+    table = pd.DataFrame(out.rows)
     res.tables["subset_relation"] = table
-    res.tables["specific_features"] = pd.DataFrame(specific_rows)
-    res.tidy += rows + effects
-    for r in specific_rows:
-        res.findings.append(
-            f"{r['model']}:{r['site']}: {r['n_specific']} of {r['n_features']} SAE_D features fire "
-            f"(>= {SPECIFIC_MASS:.0%} of their mass) on the {r['tokens']} (only in D \\ D'); of those "
-            + (f"{r['missing_among_specific']:.0%}" if np.isfinite(r["missing_among_specific"]) else "n/a")
-            + f" are missing from SAE_D' against {r['missing_among_others']:.0%} of the other features; "
-            f"{r['seed_stable_specific']} of them are found again in another seed of SAE_D"
-            + (f", and {r['missing_among_seed_stable_specific']:.0%} of those are missing from SAE_D'."
-               if np.isfinite(r["missing_among_seed_stable_specific"]) else "."))
+    res.tables["specific_features"] = pd.DataFrame(out.specific)
+    res.tidy += out.rows + effects
+    res.findings += _specific_findings(out.specific) + _subset_findings(table)
+    res.figures += _figures(out, figures_dir)
+    res.tables["reconstruction"] = pd.DataFrame(out.quality).pivot_table(
+        index=["model", "site", "sae"], columns="tokens", values="explained_variance").reset_index()
+    res.text = (f"Crossed design: models {m_full} (trained on D) and {m_sub} (trained on D') x SAEs trained on D or on "
+                f"D' activations. A feature is matched when its best activation correlation exceeds "
+                f"{ctx.cfg.match.corr_threshold}; the same rate between two seeds of SAE_D is the noise level. The "
+                "reconstruction table gives each SAE's explained variance on evaluation tokens from D' and from D \\ D'.")
+    return res
+
+
+def _compare_site(ctx, book: Codebook, model: str, rev: str, site: str, flags: dict, outside: torch.Tensor,
+                  out: _Tables) -> None:
+    """SAE_D against SAE_D' of one model at one site: matched fractions with their seed noise level,
+    features specific to text only in D \\ D', and reconstruction on each part of the evaluation text."""
+    thr = ctx.cfg.match.corr_threshold
+    cD, cP = Cell(model, rev, "D"), Cell(model, rev, "D_prime")
+    codes_D = [book.codes(cD, site, s) for s in range(len(ctx.cfg.sae.seeds))]
+    codes_P = book.codes(cP, site, B_SEED)
+    sky, sky_feat = skyline_interval(codes_D)
+    floor, _ = shuffled_floor(codes_D[A_SEED], codes_P, seed=ctx.cfg.seed)
+    d_full, _ = per_feature_mppc(codes_D[A_SEED], codes_P, live_only=False)
+    d_to_p, p_to_d = per_feature_mppc(codes_D[A_SEED], codes_P)
+    seed_d, _ = per_feature_mppc(codes_D[A_SEED], codes_D[B_SEED])
+    comp = f"{model}:{site}"
+    out.rows.append(norm_row(NAME, comp, "mppc SAE_D' -> SAE_D", float(p_to_d.mean()), floor, sky, model=model, site=site))
+    out.rows.append(norm_row(NAME, comp, "mppc SAE_D -> SAE_D'", float(d_to_p.mean()), floor, sky, model=model, site=site))
+    missing = d_to_p < thr
+    seed_missing = seed_d < thr
+    live = ~np.isnan(d_full)
+    missing_full = np.nan_to_num(d_full, nan=1.0) < thr  # per feature of SAE_D; dead ones are not "missing"
+    seed_full, _ = per_feature_mppc(codes_D[A_SEED], codes_D[B_SEED], live_only=False)
+    stable = np.nan_to_num(seed_full, nan=0.0) >= thr  # found again in SAE_D's other seed copy
+    out.rows.append({"analysis": NAME, "comparison": comp, "metric": "fraction of D features missing from D'",
+                     "value": float(missing.mean()), "skyline": float(seed_missing.mean()),
+                     "note": "skyline column = the same rate between two seeds of SAE_D (noise level)",
+                     "model": model, "site": site})
+    out.rows.append({"analysis": NAME, "comparison": comp, "metric": "fraction of D' features found in D",
+                     "value": float((p_to_d >= thr).mean()), "skyline": float((seed_d >= thr).mean()),
+                     "note": "skyline column = the same rate between two seeds of SAE_D", "model": model, "site": site})
+    for t in ctx.cfg.match.thresholds:
+        out.curves += [
+            {"threshold": t, "shared_fraction": float((p_to_d >= t).mean()), "comparison": f"{model}: D' in D", "kind": "observed"},
+            {"threshold": t, "shared_fraction": float((d_to_p >= t).mean()), "comparison": f"{model}: D in D'", "kind": "observed"},
+            {"threshold": t, "shared_fraction": float((seed_d >= t).mean()), "comparison": f"{model}: seed skyline", "kind": "skyline"}]
+    out.dist += [{"comparison": f"{model}: D -> D'", "kind": "observed", "score": v} for v in d_to_p]
+    out.dist += [{"comparison": f"{model}: D -> D'", "kind": "skyline", "score": v} for v in sky_feat]
+    x = book.acts(model, rev, site)
+    sae_D, sae_P = ctx.saes(cD)[site][A_SEED], ctx.saes(cP)[site][B_SEED]
+    families = {"D \\ D' text": outside}
+    if bool(flags["planted"].any()):
+        families["planted family"] = flags["planted"]
+    with torch.no_grad():
+        z = sae_D.encode(x)
+        for family, rows_mask in families.items():
+            share, fires = mass_share(z, rows_mask)
+            spec = (share >= SPECIFIC_MASS) & (fires >= MIN_FIRES) & live
+            out.specific.append({
+                "model": model, "site": site, "tokens": family, "n_features": int(len(share)),
+                "n_specific": int(spec.sum()),
+                "missing_among_specific": float(missing_full[spec].mean()) if spec.any() else float("nan"),
+                "missing_among_others": float(missing_full[~spec & live].mean()) if (~spec & live).any() else float("nan"),
+                "seed_stable_specific": int((spec & stable).sum()),
+                "missing_among_seed_stable_specific": float(missing_full[spec & stable].mean())
+                if (spec & stable).any() else float("nan"),
+                "token_share": float(rows_mask.float().mean()),
+            })
+        for name_, sae in (("SAE_D", sae_D), ("SAE_D'", sae_P)):
+            for part, mask in (("D' tokens", flags["in_subset"]), ("D \\ D' tokens", outside)):
+                out.quality.append({"model": model, "site": site, "sae": name_, "tokens": part,
+                                    "explained_variance": explained_variance(x[mask], sae(x[mask]))})
+
+
+def _model_vs_sae_data(ctx, book: Codebook, m_full: str, m_sub: str, site: str | None, res: AnalysisResult) -> list[dict]:
+    """Same SAE data with another model against the same model with other SAE data, at ``site``."""
+    if site is None or site not in {s.name for s in ctx.sites_of(m_sub)}:
+        return []
+    rf, rp = ctx.revisions(m_full)[-1], ctx.revisions(m_sub)[-1]
+    pairs = {
+        "SAE data (model D: SAE_D vs SAE_D')": (Cell(m_full, rf, "D"), Cell(m_full, rf, "D_prime")),
+        "SAE data (model D': SAE_D vs SAE_D')": (Cell(m_sub, rp, "D"), Cell(m_sub, rp, "D_prime")),
+        "model (SAE on D: model D vs model D')": (Cell(m_full, rf, "D"), Cell(m_sub, rp, "D")),
+        "model (SAE on D': model D vs model D')": (Cell(m_full, rf, "D_prime"), Cell(m_sub, rp, "D_prime")),
+    }
+    sky, _ = skyline_interval([book.codes(Cell(m_full, rf, "D"), site, s) for s in range(len(ctx.cfg.sae.seeds))])
+    effects = []
+    for label, (a, b) in pairs.items():
+        ca, cb = book.codes(a, site, A_SEED), book.codes(b, site, B_SEED)
+        fa, fb = per_feature_mppc(ca, cb)
+        floor, _ = shuffled_floor(ca, cb, seed=ctx.cfg.seed)
+        value = (float(fa.mean()) + float(fb.mean())) / 2
+        effects.append(norm_row(NAME, label, "mppc (both directions)", value, floor, sky, site=site,
+                                factor=label.split(" (")[0]))
+    res.tables["model_vs_sae_data"] = pd.DataFrame(effects)
+    eff = pd.DataFrame(effects).groupby("factor")["value"].mean()
+    res.findings.append(
+        f"Changing the {eff.idxmin()} moves features more (mean MPPC {eff.min():.3f}) than changing the "
+        f"{eff.idxmax()} ({eff.max():.3f}); seed skyline {sky}.")
+    return effects
+
+
+def _specific_findings(specific: list[dict]) -> list[str]:
+    return [
+        f"{r['model']}:{r['site']}: {r['n_specific']} of {r['n_features']} SAE_D features fire "
+        f"(>= {SPECIFIC_MASS:.0%} of their mass) on the {r['tokens']} (only in D \\ D'); of those "
+        + (f"{r['missing_among_specific']:.0%}" if np.isfinite(r["missing_among_specific"]) else "n/a")
+        + f" are missing from SAE_D' against {r['missing_among_others']:.0%} of the other features; "
+        f"{r['seed_stable_specific']} of them are found again in another seed of SAE_D"
+        + (f", and {r['missing_among_seed_stable_specific']:.0%} of those are missing from SAE_D'."
+           if np.isfinite(r["missing_among_seed_stable_specific"]) else ".")
+        for r in specific]
+
+
+def _subset_findings(table: pd.DataFrame) -> list[str]:
+    out = []
     for (model, site), grp in table[table["metric"].str.startswith("fraction")].groupby(["model", "site"]):
         vals = dict(zip(grp["metric"], zip(grp["value"], grp["skyline"])))
         miss, found = vals["fraction of D features missing from D'"], vals["fraction of D' features found in D"]
-        res.findings.append(
-            f"{model}:{site}: {found[0]:.0%} of D' features are found in D (seeds: {found[1]:.0%}); "
-            f"{miss[0]:.0%} of D features are missing from D' (seeds: {miss[1]:.0%}).")
-    q = pd.DataFrame(quality)
-    res.figures.append(("Shared fraction against the correlation threshold: D' in D, D in D', and between seeds",
-                        plots.threshold_curves(pd.DataFrame(curves), figures_dir / "subset_curves.png",
-                                               "Features matched across data subsets")))
-    res.figures.append(("Per-feature best correlation of SAE_D features in SAE_D', against seed copies",
-                        plots.similarity_distributions(pd.DataFrame(dist), figures_dir / "subset_distributions.png",
-                                                       "SAE_D features found in SAE_D'")))
-    res.tables["reconstruction"] = q.pivot_table(index=["model", "site", "sae"], columns="tokens",
-                                                 values="explained_variance").reset_index()
-    res.text = (f"Crossed design: models {m_full} (trained on D) and {m_sub} (trained on D') x SAEs trained on D or on "
-                f"D' activations. A feature is matched when its best activation correlation exceeds {thr}; the same "
-                "rate between two seeds of SAE_D is the noise level. The reconstruction table gives each SAE's "
-                "explained variance on evaluation tokens from D' and from D \\ D'.")
-    return res
+        out.append(f"{model}:{site}: {found[0]:.0%} of D' features are found in D (seeds: {found[1]:.0%}); "
+                   f"{miss[0]:.0%} of D features are missing from D' (seeds: {miss[1]:.0%}).")
+    return out
+
+
+def _figures(out: _Tables, figures_dir) -> list[tuple[str, str]]:
+    return [
+        ("Shared fraction against the correlation threshold: D' in D, D in D', and between seeds",
+         plots.threshold_curves(pd.DataFrame(out.curves), figures_dir / "subset_curves.png",
+                                "Features matched across data subsets")),
+        ("Per-feature best correlation of SAE_D features in SAE_D', against seed copies",
+         plots.similarity_distributions(pd.DataFrame(out.dist), figures_dir / "subset_distributions.png",
+                                        "SAE_D features found in SAE_D'")),
+    ]
