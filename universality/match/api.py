@@ -17,7 +17,7 @@ from torch import Tensor
 from universality.errors import DataError, MatchError
 from universality.match.methods import n_features
 from universality.match.registry import Matcher, get_matcher, methods
-from universality.match.result import MatchResult
+from universality.match.result import SELF_MATCH_NOTE, MatchResult
 from universality.match.similarity import check_codes
 from universality.match.views import VIEWS, FeatureCodes, directions, encode_codes, token_fingerprint
 
@@ -195,12 +195,29 @@ def match(
 
     Returns:
         :class:`MatchResult` with ``meta['view']``, ``meta['similarity']``, ``meta['method']``,
-        ``meta['n_a']``, ``meta['n_b']`` and ``meta['params']`` (the method's options as used).
+        ``meta['n_a']``, ``meta['n_b']`` and ``meta['params']`` (the method's options as used);
+        ``meta['note']`` says when ``a`` and ``b`` are the same dictionary (the same object or identical
+        features), and ``value_meaning`` what ``value`` is for the method.
     """
     matcher = get_matcher(method)
     opts = matcher.make_options(**options)
     av, bv, kind = resolve_view(a, b, view, activations, token_ids, device)
     kind = _similarity_kind(view, kind, similarity)
     _check_shared_space(av, bv, kind, view, matcher)
-    res = matcher.solve(av, bv, kind, opts)
-    return _described(res, matcher, opts, view, kind, n_features(av), n_features(bv))
+    res = _described(matcher.solve(av, bv, kind, opts), matcher, opts, view, kind, n_features(av), n_features(bv))
+    if a is b or _same_features(av, bv):
+        res = MatchResult(res.pairs, res.scores, res.plan, res.value, {**res.meta, "note": SELF_MATCH_NOTE})
+    return res
+
+
+def _same_features(av: Any, bv: Any) -> bool:
+    """The two views hold identical features: equal direction tensors, or equal codes on the same tokens."""
+    if isinstance(av, Tensor) and isinstance(bv, Tensor):
+        return av.shape == bv.shape and bool(torch.equal(av, bv.to(av.device)))
+    if isinstance(av, FeatureCodes) and isinstance(bv, FeatureCodes):
+        ca, cb = av.codes, bv.codes.to(av.codes.device)
+        return (av.fingerprint == bv.fingerprint and ca.shape == cb.shape and ca.values().shape == cb.values().shape
+                and all(bool(torch.equal(x, y)) for x, y in ((ca.crow_indices(), cb.crow_indices()),
+                                                             (ca.col_indices(), cb.col_indices()),
+                                                             (ca.values(), cb.values()))))
+    return False

@@ -14,7 +14,10 @@ The table is assembled from small parts, one concern each:
   shuffled pairings), the skylines (:func:`skyline_values`) - collected per metric in :class:`Baselines`;
 - *p-values* (:func:`p_value`): :math:`p = (1 + \\#\\{r : s_r \\ge s\\}) / (1 + R)` over ``n_perm`` null samples;
 - *summary assembly* (:func:`score`, :func:`metric_row`, :func:`missing_row`): value, floor, skylines,
-  :math:`(\\text{value} - \\text{floor}) / (\\text{skyline} - \\text{floor})` and its note, the source.
+  :math:`(\\text{value} - \\text{floor}) / (\\text{skyline} - \\text{floor})` and its note, the source;
+- *guards* (:func:`with_note`, :func:`basis_mismatch`, :func:`same_dictionary`): notes that keep a number from
+  misleading - a normalised value above 1, dead latents left out of MPPC, too few pairs for SVCCA/RSA,
+  decoder metrics across different bases, a dictionary compared with itself.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from universality.errors import MatchError
 from universality.match import baselines as bl
 from universality.match import summary as sm
 from universality.match.api import as_pair, check_activations
+from universality.match.result import SELF_MATCH_NOTE
 from universality.match.views import FeatureCodes, decoder_directions, encode_codes, encoder_directions
 
 __all__ = [
@@ -54,6 +58,11 @@ __all__ = [
     "activation_rows",
     "correlation_rows",
     "matched_decoder_rows",
+    "with_note",
+    "basis_mismatch",
+    "same_dictionary",
+    "SELF_NOTE",
+    "ABOVE_SKYLINE_NOTE",
 ]
 
 COLUMNS = ["metric", "view", "direction", "value", "floor", "skyline_a", "skyline_b", "normalised", "p_value",
@@ -72,6 +81,8 @@ _SOURCES = {
 }
 
 Row = dict[str, Any]
+SELF_NOTE = SELF_MATCH_NOTE
+ABOVE_SKYLINE_NOTE = "above the seed skyline"
 Statistic = Callable[[Any, Any], float]
 """``statistic(x_a, x_b) -> float``, larger = more similar."""
 Null = Callable[[Any, int], Any]
@@ -174,9 +185,16 @@ def metric_row(metric: str, view: str, direction: str, value: float, floor: floa
                skyline_b: float, skyline: float, p: float) -> Row:
     """One table row: the values, ``(value - floor) / (skyline - floor)`` (or NaN and why), the source."""
     norm, note = bl.normalise(value, floor, skyline)
+    if np.isfinite(norm) and norm > 1:
+        note = with_note(note, f"{ABOVE_SKYLINE_NOTE} (normalised {norm:.3g} > 1)")
     return {"metric": metric, "view": view, "direction": direction, "value": value, "floor": floor,
             "skyline_a": skyline_a, "skyline_b": skyline_b, "normalised": norm, "p_value": p, "note": note,
             "source": _SOURCES.get(metric.split("@")[0], "")}
+
+
+def with_note(note: str, extra: str) -> str:
+    """``note`` and ``extra`` joined by ``"; "`` (either may be empty)."""
+    return "; ".join(x for x in (note, extra) if x)
 
 
 def missing_row(metric: str, view: str, direction: str, note: str) -> Row:
@@ -251,7 +269,28 @@ def weight_rows(d: Dictionaries, xb: Float[Tensor, "T d_b"] | None, *, floor: st
     rows = decoder_rows(Da, Db, base, n_perm)
     if _has_encoder(d.a) and _has_encoder(d.b):
         rows += shared_fraction_rows(d, fl_dec, thresholds)
+    why = basis_mismatch(d.a, d.b)
+    if why is not None:
+        for r in rows:
+            r["note"] = with_note(r["note"], f"not meaningful: different bases ({why})")
     return rows
+
+
+def basis_mismatch(a: Any, b: Any) -> str | None:
+    """Why the weights of ``a`` and ``b`` live in different bases, or ``None``: the dictionaries record
+    (in ``meta``) different models or sites. Cosines between decoder rows of different residual streams
+    compare coordinates that mean different things, whatever their width."""
+    ma, mb = getattr(a, "meta", None), getattr(b, "meta", None)
+    if not isinstance(ma, dict) or not isinstance(mb, dict):
+        return None
+    diff = [f"{k} {ma[k]!r} vs {mb[k]!r}" for k in ("model", "site")
+            if ma.get(k) is not None and mb.get(k) is not None and ma[k] != mb[k]]
+    return ", ".join(diff) if diff else None
+
+
+def same_dictionary(a: Any, b: Any, Da: Float[Tensor, "n d"], Db: Float[Tensor, "m d"]) -> bool:
+    """``a`` and ``b`` are the same object, or have identical decoder directions."""
+    return a is b or (Da.shape == Db.shape and bool(torch.equal(Da, Db.to(Da.device))))
 
 
 # ============================================================================================ activation metrics
@@ -275,10 +314,17 @@ def _matched(x: FeatureCodes, y: FeatureCodes) -> Any:
 def correlation_rows(ca: FeatureCodes, cb: FeatureCodes, base: Baselines, corr_threshold: float,
                      n_perm: int) -> list[Row]:
     """MPPC both ways, Hungarian matching on Pearson correlation (mean and fraction above ``corr_threshold``)
-    and linear CKA of the codes; floor = mean over token-shuffled ``b``."""
+    and linear CKA of the codes; floor = mean over token-shuffled ``b``. MPPC leaves dead latents (constant
+    on the tokens) out of its mean; its rows say how many there were."""
+    dead_a, dead_b = sm.dead_counts(ca, cb)
+    mppc_ab = score("mppc", "activations", "a->b", lambda x, y: sm.mppc(x, y)[0], ca, cb, base, n_perm)
+    mppc_ba = score("mppc", "activations", "b->a", lambda x, y: sm.mppc(y, x)[0], ca, cb, base, n_perm)
+    for row, dead, n, side in ((mppc_ab, dead_a, ca.n, "a"), (mppc_ba, dead_b, cb.n, "b")):
+        row["note"] = with_note(row["note"], f"{dead} of {n} latents of {side} dead (constant on these tokens), "
+                                             "left out of the mean")
     return [
-        score("mppc", "activations", "a->b", lambda x, y: sm.mppc(x, y)[0], ca, cb, base, n_perm),
-        score("mppc", "activations", "b->a", lambda x, y: sm.mppc(y, x)[0], ca, cb, base, n_perm),
+        mppc_ab,
+        mppc_ba,
         score("mean_matched_correlation", "activations", "a<->b", lambda x, y: _matched(x, y).mean_score, ca, cb,
               base, n_perm),
         score(f"shared_fraction_corr@{corr_threshold:g}", "activations", "a->b",
@@ -307,10 +353,14 @@ def matched_decoder_rows(d: Dictionaries, ca: FeatureCodes, cb: FeatureCodes, sc
     sky_rows_b = _paired_rows(cb, scb, Db, decoder_directions(sky_b), corr_threshold) if scb is not None else None
     base = Baselines(skyline_a=sky_rows_a, skyline_b=sky_rows_b, null=_shuffle_pairs, floor_is_null=True)
     rows = []
+    few = sm.too_few_pairs(*main) if main is not None else None
     for name, fn in (("svcca", sm.svcca), ("rsa", sm.rsa)):
         if main is None:
             rows.append(missing_row(name, "decoder|activation-matched", "a<->b",
                                     f"fewer than 3 pairs with correlation > {corr_threshold}"))
+        elif few is not None:
+            rows.append(missing_row(name, "decoder|activation-matched", "a<->b",
+                                    f"{few}; pairs with correlation > {corr_threshold}"))
         else:
             rows.append(score(name, "decoder|activation-matched", "a<->b", fn, *main, base, n_perm))
     return rows
@@ -367,7 +417,11 @@ def compare(
 
     Returns:
         one row per metric (and direction, threshold) with the columns :data:`COLUMNS`; ``normalised`` is
-        ``(value - floor) / (skyline - floor)`` or NaN with the reason in ``note``.
+        ``(value - floor) / (skyline - floor)`` or NaN with the reason in ``note``. ``note`` also says when
+        the normalised value is above 1 (:data:`ABOVE_SKYLINE_NOTE`), how many dead latents MPPC left out,
+        why SVCCA/RSA are NaN (too few pairs, :func:`~universality.match.summary.too_few_pairs`), when the
+        decoder metrics compare different bases (:func:`basis_mismatch`) and when ``a`` is ``b``
+        (:data:`SELF_NOTE`).
     """
     if activations is not None:
         check_activations(activations, token_ids)  # fail before any metric is computed
@@ -378,4 +432,7 @@ def compare(
     if activations is not None:
         rows += activation_rows(d, activations, token_ids, corr_threshold=corr_threshold, n_perm=n_perm,
                                 nulls=nulls)
+    if same_dictionary(a, b, d.Da, d.Db):
+        for r in rows:
+            r["note"] = with_note(r["note"], SELF_NOTE)
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -9,7 +9,25 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
-__all__ = ["MatchResult"]
+__all__ = ["MatchResult", "VALUE_MEANINGS", "SELF_MATCH_NOTE"]
+
+SELF_MATCH_NOTE = "a dictionary matched with itself"
+"""``meta['note']`` of a match of a dictionary with itself (the same object or identical features)."""
+
+_OT = "transport cost <P, 1 - S> of the {} plan between uniform masses (lower = closer; not a similarity)"
+VALUE_MEANINGS: dict[str, str] = {
+    "hungarian": "sum of the matched pairs' similarities (their mean is mean_score)",
+    "sparse": "sum of the matched pairs' similarities on the top-k graph (their mean is mean_score)",
+    "mnn": "sum of the similarities of the mutual-nearest-neighbour pairs (their mean is mean_score)",
+    "many_to_one": "sum of the similarities of b's features to their best a feature above the threshold",
+    "emd": _OT.format("exact"),
+    "sinkhorn": _OT.format("entropic") + ", without the entropy term",
+    "unbalanced": "transport cost <P, 1 - S> of the KL-relaxed plan, which moves meta['mass'] (lower = closer)",
+    "partial": "transport cost <P, 1 - S> of the plan moving meta['mass'] (lower = closer)",
+    "gw": "Gromov-Wasserstein discrepancy of the within-dictionary costs (POT's gw_dist; lower = closer)",
+    "fgw": "fused Gromov-Wasserstein discrepancy (POT's fgw_dist; lower = closer)",
+}
+"""What :attr:`MatchResult.value` is, per built-in method."""
 
 
 @dataclass(frozen=True)
@@ -20,7 +38,8 @@ class MatchResult:
         pairs: ``(k, 2)`` int64 array; row ``(i, j)`` pairs latent ``i`` of ``a`` with latent ``j`` of ``b``.
         scores: ``(k,)`` float array; the similarity of each pair in the matched view (cosine or Pearson).
         plan: the coupling (dense ``(n, m)`` array, ``scipy.sparse`` matrix) for transport methods, else ``None``.
-        value: the objective the method optimised (sum of matched similarities, or the OT cost).
+        value: the objective the method optimised (sum of matched similarities, or the OT cost);
+            :attr:`value_meaning` says which.
         meta: ``{"method", "view", "n_a", "n_b", "params", ...}``; method-specific extras (gaps, groups).
     """
 
@@ -43,6 +62,14 @@ class MatchResult:
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    @property
+    def value_meaning(self) -> str:
+        """What :attr:`value` is for this result's method (``meta['method']``, :data:`VALUE_MEANINGS`)."""
+        method = self.meta.get("method")
+        if method in VALUE_MEANINGS:
+            return VALUE_MEANINGS[method]
+        return f"the objective method {method!r} reported (see its docstring)"
 
     @property
     def mean_score(self) -> float:

@@ -10,8 +10,9 @@ Similarities (each a ``(b, m)`` block for rows ``i0:i1`` of ``a``):
 - **Pearson** correlation of codes over the same ``T`` tokens (Wang et al. 2024, *Towards Universality:
   Studying Mechanistic Similarity Across Language Model Architectures*, who take per feature its
   maximum over the other dictionary, MPPC):
-  :math:`\\rho_{ij} = (\\tfrac1T\\sum_t a_{it} b_{jt} - \\mu_i \\mu_j) / (\\sigma_i \\sigma_j)`,
-  from one sparse x dense product per block; a feature that never varies has correlation 0.
+  :math:`\\rho_{ij} = \\tfrac1T\\sum_t (a_{it} - \\mu_i)(b_{jt} - \\mu_j) / (\\sigma_i \\sigma_j)`,
+  from one sparse x dense product per block, accumulated centred in float64 (:func:`covariance_blocks`);
+  a *constant* feature (:func:`constant_features`) has correlation 0 with everything.
 - **Jaccard** of firing sets, :math:`J_{ij} = |F_i \\cap F_j| / |F_i \\cup F_j|` with
   :math:`F_i = \\{t : a_{it} \\neq 0\\}`; 0 when both are empty.
 """
@@ -42,10 +43,20 @@ __all__ = [
     "default_block",
     "gram_blocks",
     "check_codes",
+    "CONSTANT_RTOL",
+    "code_moments",
+    "constant_features",
+    "covariance_blocks",
 ]
 
 SIMILARITIES = ("cosine", "pearson", "jaccard")
 _BLOCK_BYTES = 256 << 20  # one (b, m) float32 block plus its codes stays under ~256 MiB
+CONSTANT_RTOL = 1e-6
+"""A feature is constant on the tokens when its standard deviation is at most this fraction of its
+root mean square, :math:`\\sigma \\le 10^{-6}\\sqrt{\\sigma^2 + \\mu^2}` (always when
+:math:`\\sigma = 0`, e.g. a feature that never fires): float32 codes resolve relative changes of about
+:math:`6 \\cdot 10^{-8}` only, so smaller fluctuations are rounding. The cutoff is relative, hence the
+same for codes and for scaled codes."""
 
 
 def default_block(m: int, t: int = 0) -> int:
@@ -88,16 +99,65 @@ def gram_blocks(ca: FeatureCodes, cb: FeatureCodes, block: int | None, binary: b
         yield i0, (B @ Ablk.T).T  # sparse (m, T) @ dense (T, b) -> (m, b) -> (b, m)
 
 
-def pearson_blocks(ca: FeatureCodes, cb: FeatureCodes, block: int | None = None) -> Iterator[tuple[int, Tensor]]:
-    """Yield Pearson-correlation blocks ``(i0, rho[i0:i1, :])`` of two code sets on the same tokens."""
+def code_moments(c: FeatureCodes) -> tuple[Tensor, Tensor]:
+    """Per-feature mean and population variance of the codes in float64, two-pass (centred) over the
+    stored non-zeros: :math:`\\mu_i = \\tfrac1T \\sum_t z_{it}`,
+    :math:`\\sigma^2_i = \\tfrac1T \\big(\\sum_{t:\\,z_{it} \\ne 0} (z_{it} - \\mu_i)^2 + (T - \\mathrm{nnz}_i)\\,\\mu_i^2\\big)`."""
+    crow = c.codes.crow_indices()
+    vals = c.codes.values().double()
+    counts = crow[1:] - crow[:-1]
+    row_of = torch.repeat_interleave(torch.arange(c.n, device=vals.device), counts)
+    T = max(c.n_tokens, 1)
+    mean = torch.zeros(c.n, dtype=torch.float64, device=vals.device).index_add_(0, row_of, vals) / T
+    dev2 = torch.zeros(c.n, dtype=torch.float64, device=vals.device).index_add_(0, row_of, (vals - mean[row_of]) ** 2)
+    var = (dev2 + (T - counts.to(torch.float64)) * mean * mean) / T
+    return mean, var
+
+
+def _constant(mean: Tensor, var: Tensor) -> Tensor:
+    return var <= CONSTANT_RTOL**2 * (var + mean * mean)
+
+
+def constant_features(c: FeatureCodes) -> Tensor:
+    """Boolean ``(n,)``: the features that are constant on the tokens (:data:`CONSTANT_RTOL`); a feature
+    that never fires is constant. Such *dead* features have no correlation with anything."""
+    return _constant(*code_moments(c)).cpu()
+
+
+def covariance_blocks(ca: FeatureCodes, cb: FeatureCodes, block: int | None = None) -> Iterator[tuple[int, Tensor]]:
+    """Yield float64 covariance blocks ``(i0, C[i0:i1, :])``, :math:`C_{ij} = \\tfrac1T \\sum_t (a_{it} - \\mu_i)(b_{jt} - \\mu_j)`.
+
+    Accumulated centred in float64, never as :math:`E[ab] - E[a]E[b]` (which cancels catastrophically
+    for codes whose mean is large against their spread): each dense row block of ``a`` is centred,
+    :math:`\\tilde a = a - \\mu^a`, and multiplied with ``b``'s sparse codes; since
+    :math:`\\sum_t \\tilde a_{it} (b_{jt} - \\mu^b_j) = \\sum_t \\tilde a_{it} b_{jt} - \\mu^b_j \\sum_t \\tilde a_{it}`, the
+    rounding residue :math:`\\sum_t \\tilde a_{it}` of the centring is subtracted as well."""
+    check_codes(ca, cb)
     T = ca.n_tokens
-    mb, sb = cb.mean.to(cb.codes.device), cb.std.to(cb.codes.device)
-    for i0, G in gram_blocks(ca, cb, block, binary=False):
-        i1 = i0 + G.shape[0]
-        ma, sa = ca.mean[i0:i1].to(G.device), ca.std[i0:i1].to(G.device)
-        cov = G / T - ma[:, None] * mb[None, :]
-        denom = sa[:, None] * sb[None, :]
-        yield i0, torch.where(denom > 1e-12, cov / denom.clamp_min(1e-12), torch.zeros_like(cov)).clamp(-1, 1)
+    B = cb.codes.to(torch.float64)
+    mb, _ = code_moments(cb)
+    block = block or max(16, default_block(cb.n, ca.n_tokens) // 2)  # float64: half the rows per block
+    for i0 in range(0, ca.n, block):
+        i1 = min(ca.n, i0 + block)
+        A = ca.rows(i0, i1).to(B.device, torch.float64)  # (b, T) dense
+        A = A - A.mean(1, keepdim=True)
+        resid = A.sum(1)
+        yield i0, ((B @ A.T).T - resid[:, None] * mb[None, :].to(A.device)) / T
+
+
+def pearson_blocks(ca: FeatureCodes, cb: FeatureCodes, block: int | None = None) -> Iterator[tuple[int, Tensor]]:
+    """Yield Pearson-correlation blocks ``(i0, rho[i0:i1, :])`` of two code sets on the same tokens (float32;
+    covariances from :func:`covariance_blocks`, 0 where either feature is constant)."""
+    mb, vb = code_moments(cb)
+    sb, const_b = vb.sqrt(), _constant(mb, vb)
+    ma_all, va_all = code_moments(ca)
+    for i0, cov in covariance_blocks(ca, cb, block):
+        i1 = i0 + cov.shape[0]
+        ma, va = ma_all[i0:i1].to(cov.device), va_all[i0:i1].to(cov.device)
+        live = ~_constant(ma, va)[:, None] & ~const_b.to(cov.device)[None, :]
+        denom = va.sqrt()[:, None] * sb.to(cov.device)[None, :]
+        rho = torch.where(live, cov / torch.where(live, denom, torch.ones_like(denom)), torch.zeros_like(cov))
+        yield i0, rho.clamp(-1, 1).float()
 
 
 def jaccard_blocks(ca: FeatureCodes, cb: FeatureCodes, block: int | None = None) -> Iterator[tuple[int, Tensor]]:

@@ -17,7 +17,7 @@ from torch import Tensor
 from universality.errors import MatchError
 from universality.match.assignment import hungarian, sparse_assignment
 from universality.match.result import MatchResult
-from universality.match.similarity import dense_similarity, gram_blocks, topk_partners
+from universality.match.similarity import constant_features, covariance_blocks, dense_similarity, topk_partners
 from universality.match.views import FeatureCodes
 
 __all__ = [
@@ -26,6 +26,9 @@ __all__ = [
     "max_similarity",
     "mmcs",
     "mppc",
+    "dead_counts",
+    "MIN_PAIRS_RATIO",
+    "too_few_pairs",
     "one_to_one",
     "shared_fraction",
     "svcca",
@@ -60,16 +63,30 @@ def mmcs(A: Float[Tensor, "n d"], B: Float[Tensor, "m d"], block: int | None = N
     return float(ra.mean()), float(rb.mean())
 
 
-def mppc(ca: FeatureCodes, cb: FeatureCodes, block: int | None = None) -> tuple[float, float]:
+def mppc(ca: FeatureCodes, cb: FeatureCodes, block: int | None = None,
+         exclude_dead: bool = True) -> tuple[float, float]:
     """Mean of per-feature maximum Pearson correlation over shared tokens, both directions (Wang et al. 2024,
     *Towards Universality: Studying Mechanistic Similarity Across Language Model Architectures*):
 
-    .. math:: \\mathrm{MPPC}(A \\to B) = \\frac1n \\sum_i \\max_j \\rho(z^A_i, z^B_j).
+    .. math:: \\mathrm{MPPC}(A \\to B) = \\frac1{|L_A|} \\sum_{i \\in L_A} \\max_j \\rho(z^A_i, z^B_j),
 
-    Dead features (constant codes) have correlation 0 with everything and count as 0.
+    over the live features :math:`L_A` of ``a`` (not constant on the tokens,
+    :func:`~universality.match.similarity.constant_features`): a dead feature has no correlation to speak
+    of, and counting it as 0 would make MPPC measure the dead fraction (:func:`dead_counts` reports how many
+    were left out). ``exclude_dead=False`` averages over all ``n`` features, dead ones as 0. NaN when no
+    feature of that side is live.
     """
     ra, rb = max_similarity(ca, cb, "pearson", block)
-    return float(ra.mean()), float(rb.mean())
+    if not exclude_dead:
+        return float(ra.mean()), float(rb.mean())
+    live_a, live_b = ~constant_features(ca), ~constant_features(cb)
+    return (float(ra[live_a].mean()) if live_a.any() else float("nan"),
+            float(rb[live_b].mean()) if live_b.any() else float("nan"))
+
+
+def dead_counts(ca: FeatureCodes, cb: FeatureCodes) -> tuple[int, int]:
+    """``(dead in a, dead in b)``: features constant on the shared tokens, left out of :func:`mppc`."""
+    return int(constant_features(ca).sum()), int(constant_features(cb).sum())
 
 
 def one_to_one(a: Any, b: Any, kind: str = "cosine", k: int = 16, exact_limit: int = DENSE_LIMIT) -> MatchResult:
@@ -116,32 +133,66 @@ def _center(X: Tensor) -> Tensor:
     return X - X.mean(0, keepdim=True)
 
 
+MIN_PAIRS_RATIO = 2.0
+"""SVCCA and RSA need ``k >= MIN_PAIRS_RATIO * (r_x + r_y)`` paired rows, see :func:`too_few_pairs`."""
+
+
+def _reduce(Z: Tensor, keep: float) -> Tensor:
+    """Orthonormal basis ``(k, r)`` of the centred rows' top singular directions holding ``keep`` of the
+    variance (``r <= k - 1``; the reduced data ``U_r S_r`` spans the same space)."""
+    U, s, _ = torch.linalg.svd(_center(Z), full_matrices=False)
+    var = (s**2).cumsum(0) / (s**2).sum().clamp_min(1e-30)
+    r = int(min(int((var < keep).sum()) + 1, Z.shape[0] - 1, len(s)))
+    return U[:, :r]
+
+
+def too_few_pairs(X: Float[Tensor, "k dx"], Y: Float[Tensor, "k dy"], keep: float = 0.99) -> str | None:
+    """Why SVCCA/RSA of these ``k`` pairs would mislead, or ``None`` when there are enough.
+
+    The rule: ``k >= MIN_PAIRS_RATIO * (r_x + r_y)`` with ``r`` the number of singular directions holding
+    ``keep`` of each side's variance (the SVCCA reduction). Canonical correlations of ``r_x``- and
+    ``r_y``-dimensional data from ``k`` samples are all 1 by construction once ``r_x + r_y >= k - 1`` (the two
+    column spaces meet inside the ``k - 1`` centred dimensions), and for independent data they stay large
+    while ``(r_x + r_y) / k`` is not small (Wachter 1980, *The limiting empirical measure of multiple
+    discriminant ratios*; Johnstone 2008, *Multivariate analysis and Jacobi ensembles*): 4 pairs in 64
+    dimensions give SVCCA 1 for any data. RSA reads the same pair set, so it follows the same rule.
+    """
+    k = X.shape[0]
+    if k < 3:
+        return f"{k} pairs: SVCCA/RSA need at least 3"
+    rx, ry = _reduce(X, keep).shape[1], _reduce(Y, keep).shape[1]
+    need = int(np.ceil(MIN_PAIRS_RATIO * (rx + ry)))
+    if k < need:
+        return (f"{k} pairs for {rx} + {ry} dimensions: SVCCA/RSA need >= {MIN_PAIRS_RATIO:g} x (r_a + r_b) = "
+                f"{need} pairs (fewer fit any data)")
+    return None
+
+
 def svcca(X: Float[Tensor, "k dx"], Y: Float[Tensor, "k dy"], keep: float = 0.99) -> float:
     """Mean canonical correlation after SVD reduction (SVCCA, Raghu et al. 2017), applied as in Lan et al.
     2024 (*Sparse autoencoders reveal universal feature spaces across LLMs*) to the decoder rows of paired
     features: rows of ``X`` and ``Y`` are the ``k`` pairs. Each side is centred and reduced to the top
     singular directions holding ``keep`` of its variance (at most ``k - 1``); the canonical correlations
     are the singular values of :math:`Q_X^\\top Q_Y` for orthonormal bases :math:`Q` of the reduced data.
+    NaN when there are too few pairs for the dimensions (:func:`too_few_pairs` says why).
     """
     if X.shape[0] != Y.shape[0] or X.shape[0] < 3:
         raise MatchError(f"SVCCA needs the same >= 3 paired rows, got {X.shape[0]} and {Y.shape[0]}", "match first")
-
-    def reduce(Z: Tensor) -> Tensor:
-        U, s, _ = torch.linalg.svd(_center(Z), full_matrices=False)
-        var = (s**2).cumsum(0) / (s**2).sum().clamp_min(1e-30)
-        r = int(min(int((var < keep).sum()) + 1, Z.shape[0] - 1, len(s)))
-        return U[:, :r]  # already orthonormal: the reduced data U_r S_r spans the same space
-
-    rho = torch.linalg.svdvals(reduce(X).T @ reduce(Y)).clamp(0, 1)
+    if too_few_pairs(X, Y, keep) is not None:
+        return float("nan")
+    rho = torch.linalg.svdvals(_reduce(X, keep).T @ _reduce(Y, keep)).clamp(0, 1)
     return float(rho.mean())
 
 
 def rsa(X: Float[Tensor, "k dx"], Y: Float[Tensor, "k dy"]) -> float:
     """Representational similarity analysis (Kriegeskorte et al. 2008) as used by Lan et al. 2024: Spearman
     correlation between the upper triangles of the within-space cosine-similarity matrices of the ``k``
-    paired features, :math:`\\rho_s(\\mathrm{triu}(\\hat X\\hat X^\\top), \\mathrm{triu}(\\hat Y\\hat Y^\\top))`."""
+    paired features, :math:`\\rho_s(\\mathrm{triu}(\\hat X\\hat X^\\top), \\mathrm{triu}(\\hat Y\\hat Y^\\top))`.
+    NaN when there are too few pairs for the dimensions (:func:`too_few_pairs`)."""
     if X.shape[0] != Y.shape[0] or X.shape[0] < 3:
         raise MatchError(f"RSA needs the same >= 3 paired rows, got {X.shape[0]} and {Y.shape[0]}", "match first")
+    if too_few_pairs(X, Y) is not None:
+        return float("nan")
     Xn = torch.nn.functional.normalize(X.double(), dim=1)
     Yn = torch.nn.functional.normalize(Y.double(), dim=1)
     iu = torch.triu_indices(len(X), len(X), 1)
@@ -161,18 +212,13 @@ def linear_cka(X: Float[Tensor, "T n"], Y: Float[Tensor, "T m"]) -> float:
 
 
 def _cov_frob2(ca: FeatureCodes, cb: FeatureCodes, block: int | None) -> float:
-    T = ca.n_tokens
-    total = 0.0
-    mb = cb.mean.double()
-    for i0, G in gram_blocks(ca, cb, block, binary=False):
-        ma = ca.mean[i0 : i0 + G.shape[0]].double()
-        total += float((G.double() / T - ma[:, None] * mb[None, :].to(G.device)).pow(2).sum())
-    return total
+    return float(sum(float(C.pow(2).sum()) for _, C in covariance_blocks(ca, cb, block)))
 
 
 def linear_cka_codes(ca: FeatureCodes, cb: FeatureCodes, block: int | None = None) -> float:
     """:func:`linear_cka` of two code sets computed blockwise from sparse codes (same formula, covariances
-    :math:`\\tfrac1T X_c^\\top Y_c` accumulated block by block so the ``(n, m)`` matrix is never held)."""
+    :math:`\\tfrac1T X_c^\\top Y_c` accumulated centred in float64 block by block, so the ``(n, m)`` matrix is
+    never held and the value is invariant to shifting and scaling the codes)."""
     num = _cov_frob2(ca, cb, block)
     den = np.sqrt(_cov_frob2(ca, ca, block)) * np.sqrt(_cov_frob2(cb, cb, block))
     return float(num / den) if den > 0 else float("nan")

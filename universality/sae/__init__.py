@@ -34,6 +34,7 @@ __all__ = [
     "get_architecture",
     "make_sae",
     "register",
+    "load_pretrained",
 ]
 
 _LAZY = {
@@ -46,6 +47,7 @@ _LAZY = {
     "get_architecture": "universality.sae.registry",
     "make_sae": "universality.sae.registry",
     "register": "universality.sae.registry",
+    "load_pretrained": "universality.sae.formats",
     **{name: "universality.sae.config" for name in ("SAEConfig", "TopKConfig", "BatchTopKConfig", "ReLUConfig",
                                                     "JumpReLUConfig", "GatedConfig", "config_class", "sae_config")},
 }
