@@ -70,9 +70,9 @@ def test_passage_learned_after_step_s_is_born_after_s(tmp_path):
     born = pd.read_csv(out.root / "tables" / f"feature_evolution__injected_passage_features_{site}.csv")
     at_s = int(per_rev.loc[per_rev["step"] == after, "n_context"].iloc[0])
     final = int(per_rev.loc[per_rev["step"] == steps, "n_context"].iloc[0])
-    # measured: 0 features at steps 30 and 60, 4 at 160, 3 of the 4 born after step 60; after TopK training
+    # measured: 0 features at steps 30 and 60, 4 at 160, 3 of the 4 born after step 60; after TopK encoding
     # moved onto the stacked kernel (same maths, other rounding): 0, 0, 1 (context excess 0.56, just over
-    # the 0.5 line), 2, 5 at steps 0/30/60/110/160, 4 of the 5 born after step 60
+    # the 0.5 line), 2, 4 at steps 0/30/60/110/160, 3 of the 4 born after step 60
     assert at_s <= 1 and final >= at_s + 3
     assert born["born_after_injection"].mean() >= 2 / 3
     assert "passage introduced after step 60" in out.report_md.read_text()

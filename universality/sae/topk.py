@@ -6,7 +6,7 @@
 keeps the ``k`` largest activations of each row and zeroes the rest; there is no sparsity
 penalty. Decoder rows are kept at unit norm (required: TopK selection is not invariant to moving
 row norms into the encoder). Dead latents are revived with AuxK (see
-:mod:`universality.train.dead`). Training runs through the one TopK kernel of
+:mod:`universality.train.dead`). Training encodes through the one TopK kernel of
 :mod:`universality.sae.kernels` (this dictionary is a stack of one).
 """
 
@@ -18,7 +18,7 @@ from torch import Tensor
 
 from universality.sae.base import SAE, SAEOutput
 from universality.sae.config import TopKConfig
-from universality.sae.kernels import sparse_decode, topk_encoder
+from universality.sae.kernels import topk_encoder
 from universality.sae.registry import register
 
 __all__ = ["TopKSAE", "topk_encoder"]
@@ -37,6 +37,8 @@ class TopKSAE(SAE):
     def forward_train(self, x: Float[Tensor, "batch d_in"]) -> SAEOutput:
         xc_BD = x.to(self.W_dec.dtype) - self.b_dec
         vals_BK, idx_BK, pre_BF = topk_encoder(xc_BD, self.W_enc, self.b_enc, self.cfg.k)
-        x_hat_BD = sparse_decode(idx_BK, vals_BK, self.W_dec) + self.b_dec
+        # embedding_bag's backward; on the CPU the stacked sparse decode's dense backward is ~1.5x slower
+        # here (d_in 256, d_sae 2048, k 32, batch 1024: 208 vs 137 ms a step, one thread)
+        x_hat_BD = self.decode_sparse(idx_BK, vals_BK)
         z_BF = torch.zeros_like(pre_BF, dtype=vals_BK.dtype).scatter(-1, idx_BK, vals_BK.detach())
         return SAEOutput(x_hat_BD, z_BF, pre_BF, pre_BF.new_zeros(()), active=(idx_BK, vals_BK.detach()))

@@ -33,7 +33,6 @@ __all__ = ["run_study", "check_out_folder", "StudyOutcome"]
 log = logging.getLogger("universality.study")
 
 
-
 @dataclass(frozen=True)
 class StudyOutcome:
     root: Path
