@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from universality.sae.config import (
     TopKOptions,
     sae_config,
 )
-from universality.sites import Site
+from universality.sites import Site, as_site, describe_sites
 from universality.zoo.config import preset_names
 
 __all__ = [
@@ -460,6 +460,16 @@ class StudyConfig:
         spec = self.model(name)
         return spec.sites if spec.sites is not None else self.sites
 
+    def require_sites(self, name: str, have: Collection[Site]) -> list[Site]:
+        """The sites of model ``name`` (:meth:`sites_for`, parsed), or a :class:`ConfigError` listing
+        ``have`` (the model's sites) when one of them is missing."""
+        wanted = [as_site(s) for s in self.sites_for(name)]
+        missing = [s.name for s in wanted if s not in have]
+        if missing:
+            raise ConfigError(f"model {name!r} has no site(s) {missing}; its sites are {describe_sites(have)}",
+                              f"give the model its own list (study.models[].sites) or drop {missing[0]} from study.sites")
+        return wanted
+
     def model(self, name: str) -> ModelSpec:
         for m in self.models:
             if m.name == name:
@@ -517,6 +527,11 @@ def _build(cls: type, data: Any, where: str) -> Any:
         raise ConfigError(f"bad {where}: {exc}", f"valid keys are {sorted(names)}") from None
 
 
+def _option_owners(name: str) -> list[str]:
+    """The architectures whose ``study.sae.<architecture>`` block has a field ``name``."""
+    return [a for a, cls in BUILTIN_OPTIONS.items() if name in {f.name for f in dataclasses.fields(cls)}]
+
+
 def _build_sae(data: Any) -> SAESpec:
     """``study.sae`` with its per-architecture blocks; a flat architecture field gets a pointer to its block."""
     if not isinstance(data, Mapping):
@@ -524,7 +539,7 @@ def _build_sae(data: Any) -> SAESpec:
     data = dict(data)
     arch = data.get("architecture", "topk")
     for key in list(data):
-        owner = [a for a, cls in BUILTIN_OPTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}]
+        owner = _option_owners(key)
         if owner and key not in {f.name for f in dataclasses.fields(SAESpec)}:
             block = arch if arch in owner else owner[0]
             raise ConfigError(f"study.sae.{key} is an option of {', '.join(owner)} and belongs in its block",
@@ -617,7 +632,7 @@ def _check_sae_overrides(overrides: Sequence[str]) -> None:
         key = key.lstrip("+~")
         if key.startswith("study.sae.") and key.count(".") == 2 and key[len("study.sae."):] not in shared:
             name = key[len("study.sae."):]
-            owner = [a for a, cls in BUILTIN_OPTIONS.items() if name in {f.name for f in dataclasses.fields(cls)}]
+            owner = _option_owners(name)
             if owner:
                 raise ConfigError(f"{key} is an option of {', '.join(owner)} and belongs in its block",
                                   f"write it as study.sae.{owner[0]}.{name}={value or '...'} (the block of the chosen architecture)")

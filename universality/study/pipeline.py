@@ -19,7 +19,7 @@ import torch
 import models
 from universality.data import tokenize_spans
 from universality.errors import ConfigError
-from universality.sites import Site, as_site, describe_sites
+from universality.sites import Site
 from universality.study import stages
 from universality.study.cache import StageCache
 from universality.study.config import StudyConfig
@@ -112,13 +112,7 @@ class StudyContext:
     def sites_of(self, name: str) -> list[Site]:
         """The sites read in model ``name`` (its own ``sites`` or the study's, in config order), parsed
         once here; every one must exist in the model."""
-        wanted = [as_site(s) for s in self.cfg.sites_for(name)]
-        have = self.adapter(name).site_table
-        missing = [s.name for s in wanted if s not in have]
-        if missing:
-            raise ConfigError(f"model {name!r} has no site(s) {missing}; its sites are {describe_sites(have)}",
-                              f"give the model its own list (study.models[].sites) or drop {missing[0]} from study.sites")
-        return wanted
+        return self.cfg.require_sites(name, self.adapter(name).site_table)
 
     # --------------------------------------------------------------- harvest
     def store(self, cell: Cell):

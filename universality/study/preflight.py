@@ -26,7 +26,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from models.base import HFAdapter
 from models.registry import family_spec
 from universality.errors import ConfigError, ModelLoadError
-from universality.sites import Site, as_site, describe_sites
+from universality.sites import Site
 from universality.study.config import ModelSpec, StudyConfig
 from universality.study.stages import zoo_config
 from universality.zoo.families import build_model
@@ -98,11 +98,7 @@ def model_sites(cfg: StudyConfig, spec: ModelSpec) -> tuple[dict[Site, int], int
 
 def _check_model(cfg: StudyConfig, spec: ModelSpec, found: tuple[dict[Site, int], int]) -> None:
     sites, _ = found
-    wanted = [as_site(s) for s in cfg.sites_for(spec.name)]
-    missing = [s.name for s in wanted if s not in sites]
-    if missing:
-        raise ConfigError(f"model {spec.name!r} has no site(s) {missing}; its sites are {describe_sites(sites)}",
-                          "give the model its own list (study.models[].sites) or drop the site from study.sites")
+    wanted = cfg.require_sites(spec.name, sites)
     k = getattr(cfg.sae.options, "k", None)
     if k is None:
         return
