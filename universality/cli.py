@@ -8,9 +8,11 @@ Commands::
         (weights load with the right shapes and are finite, shard headers fit their files, ...).
         ``--expect model=... site=...`` checks recorded fields against what you meant to open.
     match A B [--method M] [--view V] [--store S] [--store-b S2] [--site SITE] [--max-rows N]
-              [--skyline A2] [--skyline-b B2] [--n-perm N] [--out FILE.json]
+              [--skyline A2] [--skyline-b B2] [--n-perm N] [--n-boot N] [--boot-block N] [--out FILE.json]
         Match two saved dictionaries with :func:`universality.match.match` and print every summary
-        metric of :func:`universality.match.compare` with its floor, skyline and normalised value.
+        metric of :func:`universality.match.compare` with its floor, skyline, normalised value,
+        p-value (``p_method``, ``p_resolution``), bootstrap interval (``ci_low``, ``ci_high``,
+        ``ci_method``) and ``note``; the match result's ``value`` comes with ``value_meaning``.
         ``--store`` supplies activations (rows of the dictionaries' site) for the activation view.
     validate [OVERRIDES ...]
         Compose and validate a study config (``study=... study.sae.steps=...``) without running it.
@@ -334,8 +336,10 @@ def run_match(args: argparse.Namespace) -> dict[str, Any]:
     out = _check_out(args.out)
     if args.max_rows < 2:
         raise ConfigError(f"--max-rows must be >= 2, got {args.max_rows}", "use e.g. --max-rows 4096")
-    if args.n_perm < 0:
-        raise ConfigError(f"--n-perm must be >= 0, got {args.n_perm}", "use e.g. --n-perm 10")
+    for flag, value, low, example in (("--n-perm", args.n_perm, 0, 49), ("--n-boot", args.n_boot, 0, 100),
+                                      ("--boot-block", args.boot_block, 1, 64)):
+        if value is not None and value < low:
+            raise ConfigError(f"{flag} must be >= {low}, got {value}", f"use e.g. {flag} {example}")
     if args.store_b and not args.store:
         raise ConfigError("--store-b needs --store", "pass --store for a and --store-b for b")
     if args.view == "activations" and not args.store:
@@ -360,12 +364,13 @@ def run_match(args: argparse.Namespace) -> dict[str, Any]:
         token_ids = (ta, tb) if tb is not ta else ta
     res = match(a, b, method=args.method, view=args.view, activations=activations, token_ids=token_ids, device="cpu")
     skyline = (sky_a, sky_b) if sky_b is not None else sky_a
-    table = compare(a, b, activations=activations, token_ids=token_ids, skyline=skyline, n_perm=args.n_perm,
-                    seed=args.seed)
+    given = {k: v for k, v in (("n_perm", args.n_perm), ("n_boot", args.n_boot), ("boot_block", args.boot_block))
+             if v is not None}  # unset: compare's defaults
+    table = compare(a, b, activations=activations, token_ids=token_ids, skyline=skyline, seed=args.seed, **given)
     summary = {
         "format": MATCH_FORMAT, "a": str(args.a), "b": str(args.b), "method": args.method, "view": args.view,
         "store": args.store, "store_b": args.store_b, "n_a": res.meta.get("n_a"), "n_b": res.meta.get("n_b"),
-        "pairs": len(res), "mean_score": res.mean_score, "value": res.value,
+        "pairs": len(res), "mean_score": res.mean_score, "value": res.value, "value_meaning": res.value_meaning,
         "metrics": table.to_dict(orient="records"),
     }
     summary = _json_safe(summary)
@@ -471,8 +476,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rows", type=int, default=4096, help="rows read from each store")
     p.add_argument("--skyline", help="a second-seed copy of a")
     p.add_argument("--skyline-b", help="a second-seed copy of b")
-    p.add_argument("--n-perm", type=int, default=10, help="permutations for the p-values")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random floor and the permutations")
+    p.add_argument("--n-perm", type=int, default=None,
+                   help="null samples for the p-values (default 49: exact p down to 0.02, a fitted normal tail "
+                        "below, see the p_method column; 0: none)")
+    p.add_argument("--n-boot", type=int, default=None,
+                   help="block-bootstrap replicates of the activation metrics' intervals (default 100; 0: none)")
+    p.add_argument("--boot-block", type=int, default=None,
+                   help="tokens per bootstrap block (default 64; pass the context length of the store)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random floor and the bootstrap")
     p.add_argument("--out", help="also write the summary to this .json file")
     p.add_argument("--json", action="store_true", help="print JSON")
 

@@ -4,9 +4,11 @@ Features of every site of model A are matched to features of every site of model
 activations on the shared evaluation spans (MPPC, Wang et al. 2024). When the two models use
 different tokenizers, rows are aligned by character spans and each unit is read at its last token
 on both sides (:meth:`universality.data.Alignment.pairs`), so both sides see the same text units.
-Each model's seed skyline and the token-shuffled floor come with every number. Gromov-Wasserstein
-(POT) between the decoder geometries of matched sites gives a weight-space view that needs no
-shared basis.
+The token-shuffled floor and two skylines come with every number, as in Wang et al. 2024: the
+SAE-seed skyline (two SAE seeds on one model) and, when ``study.model_seed_skyline`` trains
+model-seed copies, the model-seed skyline (SAEs on two models pre-trained with different seeds);
+each row gives one normalised value per skyline. Gromov-Wasserstein (POT) between the decoder
+geometries of matched sites gives a weight-space view that needs no shared basis (lower is closer).
 """
 
 from __future__ import annotations
@@ -17,7 +19,23 @@ import pandas as pd
 import torch
 
 from analysis import plots
-from analysis.studies.common import A_SEED, B_SEED, AnalysisResult, Codebook, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
+from analysis.studies.common import (
+    A_SEED,
+    B_SEED,
+    MPPC_MEANING,
+    AnalysisResult,
+    Codebook,
+    dead_note,
+    mean_skyline,
+    model_seed_skyline,
+    mppc_ci,
+    norm_row,
+    per_feature_mppc,
+    seed_copy_codes,
+    shuffled_floor,
+    skyline_interval,
+    skylines_text,
+)
 from universality.data import align_span_tokens
 from universality.errors import ConfigError
 from universality.match import encode_codes, match
@@ -39,6 +57,42 @@ def _rows_for(ctx, book: Codebook, a: tuple[str, str], b: tuple[str, str]):
     return ia[keep], ib[keep], torch.arange(int(keep.sum()))
 
 
+def _side(ctx, book: Codebook, model: str, rev: str, rows: torch.Tensor, tok: torch.Tensor) -> dict:
+    """Codes of every site of ``model`` on ``rows`` (one per SAE seed), with both skylines per site."""
+    out = {"codes": {}, "sae_seed": {}, "model_seed": {}, "copy": {}}
+    for site in [s.name for s in ctx.sites_of(model)]:
+        saes = ctx.saes(Cell(model, rev, "D"))[site]
+        x = book.acts(model, rev, site)[rows]
+        out["codes"][site] = [encode_codes(s, x, token_ids=tok) for s in saes]
+        out["sae_seed"][site] = skyline_interval(out["codes"][site])[0]
+        out["copy"][site] = seed_copy_codes(ctx, model, "D", site, rows=rows, token_ids=tok)
+        out["model_seed"][site] = model_seed_skyline(ctx, model, out["codes"][site][A_SEED], out["copy"][site])
+    return out
+
+
+def _gw_row(ctx, ma: str, ra_: str, sa: str, mb: str, rb_: str, sb: str, comp: str) -> dict:
+    """Gromov-Wasserstein between the decoders of ``ma:sa`` and ``mb:sb``, with the same distance between
+    two SAE seeds of ``ma`` (SAE-seed skyline) and between ``ma`` and its model-seed copy."""
+    sae_a = ctx.saes(Cell(ma, ra_, "D"))[sa]
+    gw = match(sae_a[A_SEED], ctx.saes(Cell(mb, rb_, "D"))[sb][B_SEED], method="gw", n_max=ctx.cfg.match.gw_max)
+    gw_sae = match(sae_a[A_SEED], sae_a[B_SEED], method="gw", n_max=ctx.cfg.match.gw_max)
+    copy = ctx.seed_copy(ma)
+    note = f"skyline_sae_seed = GW between two SAE seeds of {ma}"
+    gw_model = float("nan")
+    if copy is not None:
+        crev = ctx.revisions(copy)[-1]
+        gw_model = float(match(sae_a[A_SEED], ctx.saes(Cell(copy, crev, "D"))[sa][B_SEED], method="gw",
+                               n_max=ctx.cfg.match.gw_max).value)
+        note += f"; skyline_model_seed = GW between {ma} and its model-seed copy {copy}"
+    else:
+        note += "; model-seed skyline not computed"
+    note += "; no normalised value (a distance has no floor here)"
+    return {"analysis": NAME, "comparison": comp, "metric": "gw_distance", "value": float(gw.value),
+            "skyline_sae_seed": float(gw_sae.value), "skyline_model_seed": gw_model,
+            "value_meaning": gw.value_meaning, "note": note,
+            "model_a": ma, "site_a": sa, "model_b": mb, "site_b": sb}
+
+
 def run(ctx, figures_dir) -> AnalysisResult:
     on_d = [m for m in ctx.cfg.models if m.data == "D"]
     families = {m.name: ctx.adapter(m.name).family for m in on_d}
@@ -52,40 +106,27 @@ def run(ctx, figures_dir) -> AnalysisResult:
     for ma, mb in pairs:
         ra_, rb_ = ctx.revisions(ma)[-1], ctx.revisions(mb)[-1]
         ia, ib, tok = _rows_for(ctx, book, (ma, ra_), (mb, rb_))
-        ca_all, cb_all, sky_a, sky_b = {}, {}, {}, {}
-        for site in [s.name for s in ctx.sites_of(ma)]:
-            saes = ctx.saes(Cell(ma, ra_, "D"))[site]
-            x = book.acts(ma, ra_, site)[ia]
-            ca_all[site] = [encode_codes(s, x, token_ids=tok) for s in saes]
-            sky_a[site] = skyline_interval(ca_all[site])[0]
-        for site in [s.name for s in ctx.sites_of(mb)]:
-            saes = ctx.saes(Cell(mb, rb_, "D"))[site]
-            x = book.acts(mb, rb_, site)[ib]
-            cb_all[site] = [encode_codes(s, x, token_ids=tok) for s in saes]
-            sky_b[site] = skyline_interval(cb_all[site])[0]
+        side_a, side_b = _side(ctx, book, ma, ra_, ia, tok), _side(ctx, book, mb, rb_, ib, tok)
+        ca_all, cb_all = side_a["codes"], side_b["codes"]
         heat = []
         for sa, sb in itertools.product(ca_all, cb_all):
-            fa, fb = per_feature_mppc(ca_all[sa][A_SEED], cb_all[sb][B_SEED])
-            floor, _ = shuffled_floor(ca_all[sa][A_SEED], cb_all[sb][B_SEED], seed=ctx.cfg.seed)
-            sky_mean = (sky_a[sa].mean + sky_b[sb].mean) / 2
+            ca, cb = ca_all[sa][A_SEED], cb_all[sb][B_SEED]
+            fa, fb = per_feature_mppc(ca, cb)
+            floor, _ = shuffled_floor(ca, cb, seed=ctx.cfg.seed)
+            sky_sae = (side_a["sae_seed"][sa].mean + side_b["sae_seed"][sb].mean) / 2
+            sky_model = mean_skyline(side_a["model_seed"][sa], side_b["model_seed"][sb])
             comp = f"{ma}:{sa} vs {mb}:{sb}"
-            rows.append(norm_row(NAME, comp, "mppc", float(fa.mean()), floor, sky_mean, direction=f"{ma}->{mb}",
+            rows.append(norm_row(NAME, comp, "mppc", float(fa.mean()), floor, sky_sae, sky_model,
+                                 note=dead_note(ca, cb, ma, mb), direction=f"{ma}->{mb}",
                                  model_a=ma, site_a=sa, model_b=mb, site_b=sb, reverse=float(fb.mean()),
-                                 skyline_a=sky_a[sa].mean, skyline_b=sky_b[sb].mean))
+                                 sae_seed_a=side_a["sae_seed"][sa].mean, sae_seed_b=side_b["sae_seed"][sb].mean,
+                                 model_seed_a=_or_nan(side_a["model_seed"][sa].value),
+                                 model_seed_b=_or_nan(side_b["model_seed"][sb].value), value_meaning=MPPC_MEANING,
+                                 **mppc_ci(ca, cb, "a->b", seed=ctx.cfg.seed)))
             heat.append({"a": sa, "b": sb, "mppc": (float(fa.mean()) + float(fb.mean())) / 2})
             if sa == list(ca_all)[-1] and sb == list(cb_all)[-1]:
-                dist += [{"comparison": f"{ma} -> {mb}", "kind": "observed", "score": v} for v in fa]
-                dist += [{"comparison": f"{ma} -> {mb}", "kind": "floor", "score": v}
-                         for v in shuffled_floor(ca_all[sa][A_SEED], cb_all[sb][B_SEED], seed=ctx.cfg.seed)[1]]
-                dist += [{"comparison": f"{ma} -> {mb}", "kind": "skyline", "score": v}
-                         for v in skyline_interval(ca_all[sa])[1]]
-            gw = match(ctx.saes(Cell(ma, ra_, "D"))[sa][A_SEED], ctx.saes(Cell(mb, rb_, "D"))[sb][B_SEED], method="gw",
-                       n_max=ctx.cfg.match.gw_max)
-            gw_sky = match(ctx.saes(Cell(ma, ra_, "D"))[sa][A_SEED], ctx.saes(Cell(ma, ra_, "D"))[sa][B_SEED], method="gw",
-                           n_max=ctx.cfg.match.gw_max)
-            rows.append({"analysis": NAME, "comparison": comp, "metric": "gw_distance", "value": float(gw.value),
-                         "skyline": float(gw_sky.value), "note": "lower is closer; skyline = seed copies of A",
-                         "model_a": ma, "site_a": sa, "model_b": mb, "site_b": sb})
+                dist += _distributions(ctx, ma, mb, fa, ca, cb, ca_all[sa], side_a["copy"][sa])
+            rows.append(_gw_row(ctx, ma, ra_, sa, mb, rb_, sb, comp))
         mat = pd.DataFrame(heat).pivot(index="a", columns="b", values="mppc").loc[list(ca_all), list(cb_all)]
         res.figures.append((f"Site-by-site MPPC between {ma} (rows) and {mb} (columns)",
                             plots.heatmap(mat, figures_dir / f"arch_{ma}_{mb}.png", f"{ma} x {mb} (MPPC, mean of both directions)",
@@ -99,18 +140,47 @@ def run(ctx, figures_dir) -> AnalysisResult:
     table = pd.DataFrame(rows)
     res.tables["cross_architecture"] = table
     res.tidy += rows
-    mp = table[table["metric"] == "mppc"]
-    top = mp.loc[mp["value"].idxmax()]
-    res.findings.append(
-        f"Best cross-architecture pair {top['comparison']}: MPPC {top['value']:.3f} against floor {top['floor']:.3f}; "
-        f"skylines {top['skyline_a']:.3f} ({top['model_a']}) and {top['skyline_b']:.3f} ({top['model_b']}); "
-        + (f"normalised {top['normalised']:.2f}." if pd.notna(top["normalised"]) else f"not normalised: {top['note']}."))
+    res.findings.append(_top_finding(table[table["metric"] == "mppc"]))
     res.figures.append(("Per-feature best correlation across architectures (last sites), with floor and skyline",
                         plots.similarity_distributions(pd.DataFrame(dist), figures_dir / "arch_distributions.png",
                                                        "Per-feature MPPC across architectures")))
     res.text = ("Both models are trained on the same data with the same tokenizer; every site's SAE features of one "
                 "model are matched to every site's of the other by their activations on the same evaluation text. "
-                "Skylines are each model's own seed-to-seed MPPC; the floor is MPPC against token-shuffled codes. "
+                "The floor is MPPC against token-shuffled codes. The skylines of a row are the means over its two "
+                "models (sae_seed_a/b, model_seed_a/b give each model's own). " + skylines_text(ctx) + " "
                 "Gromov-Wasserstein distances compare the geometry of the two decoders without a shared basis "
-                "(lower is closer; the skyline row is between seed copies).")
+                "(value_meaning: lower is closer; its skyline columns are the same distance between SAE seeds and "
+                "between model seeds).")
     return res
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
+def _distributions(ctx, ma: str, mb: str, fa, ca, cb, seeds_a: list, copy_a) -> list[dict]:
+    """Per-feature scores of the last site pair: observed, floor and the skylines (first seed pair, and
+    ``ma`` against its model-seed copy when there is one)."""
+    label = f"{ma} -> {mb}"
+    out = [{"comparison": label, "kind": "observed", "score": v} for v in fa]
+    out += [{"comparison": label, "kind": "floor", "score": v} for v in shuffled_floor(ca, cb, seed=ctx.cfg.seed)[1]]
+    out += [{"comparison": label, "kind": "skyline", "score": v} for v in skyline_interval(seeds_a)[1]]
+    if copy_a is not None:
+        out += [{"comparison": f"{ma} -> model-seed copy", "kind": "skyline", "score": v}
+                for v in per_feature_mppc(seeds_a[A_SEED], copy_a)[0]]
+    return out
+
+
+def _top_finding(mp: pd.DataFrame) -> str:
+    """The best cross-architecture pair, with floor, both skylines and both normalised values."""
+    top = mp.loc[mp["value"].idxmax()]
+
+    def ratio(col: str) -> str:
+        return f"{top[col]:.2f}" if pd.notna(top[col]) else "n/a"
+
+    model_sky = (f"model-seed skyline {top['skyline_model_seed']:.3f}" if pd.notna(top["skyline_model_seed"])
+                 else "model-seed skyline not computed")
+    return (f"Best cross-architecture pair {top['comparison']}: MPPC {top['value']:.3f} against floor {top['floor']:.3f}; "
+            f"SAE-seed skyline {top['skyline_sae_seed']:.3f} (normalised {ratio('normalised_sae_seed')}), "
+            f"{model_sky} (normalised {ratio('normalised_model_seed')})"
+            + (f"; note: {top['note']}." if top["note"] else "."))

@@ -6,7 +6,15 @@ Every similarity an analysis reports comes with
   side no longer see the same text), computed with :func:`universality.match.baselines.shuffle_tokens`;
 - a **skyline**: the statistic between seed copies of one SAE trained on the same activations,
   reported as mean, min and max over all seed pairs (an interval over at least 3 seeds when the
-  study has them).
+  study has them): the *SAE-seed skyline*. Comparisons across models (architectures, data subsets)
+  also get the *model-seed skyline* of Wang et al. 2024 (*Towards Universality: Studying Mechanistic
+  Similarity Across Language Model Architectures*): the statistic between SAEs on two models
+  pre-trained with different seeds (:func:`model_seed_skyline`, when ``study.model_seed_skyline``
+  trains the copies), and then one normalised value per skyline (:func:`norm_row`).
+
+Rows carry a ``note`` where a number needs one: a normalised value above 1, dead latents left out
+of MPPC, a skyline that was not computed, a ratio left blank; ``value_meaning`` says what ``value``
+is where that is not a similarity (a Gromov-Wasserstein distance: lower is closer).
 """
 
 from __future__ import annotations
@@ -20,8 +28,12 @@ import pandas as pd
 import torch
 
 from universality.match import FeatureCodes, encode_codes
+from universality.match import intervals as iv
 from universality.match.baselines import normalise, shuffle_tokens
+from universality.match.compare import ABOVE_SKYLINE_NOTE, with_note
+from universality.match.similarity import topk_partners
 from universality.match.summary import max_similarity
+from universality.study.pipeline import Cell
 
 #: Cross comparisons read side A's seed copy ``A_SEED`` and side B's ``B_SEED``: two SAEs with the same
 #: seed start from the same initial weights, which would make them look alike for that reason alone.
@@ -33,7 +45,20 @@ SPECIFIC_MASS = 0.9
 #: ... and it fires on at least this many evaluation tokens
 MIN_FIRES = 5
 
-__all__ = ["A_SEED", "B_SEED", "SPECIFIC_MASS", "MIN_FIRES", "CONTEXT_EXCESS", "mass_share", "context_excess", "AnalysisResult", "Codebook", "Interval", "per_feature_mppc", "skyline_interval", "shuffled_floor", "norm_row"]
+#: What ``value`` is in an MPPC row.
+MPPC_MEANING = "mean over live features of the best Pearson correlation with the other side (MPPC; higher = closer)"
+#: The two skylines, as the report names them.
+SAE_SEED = "SAE-seed skyline"
+MODEL_SEED = "model-seed skyline"
+SKYLINES_TEXT = (f"normalised_sae_seed = (value - floor) / (skyline_sae_seed - floor) uses the {SAE_SEED} (MPPC "
+                 f"between two SAE seeds on one model); normalised_model_seed = (value - floor) / (skyline_model_seed - "
+                 f"floor) uses the {MODEL_SEED} (MPPC between SAEs on two models pre-trained with different seeds, "
+                 "Wang et al. 2024).")
+
+__all__ = ["A_SEED", "B_SEED", "SPECIFIC_MASS", "MIN_FIRES", "CONTEXT_EXCESS", "MPPC_MEANING", "SAE_SEED", "MODEL_SEED",
+           "SKYLINES_TEXT", "mass_share", "context_excess", "AnalysisResult", "Codebook", "Interval", "ModelSeedSkyline",
+           "per_feature_mppc", "skyline_interval", "shuffled_floor", "dead_note", "seed_copy_codes",
+           "model_seed_skyline", "mean_skyline", "skylines_text", "norm_row"]
 
 
 @dataclass
@@ -98,6 +123,39 @@ def per_feature_mppc(ca: FeatureCodes, cb: FeatureCodes, live_only: bool = True)
     return np.where(live_a, ra, np.nan), np.where(live_b, rb, np.nan)
 
 
+N_BOOT = 100
+"""Block-bootstrap replicates of the studies' MPPC intervals (the ``ci_low``/``ci_high`` columns)."""
+
+
+def mppc_ci(ca: FeatureCodes, cb: FeatureCodes, direction: str = "a->b", n_boot: int = N_BOOT,
+            seed: int = 0) -> dict[str, Any]:
+    """``{"ci_low", "ci_high", "ci_method"}``: the 95% circular block-bootstrap interval over evaluation
+    tokens of :func:`per_feature_mppc`'s mean (``direction`` ``"a->b"``, ``"b->a"`` or ``"both"``, the mean of
+    the two), each live feature's partner fixed from the full sample (re-maximising on resamples is biased
+    upward; :mod:`universality.match.intervals`), percentile interval, blocks of
+    :func:`~universality.match.intervals.default_block` tokens."""
+    T = ca.n_tokens
+    W = iv.block_bootstrap_weights(T, n_boot, None, seed)
+    tk = iv.WeightedCodes(ca, cb)
+    top = topk_partners(ca, cb, "pearson", k=1, progress=False)
+    ra, rb = top.row_values[:, 0], top.col_values[:, 0]
+    best = (top.row_indices[:, 0].numpy(), top.col_indices[:, 0].numpy())
+    live_a = np.flatnonzero((ca.nnz > 0).cpu().numpy())
+    live_b = np.flatnonzero((cb.nnz > 0).cpu().numpy())
+    reps, value = [], []
+    if direction in ("a->b", "both") and len(live_a):
+        reps.append(tk.pair_correlations(W, live_a, best[0][live_a]).mean(1))
+        value.append(float(ra.double()[live_a].mean()))
+    if direction in ("b->a", "both") and len(live_b):
+        reps.append(tk.pair_correlations(W, best[1][live_b], live_b).mean(1))
+        value.append(float(rb.double()[live_b].mean()))
+    if not reps:
+        return {"ci_low": float("nan"), "ci_high": float("nan"), "ci_method": "none: no live feature"}
+    ci = iv.interval_from_replicates(np.mean(reps, axis=0), float(np.mean(value)), 0.95, "percentile")
+    return {"ci_low": ci.low, "ci_high": ci.high,
+            "ci_method": f"{ci.method}, blocks of {iv.default_block(T)} tokens; partners fixed from the full sample"}
+
+
 def skyline_interval(codes: list[FeatureCodes]) -> tuple[Interval, np.ndarray]:
     """MPPC between every pair of seed copies (both directions): interval of the means, and the
     per-feature scores of the first pair (for distribution plots)."""
@@ -117,13 +175,111 @@ def shuffled_floor(ca: FeatureCodes, cb: FeatureCodes, seed: int = 0) -> tuple[f
     return float(ra.mean()), ra
 
 
+@dataclass(frozen=True)
+class ModelSeedSkyline:
+    """The model-seed skyline of a comparison: ``value`` (``None`` when not computed) and ``why_not``."""
+
+    value: float | None
+    why_not: str = ""
+
+
+def _not_computed(ctx, model: str) -> str:
+    if ctx.cfg.model(model).zoo is None:
+        return f"{MODEL_SEED} not computed ({model} is not a zoo model, so no seed copy is trained)"
+    return (f"{MODEL_SEED} not computed (study.model_seed_skyline is off; set study.model_seed_skyline=true "
+            "to train a seed copy of each zoo model)")
+
+
+def seed_copy_codes(ctx, model: str, data: str, site: str, rows: torch.Tensor | None = None,
+                    token_ids: torch.Tensor | None = None) -> FeatureCodes | None:
+    """Codes of SAE seed :data:`B_SEED` (trained on ``data`` activations) of the model-seed copy of
+    ``model`` at ``site``, on its eval activations (``rows`` of them, with ``token_ids``, when given),
+    or ``None`` when the study has no copy of ``model``."""
+    copy = ctx.seed_copy(model)
+    if copy is None:
+        return None
+    rev = ctx.revisions(copy)[-1]
+    acts = ctx.eval_acts(copy, rev)
+    x, tok = acts[site].float(), acts["token_ids"]
+    if rows is not None:
+        x, tok = x[rows], tok[rows]
+    sae = ctx.saes(Cell(copy, rev, data))[site][B_SEED]
+    return encode_codes(sae, x, token_ids=tok if token_ids is None else token_ids)
+
+
+def model_seed_skyline(ctx, model: str, codes: FeatureCodes, copy_codes: FeatureCodes | None) -> ModelSeedSkyline:
+    """MPPC (mean of both directions, live features) between ``codes`` (an SAE on ``model``) and
+    ``copy_codes`` (an SAE of another seed on its model-seed copy, :func:`seed_copy_codes`): the
+    skyline Wang et al. 2024 read cross-architecture MPPC against."""
+    if copy_codes is None:
+        return ModelSeedSkyline(None, _not_computed(ctx, model))
+    ra, rb = per_feature_mppc(codes, copy_codes)
+    return ModelSeedSkyline((float(ra.mean()) + float(rb.mean())) / 2)
+
+
+def mean_skyline(a: ModelSeedSkyline, b: ModelSeedSkyline) -> ModelSeedSkyline:
+    """The mean of two models' model-seed skylines (like the SAE-seed skylines of a cross comparison)."""
+    if a.value is None or b.value is None:
+        return ModelSeedSkyline(None, a.why_not or b.why_not)
+    return ModelSeedSkyline((a.value + b.value) / 2)
+
+
+def skylines_text(ctx) -> str:
+    """The report's sentence on which skyline each normalised value uses (and how to get the missing one)."""
+    if ctx.cfg.model_seed_skyline:
+        return SKYLINES_TEXT
+    if not any(m.zoo is not None for m in ctx.cfg.models):
+        return (SKYLINES_TEXT + f" The {MODEL_SEED} was not computed here (normalised_model_seed is blank): "
+                "no model is a zoo model, so no model-seed copy can be trained.")
+    return (SKYLINES_TEXT + f" The {MODEL_SEED} was not computed here (normalised_model_seed is blank): set "
+            "study.model_seed_skyline=true to train a model-seed copy of each zoo model.")
+
+
+def dead_note(ca: FeatureCodes, cb: FeatureCodes, a: str = "A", b: str = "B") -> str:
+    """How many features of each side never fire on the tokens, so MPPC leaves them out ('' when none)."""
+    da, db = int((ca.nnz == 0).sum()), int((cb.nnz == 0).sum())
+    if not (da or db):
+        return ""
+    return f"dead latents left out of MPPC: {da} of {ca.n} ({a}), {db} of {cb.n} ({b})"
+
+
+def _normalised(value: float, floor: float, sky: float | None, name: str) -> tuple[float, str]:
+    """``(x - floor) / (sky - floor)`` and its note, naming skyline ``name``; a ratio above 1 is noted."""
+    norm, note = normalise(value, floor, sky if sky is not None else float("nan"))
+    if note:
+        note = f"{name}: {note}"
+    if np.isfinite(norm) and norm > 1:
+        note = with_note(note, f"above the {name} (normalised {norm:.3f} > 1)")
+    return norm, note
+
+
 def norm_row(analysis: str, comparison: str, metric: str, value: float, floor: float,
-             skyline: Interval | float | None, **extra: Any) -> dict[str, Any]:
-    """A tidy row: raw value, floor, skyline and ``(x - floor) / (skyline - floor)`` (or why not)."""
+             skyline: Interval | float | None, model_skyline: ModelSeedSkyline | None = None, note: str = "",
+             **extra: Any) -> dict[str, Any]:
+    """A tidy row: raw value, floor, skyline(s) and ``(x - floor) / (skyline - floor)`` (or why not).
+
+    Without ``model_skyline`` (comparisons within one model): columns ``skyline`` and
+    ``normalised`` against the seed skyline. With it (comparisons across models): ``skyline_sae_seed``
+    / ``normalised_sae_seed`` and ``skyline_model_seed`` / ``normalised_model_seed``, one normalised
+    value per skyline (NaN with a note when that skyline is missing). ``note`` (e.g.
+    :func:`dead_note`) is joined to the notes on the ratios, among them a normalised value above 1.
+    """
     sky = skyline.mean if isinstance(skyline, Interval) else skyline
-    normalised, note = normalise(value, floor, sky if sky is not None else float("nan"))
-    row = {"analysis": analysis, "comparison": comparison, "metric": metric, "value": value, "floor": floor,
-           "skyline": sky, "normalised": normalised, "note": note}
+    row = {"analysis": analysis, "comparison": comparison, "metric": metric, "value": value, "floor": floor}
+    if model_skyline is None:
+        normalised, why = normalise(value, floor, sky if sky is not None else float("nan"))
+        if np.isfinite(normalised) and normalised > 1:
+            why = with_note(why, f"{ABOVE_SKYLINE_NOTE} (normalised {normalised:.3f} > 1)")
+        row.update(skyline=sky, normalised=normalised, note=with_note(why, note))
+    else:
+        n_sae, why_sae = _normalised(value, floor, sky, SAE_SEED)
+        if model_skyline.value is None:
+            n_model, why_model = float("nan"), model_skyline.why_not
+        else:
+            n_model, why_model = _normalised(value, floor, model_skyline.value, MODEL_SEED)
+        row.update(skyline_sae_seed=sky, normalised_sae_seed=n_sae,
+                   skyline_model_seed=float("nan") if model_skyline.value is None else model_skyline.value,
+                   normalised_model_seed=n_model, note=with_note(with_note(why_sae, why_model), note))
     if isinstance(skyline, Interval):
         row.update(skyline_lo=skyline.lo, skyline_hi=skyline.hi, n_seeds=skyline.n)
     row.update(extra)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis import plots
-from analysis.studies.common import A_SEED, B_SEED, CONTEXT_EXCESS, MIN_FIRES, AnalysisResult, context_excess, Codebook, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
+from analysis.studies.common import A_SEED, B_SEED, CONTEXT_EXCESS, MIN_FIRES, AnalysisResult, context_excess, Codebook, dead_note, mppc_ci, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
 from universality.errors import ConfigError
 from universality.match import lineage
 from universality.study.pipeline import Cell
@@ -55,8 +55,10 @@ def run(ctx, figures_dir) -> AnalysisResult:
                 continue
             ra, rb = per_feature_mppc(codes_by_rev[rev], final_codes[B_SEED])
             rows.append(norm_row(NAME, f"{rev} -> {final}", "mppc", float(ra.mean()), floor, sky, site=site,
+                                 note=dead_note(codes_by_rev[rev], final_codes[B_SEED], rev, final),
                                  revision=rev, step=_step(rev), direction="checkpoint->final",
-                                 reverse=float(rb.mean())))
+                                 reverse=float(rb.mean()),
+                                 **mppc_ci(codes_by_rev[rev], final_codes[B_SEED], "a->b", seed=ctx.cfg.seed)))
             dist += [{"comparison": rev, "kind": "observed", "score": v} for v in ra]
         for ra_rev in revs:  # seed A_SEED of the row checkpoint against seed B_SEED of the column one
             for rb_rev in revs:

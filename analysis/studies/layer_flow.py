@@ -14,7 +14,7 @@ import itertools
 import pandas as pd
 
 from analysis import plots
-from analysis.studies.common import A_SEED, B_SEED, AnalysisResult, Codebook, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
+from analysis.studies.common import A_SEED, B_SEED, AnalysisResult, Codebook, dead_note, mppc_ci, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
 from universality.match import lineage
 from universality.match.summary import mmcs
 from universality.match.views import decoder_directions
@@ -41,7 +41,9 @@ def run(ctx, figures_dir) -> AnalysisResult:
         if site_of[sa] < site_of[sb]:
             floor, _ = shuffled_floor(codes[sa][A_SEED], codes[sb][B_SEED], seed=ctx.cfg.seed)
             rows.append(norm_row(NAME, f"{sa} vs {sb}", "mppc", (float(fa.mean()) + float(fb.mean())) / 2, floor,
-                                 (sky[sa].mean + sky[sb].mean) / 2, site_a=sa, site_b=sb))
+                                 (sky[sa].mean + sky[sb].mean) / 2, site_a=sa, site_b=sb,
+                                 note=dead_note(codes[sa][A_SEED], codes[sb][B_SEED], sa, sb),
+                                 **mppc_ci(codes[sa][A_SEED], codes[sb][B_SEED], "both", seed=ctx.cfg.seed)))
             A = ctx.saes(cell)[sa][A_SEED]
             B = ctx.saes(cell)[sb][B_SEED]
             if site_of[sa].is_residual and site_of[sb].is_residual and A.W_dec.shape[1] == B.W_dec.shape[1]:

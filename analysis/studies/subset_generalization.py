@@ -16,6 +16,12 @@ trained on D' activations}. The analysis asks
    from D' and from D \\ D'.
 4. **Model or SAE data?** MPPC between SAEs that differ only in the SAE's data (same model) and
    between SAEs that differ only in the model (same SAE data), against the seed skyline.
+
+Every MPPC row carries two skylines (Wang et al. 2024): the SAE-seed skyline (two seeds of SAE_D on
+the model) and, when ``study.model_seed_skyline`` trains model-seed copies, the model-seed skyline
+(SAE_D on the model against SAE_D on its copy pre-trained with another seed), each with its own
+normalised value. The matched-fraction rows give the same rate between SAE seeds and between model
+seeds as their noise levels.
 """
 
 from __future__ import annotations
@@ -27,9 +33,28 @@ import pandas as pd
 import torch
 
 from analysis import plots
-from analysis.studies.common import A_SEED, B_SEED, MIN_FIRES, SPECIFIC_MASS, AnalysisResult, Codebook, mass_share, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
+from analysis.studies.common import (
+    A_SEED,
+    B_SEED,
+    MIN_FIRES,
+    MPPC_MEANING,
+    SPECIFIC_MASS,
+    AnalysisResult,
+    Codebook,
+    dead_note,
+    mass_share,
+    model_seed_skyline,
+    mppc_ci,
+    norm_row,
+    per_feature_mppc,
+    seed_copy_codes,
+    shuffled_floor,
+    skyline_interval,
+    skylines_text,
+)
 from universality.errors import ConfigError
 from universality.eval.metrics import explained_variance
+from universality.match.compare import with_note
 from universality.study.pipeline import Cell
 
 NAME = "subset_generalization"
@@ -87,7 +112,10 @@ def run(ctx, figures_dir) -> AnalysisResult:
     res.text = (f"Crossed design: models {m_full} (trained on D) and {m_sub} (trained on D') x SAEs trained on D or on "
                 f"D' activations. A feature is matched when its best activation correlation exceeds "
                 f"{ctx.cfg.match.corr_threshold}; the same rate between two seeds of SAE_D is the noise level. The "
-                "reconstruction table gives each SAE's explained variance on evaluation tokens from D' and from D \\ D'.")
+                "reconstruction table gives each SAE's explained variance on evaluation tokens from D' and from D \\ D'. "
+                + skylines_text(ctx) + " In the matched-fraction rows the skyline columns are the same rate between "
+                "two seeds of SAE_D (skyline_sae_seed) and between SAE_D on the model and on its model-seed copy "
+                "(skyline_model_seed): the noise levels a difference must exceed.")
     return res
 
 
@@ -104,22 +132,34 @@ def _compare_site(ctx, book: Codebook, model: str, rev: str, site: str, flags: d
     d_full, _ = per_feature_mppc(codes_D[A_SEED], codes_P, live_only=False)
     d_to_p, p_to_d = per_feature_mppc(codes_D[A_SEED], codes_P)
     seed_d, _ = per_feature_mppc(codes_D[A_SEED], codes_D[B_SEED])
+    copy = seed_copy_codes(ctx, model, "D", site)
+    model_sky = model_seed_skyline(ctx, model, codes_D[A_SEED], copy)
+    copy_d = per_feature_mppc(codes_D[A_SEED], copy)[0] if copy is not None else None
     comp = f"{model}:{site}"
-    out.rows.append(norm_row(NAME, comp, "mppc SAE_D' -> SAE_D", float(p_to_d.mean()), floor, sky, model=model, site=site))
-    out.rows.append(norm_row(NAME, comp, "mppc SAE_D -> SAE_D'", float(d_to_p.mean()), floor, sky, model=model, site=site))
+    dead = dead_note(codes_D[A_SEED], codes_P, "SAE_D", "SAE_D'")
+    for metric, scores, way in (("mppc SAE_D' -> SAE_D", p_to_d, "b->a"), ("mppc SAE_D -> SAE_D'", d_to_p, "a->b")):
+        out.rows.append(norm_row(NAME, comp, metric, float(scores.mean()), floor, sky, model_sky, note=dead,
+                                 model=model, site=site, value_meaning=MPPC_MEANING,
+                                 **mppc_ci(codes_D[A_SEED], codes_P, way, seed=ctx.cfg.seed)))
     missing = d_to_p < thr
     seed_missing = seed_d < thr
     live = ~np.isnan(d_full)
     missing_full = np.nan_to_num(d_full, nan=1.0) < thr  # per feature of SAE_D; dead ones are not "missing"
     seed_full, _ = per_feature_mppc(codes_D[A_SEED], codes_D[B_SEED], live_only=False)
     stable = np.nan_to_num(seed_full, nan=0.0) >= thr  # found again in SAE_D's other seed copy
+    noise = ("skyline_sae_seed = the same rate between two seeds of SAE_D, skyline_model_seed = between SAE_D on "
+             f"{model} and on its model-seed copy (noise levels)")
+    noise = noise if copy is not None else with_note(noise, model_sky.why_not)
     out.rows.append({"analysis": NAME, "comparison": comp, "metric": "fraction of D features missing from D'",
-                     "value": float(missing.mean()), "skyline": float(seed_missing.mean()),
-                     "note": "skyline column = the same rate between two seeds of SAE_D (noise level)",
-                     "model": model, "site": site})
+                     "value": float(missing.mean()), "skyline_sae_seed": float(seed_missing.mean()),
+                     "skyline_model_seed": float((copy_d < thr).mean()) if copy_d is not None else float("nan"),
+                     "value_meaning": f"share of live SAE_D features whose best SAE_D' partner correlates below {thr}",
+                     "note": with_note(noise, dead), "model": model, "site": site})
     out.rows.append({"analysis": NAME, "comparison": comp, "metric": "fraction of D' features found in D",
-                     "value": float((p_to_d >= thr).mean()), "skyline": float((seed_d >= thr).mean()),
-                     "note": "skyline column = the same rate between two seeds of SAE_D", "model": model, "site": site})
+                     "value": float((p_to_d >= thr).mean()), "skyline_sae_seed": float((seed_d >= thr).mean()),
+                     "skyline_model_seed": float((copy_d >= thr).mean()) if copy_d is not None else float("nan"),
+                     "value_meaning": f"share of live SAE_D' features whose best SAE_D partner correlates at {thr} or more",
+                     "note": with_note(noise, dead), "model": model, "site": site})
     for t in ctx.cfg.match.thresholds:
         out.curves += [
             {"threshold": t, "shared_fraction": float((p_to_d >= t).mean()), "comparison": f"{model}: D' in D", "kind": "observed"},
@@ -165,19 +205,23 @@ def _model_vs_sae_data(ctx, book: Codebook, m_full: str, m_sub: str, site: str |
         "model (SAE on D': model D vs model D')": (Cell(m_full, rf, "D_prime"), Cell(m_sub, rp, "D_prime")),
     }
     sky, _ = skyline_interval([book.codes(Cell(m_full, rf, "D"), site, s) for s in range(len(ctx.cfg.sae.seeds))])
+    model_sky = model_seed_skyline(ctx, m_full, book.codes(Cell(m_full, rf, "D"), site, A_SEED),
+                                   seed_copy_codes(ctx, m_full, "D", site))
     effects = []
     for label, (a, b) in pairs.items():
         ca, cb = book.codes(a, site, A_SEED), book.codes(b, site, B_SEED)
         fa, fb = per_feature_mppc(ca, cb)
         floor, _ = shuffled_floor(ca, cb, seed=ctx.cfg.seed)
         value = (float(fa.mean()) + float(fb.mean())) / 2
-        effects.append(norm_row(NAME, label, "mppc (both directions)", value, floor, sky, site=site,
-                                factor=label.split(" (")[0]))
+        effects.append(norm_row(NAME, label, "mppc (both directions)", value, floor, sky, model_sky,
+                                note=dead_note(ca, cb, "first", "second"), site=site, factor=label.split(" (")[0],
+                                value_meaning=MPPC_MEANING, **mppc_ci(ca, cb, "both", seed=ctx.cfg.seed)))
     res.tables["model_vs_sae_data"] = pd.DataFrame(effects)
     eff = pd.DataFrame(effects).groupby("factor")["value"].mean()
     res.findings.append(
         f"Changing the {eff.idxmin()} moves features more (mean MPPC {eff.min():.3f}) than changing the "
-        f"{eff.idxmax()} ({eff.max():.3f}); seed skyline {sky}.")
+        f"{eff.idxmax()} ({eff.max():.3f}); SAE-seed skyline {sky}; "
+        + (f"model-seed skyline {model_sky.value:.3f}." if model_sky.value is not None else f"{model_sky.why_not}."))
     return effects
 
 
@@ -196,7 +240,7 @@ def _specific_findings(specific: list[dict]) -> list[str]:
 def _subset_findings(table: pd.DataFrame) -> list[str]:
     out = []
     for (model, site), grp in table[table["metric"].str.startswith("fraction")].groupby(["model", "site"]):
-        vals = dict(zip(grp["metric"], zip(grp["value"], grp["skyline"])))
+        vals = dict(zip(grp["metric"], zip(grp["value"], grp["skyline_sae_seed"])))
         miss, found = vals["fraction of D features missing from D'"], vals["fraction of D' features found in D"]
         out.append(f"{model}:{site}: {found[0]:.0%} of D' features are found in D (seeds: {found[1]:.0%}); "
                    f"{miss[0]:.0%} of D features are missing from D' (seeds: {miss[1]:.0%}).")

@@ -60,3 +60,42 @@ def test_random_floor_is_not_the_initialisation_of_an_sae_of_the_same_seed(seed)
     W = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=1, keepdim=True)
     # a floor drawn from the init's own stream would give MMCS 1.0; independent draws stay far below
     assert max(mmcs(W, floor)) < 0.9
+
+
+# ------------------------------------------------------------------ small p-values, shared shuffles
+from universality.match.baselines import CodeShuffles, permutation_p_value  # noqa: E402
+from universality.match.similarity import dense_similarity  # noqa: E402
+
+
+def test_permutation_p_value_exact_inside_the_null_and_a_normal_tail_beyond():
+    nulls = np.arange(10.0)  # 0..9
+    assert permutation_p_value(5.0, nulls) == (pytest.approx(6 / 11), "perm(10)", pytest.approx(1 / 11))
+    assert permutation_p_value(9.0, nulls)[0] == pytest.approx(2 / 11)
+    # beyond every null sample: the upper tail of N(mean 4.5, sd 3.028) at 20, far below 1/11
+    p, method, res = permutation_p_value(20.0, nulls)
+    assert method == "normal tail from 10 perms" and res == pytest.approx(1 / 11)
+    from scipy.stats import norm
+
+    assert p == pytest.approx(norm.sf((20 - 4.5) / np.arange(10.0).std(ddof=1)))
+    assert p < 1e-6
+    # just beyond the last null sample the tail is capped at the permutation resolution
+    assert permutation_p_value(9.0001, np.array([0.0, 9.0]))[0] <= 1 / 3
+    constant = permutation_p_value(1.0, np.zeros(19))
+    assert constant == (pytest.approx(0.05), "perm(19); null constant", pytest.approx(0.05))
+    assert np.isnan(permutation_p_value(float("nan"), nulls)[0]) and np.isnan(permutation_p_value(1.0, [])[0])
+
+
+def test_code_shuffles_give_the_correlations_of_the_shuffled_codes():
+    g = torch.Generator().manual_seed(0)
+    z = torch.relu(torch.randn(300, 6, generator=g)) * (torch.rand(300, 6, generator=g) < 0.3)
+    y = torch.relu(torch.randn(300, 5, generator=g)) * (torch.rand(300, 5, generator=g) < 0.3) + 0.5 * z[:, :5]
+    y[:, 4] = 2.0  # a constant (dead) feature: correlation 0, as pearson_blocks
+    ca, cb = codes_from_dense(z, torch.arange(300)), codes_from_dense(y, torch.arange(300))
+    eng = CodeShuffles(ca, cb)
+    for seed in (1, 7):
+        want = dense_similarity(ca, shuffle_tokens(cb, seed), "pearson").numpy()
+        assert np.abs(eng.correlation(eng.covariance(seed)) - want).max() < 1e-6
+    assert np.abs(eng.correlation(eng.covariance(None)) - dense_similarity(ca, cb, "pearson").numpy()).max() < 1e-6
+    faa, fbb = eng.self_frob2()
+    assert faa == pytest.approx(float((torch.cov(z.T.double(), correction=0) ** 2).sum()), rel=1e-9)
+    assert fbb == pytest.approx(float((torch.cov(y.T.double(), correction=0) ** 2).sum()), rel=1e-9)

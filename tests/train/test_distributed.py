@@ -270,10 +270,12 @@ def _equivalence_worker(rank: int, out: str, store: str) -> None:
     dist.init_process_group("gloo")
     try:
         # F: a harvested store read by its resumable, shuffling reader
-        result = train_distributed(store_reader(store), store_configs(), RunConfig(steps=20), progress=False)
+        result = train_distributed(store_reader(store), store_configs(), RunConfig(steps=20, dead_window=NEVER_DEAD),
+                                   progress=False)
         save_tensors(out_dir / f"store{rank}.safetensors", result[store_configs()[0].key].state_dict())
-        # A: AuxK remedy but no latent dead yet -> exactly the single-process step on 2b rows
-        trainer = DataParallelTrainer(configs(), RunConfig(steps=STEPS))
+        # A: AuxK remedy but no latent dead yet (a window longer than the run) -> exactly the single-process
+        # step on 2b rows
+        trainer = DataParallelTrainer(configs(), RunConfig(steps=STEPS, dead_window=NEVER_DEAD))
         result = trainer.fit(RankSlice(toy_source(), rank, 2), progress=False)
         _save_state(out_dir / f"ddp{rank}.safetensors", trainer, result)
         # B: resampling with latents dying fast: rank 0's resampled rows must reach rank 1
@@ -281,7 +283,8 @@ def _equivalence_worker(rank: int, out: str, store: str) -> None:
         result = trainer.fit(RankSlice(toy_source(), rank, 2), progress=False)
         _save_state(out_dir / f"resample{rank}.safetensors", trainer, result)
         # D: every architecture under DDP
-        result = train_distributed(toy_source(), every_architecture(), RunConfig(steps=STEPS), progress=False)
+        result = train_distributed(toy_source(), every_architecture(), RunConfig(steps=STEPS, dead_window=NEVER_DEAD),
+                                   progress=False)
         save_tensors(out_dir / f"arch{rank}.safetensors", {f"{k}/{n}": v for k, sae in result.items() for n, v in sae.state_dict().items()})
         if "stack" in {f.name for f in dataclasses.fields(RunConfig)}:
             try:
@@ -358,7 +361,13 @@ def _sites_worker(rank: int, job: str, out: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # slow tier: two gloo processes
 # ---------------------------------------------------------------------------------------------
+NEVER_DEAD = 1_000_000
+"""A dead window longer than these runs: no latent counts as dead, so AuxK adds nothing and one process on
+the concatenated batch equals data-parallel ranks exactly (AuxK's top-k over a rank's own rows would not)."""
+
+
 def _concatenated_reference(remedy: str = "auto", **run) -> Trainer:
+    run.setdefault("dead_window", NEVER_DEAD)
     trainer = Trainer(configs(remedy), RunConfig(steps=STEPS, **run))
     trainer.fit(toy_source(), progress=False)
     return trainer
@@ -402,7 +411,8 @@ def test_ddp_equals_single_process_on_the_concatenated_batch(tmp_path):
             break
     assert shares[0].state_dict() == shares[1].state_dict()
     st0, st1 = load_tensors(tmp_path / "store0.safetensors"), load_tensors(tmp_path / "store1.safetensors")
-    one = Trainer(store_configs(), RunConfig(steps=20)).fit(store_reader(str(store)), progress=False)[store_configs()[0].key]
+    one = Trainer(store_configs(), RunConfig(steps=20, dead_window=NEVER_DEAD)).fit(store_reader(str(store)),
+                                                                             progress=False)[store_configs()[0].key]
     for name, value in one.state_dict().items():
         assert torch.equal(st0[name], st1[name]), name
         torch.testing.assert_close(st0[name], value, rtol=1e-5, atol=1e-5)
@@ -412,7 +422,8 @@ def test_ddp_equals_single_process_on_the_concatenated_batch(tmp_path):
     a0, a1 = load_tensors(tmp_path / "arch0.safetensors"), load_tensors(tmp_path / "arch1.safetensors")
     for k in a0:
         assert torch.equal(a0[k], a1[k]), k
-    single = Trainer(every_architecture(), RunConfig(steps=STEPS)).fit(toy_source(), progress=False)
+    single = Trainer(every_architecture(), RunConfig(steps=STEPS, dead_window=NEVER_DEAD)).fit(toy_source(),
+                                                                                            progress=False)
     for key in ("topk", "relu", "jumprelu", "gated"):
         for name, value in single[key].state_dict().items():
             torch.testing.assert_close(a0[f"{key}/{name}"], value, rtol=1e-5, atol=1e-5)
@@ -501,7 +512,7 @@ def test_torchrun_command_line_data_parallel(tmp_path):
         f"source: {{kind: planted, batch_size: {GLOBAL_BATCH}, seed: 1, n_batches: 40,"
         " toy: {d_in: 16, n_features: 32, mean_active: 3.0}}\n"
         "train: [{sae: {architecture: topk, d_in: 16, d_sae: 64, k: 4}, lr: 0.01}]\n"
-        f"run: {{steps: {STEPS}, out_dir: {tmp_path / 'out'}}}\n"
+        f"run: {{steps: {STEPS}, dead_window: {NEVER_DEAD}, out_dir: {tmp_path / 'out'}}}\n"
         "distributed: {mode: data}\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}

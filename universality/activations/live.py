@@ -19,6 +19,7 @@ from universality.activations.harvest import capture_rows, check_sites
 from universality.activations.readers import RowReader
 from universality.data.packing import Packer, PackingConfig, to_batch
 from universality.data.sources import as_documents
+from universality.data.subsets import Subset
 from universality.sites import Site
 
 __all__ = ["LiveReader"]
@@ -50,7 +51,11 @@ class LiveReader(RowReader):
     ) -> None:
         super().__init__(check_sites(adapter, sites), batch_size, shuffle_buffer, seed, epochs, drop_last, device, dtype)
         self.adapter = adapter
+        self.subset_hash = documents.hash if isinstance(documents, Subset) else None
+        self.dataset_name = documents.source_name if isinstance(documents, Subset) else None
         self.documents = as_documents(documents)
+        if self.dataset_name is None:
+            self.dataset_name = getattr(self.documents, "name", None)
         self.packing = packing or PackingConfig()
         self.forward_batch = forward_batch
         self.include_bos = include_bos
@@ -63,6 +68,12 @@ class LiveReader(RowReader):
 
     def _fingerprint(self) -> dict[str, Any]:
         return super()._fingerprint() | {"packing": asdict(self.packing), "include_bos": self.include_bos, "model": getattr(self.adapter, "name", None)}
+
+    def provenance(self) -> dict[str, Any]:
+        """The adapter's ``name`` and ``revision``, the documents' name and (for a
+        :class:`~universality.data.subsets.Subset`) its hash."""
+        return {"model": getattr(self.adapter, "name", None), "revision": getattr(self.adapter, "revision", None),
+                "dataset": self.dataset_name, "subset_hash": self.subset_hash}
 
     def _contexts_of(self, epoch: int, group: int):
         if self._stream is None or self._stream[0] != epoch or self._stream[1] != group:

@@ -87,6 +87,11 @@ class RowReader:
     def _fingerprint(self) -> dict[str, Any]:
         return {"sites": self.sites, "batch_size": self.batch_size, "shuffle_buffer": self.shuffle_buffer, "seed": self.seed}
 
+    def provenance(self) -> dict[str, Any]:
+        """What the rows are: ``model``, ``revision``, ``dataset``, ``subset_hash`` (``None`` when unknown).
+        The trainer records these in every dictionary's meta (:func:`universality.train.trainer.source_provenance`)."""
+        return {"model": None, "revision": None, "dataset": None, "subset_hash": None}
+
     # state -----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Position of the next row; JSON-able."""
@@ -193,6 +198,16 @@ class StoreReader(RowReader):
     def _fingerprint(self) -> dict[str, Any]:
         return super()._fingerprint() | {"store": self.store.manifest.get("key"), "rows": self.store.n_rows, "piece_rows": self.piece_rows}
 
+    def provenance(self) -> dict[str, Any]:
+        """The store manifest's ``model``, ``revision``, ``dataset`` (its name) and ``subset_hash``. The store's
+        own key is left out: it hashes where the model was loaded from, so two identical runs in different
+        folders would record different artifacts (the study determinism test)."""
+        m = self.store.manifest
+        dataset = m.get("dataset")
+        return {"model": m.get("model"), "revision": m.get("revision"),
+                "dataset": dataset.get("name") if isinstance(dataset, Mapping) else dataset,
+                "subset_hash": m.get("subset_hash")}
+
     def _groups(self, epoch: int) -> list[list[tuple[int, int, int]]]:
         if self._layout_epoch == epoch:
             return self._layout
@@ -287,6 +302,11 @@ class DevicePrefetcher:
         self._stop: threading.Event | None = None
         self._queue: queue.Queue | None = None
         self._read_ahead = False
+
+    def provenance(self) -> dict[str, Any]:
+        """The wrapped source's ``provenance()`` (``{}`` when it has none)."""
+        get = getattr(self.source, "provenance", None)
+        return dict(get()) if callable(get) else {}
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

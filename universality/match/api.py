@@ -7,6 +7,7 @@ methods, each with its options dataclass, are in :mod:`universality.match.method
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from universality.match.registry import Matcher, get_matcher, methods
 from universality.match.result import SELF_MATCH_NOTE, MatchResult
 from universality.match.similarity import check_codes
 from universality.match.views import VIEWS, FeatureCodes, directions, encode_codes, token_fingerprint
+from universality.sae.identity import shared_initialisation
 
 __all__ = ["METHODS", "match", "resolve_view", "check_activations", "as_pair"]
 
@@ -197,7 +199,9 @@ def match(
         :class:`MatchResult` with ``meta['view']``, ``meta['similarity']``, ``meta['method']``,
         ``meta['n_a']``, ``meta['n_b']`` and ``meta['params']`` (the method's options as used);
         ``meta['note']`` says when ``a`` and ``b`` are the same dictionary (the same object or identical
-        features), and ``value_meaning`` what ``value`` is for the method.
+        features), ``value_meaning`` what ``value`` is for the method, and ``meta['shared_initialisation']``
+        (also a warning) when two different dictionaries started from the same initial weights
+        (:func:`~universality.sae.identity.shared_initialisation`), which inflates their similarity.
     """
     matcher = get_matcher(method)
     opts = matcher.make_options(**options)
@@ -207,6 +211,10 @@ def match(
     res = _described(matcher.solve(av, bv, kind, opts), matcher, opts, view, kind, n_features(av), n_features(bv))
     if a is b or _same_features(av, bv):
         res = MatchResult(res.pairs, res.scores, res.plan, res.value, {**res.meta, "note": SELF_MATCH_NOTE})
+    shared = None if a is b else shared_initialisation(a, b)
+    if shared is not None:
+        warnings.warn(shared, stacklevel=2)
+        res = MatchResult(res.pairs, res.scores, res.plan, res.value, {**res.meta, "shared_initialisation": shared})
     return res
 
 

@@ -10,12 +10,17 @@ other side (top-1 of the blocked similarity). With a threshold :math:`\\theta`:
 - *death*: ``i`` at ``t`` has no partner above :math:`\\theta` at ``t+1``.
 
 Chains follow *continue* links; a chain's persistence is its number of steps (dictionaries it spans).
+
+Consecutive dictionaries that started from the same initial weights (:func:`~universality.sae.identity.shared_initialisation`)
+look continuous for that reason alone: ``Lineage.meta['shared_initialisation']`` lists them per step, and a
+warning names those that are not checkpoints of one training run (for which a shared start is expected).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,6 +29,7 @@ import pandas as pd
 from universality.errors import MatchError
 from universality.match.api import resolve_view
 from universality.match.similarity import topk_partners
+from universality.sae.identity import same_training_run, shared_initialisation
 
 __all__ = ["Lineage", "lineage"]
 
@@ -31,10 +37,12 @@ __all__ = ["Lineage", "lineage"]
 @dataclass(frozen=True)
 class Lineage:
     """``events``: one row per event (step, event, feature_from, feature_to, score); ``chains``: one row
-    per chain (chain, start, end, persistence, features - the feature index at each step)."""
+    per chain (chain, start, end, persistence, features - the feature index at each step); ``meta``:
+    ``shared_initialisation`` - ``{step: reason}`` for consecutive dictionaries that share their initial weights."""
 
     events: pd.DataFrame
     chains: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def counts(self) -> pd.DataFrame:
         """Number of events of each kind per step transition."""
@@ -65,7 +73,13 @@ def lineage(
     events: list[dict[str, Any]] = []
     links: list[dict[int, int]] = []
     sizes: list[int] = []
+    shared: dict[str, str] = {}
     for t in range(T - 1):
+        reason = None if dictionaries[t] is dictionaries[t + 1] else shared_initialisation(dictionaries[t], dictionaries[t + 1])
+        if reason is not None:
+            shared[f"{labels[t]}->{labels[t + 1]}"] = reason
+            if not same_training_run(dictionaries[t], dictionaries[t + 1]):
+                warnings.warn(f"lineage step {labels[t]}->{labels[t + 1]}: {reason}", stacklevel=2)
         av, bv, kind = resolve_view(dictionaries[t], dictionaries[t + 1], view, (acts[t], acts[t + 1]),
                                     (toks[t], toks[t + 1]), "cpu")
         tk = topk_partners(av, bv, kind, k=1, progress=False)
@@ -125,4 +139,4 @@ def lineage(
     ev = pd.DataFrame(events, columns=["step", "event", "feature_from", "feature_to", "score"])
     ch = pd.DataFrame(chains, columns=["chain", "start", "end", "persistence", "features"])
     ch["persistence"] = ch["persistence"].astype(np.int64)
-    return Lineage(ev, ch)
+    return Lineage(ev, ch, {"shared_initialisation": shared} if shared else {})

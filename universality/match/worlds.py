@@ -1,14 +1,18 @@
 """Paired synthetic worlds with a known shared fraction, for validating and calibrating matchers.
 
-Two planted worlds ``A`` and ``B`` each have ``n_features`` ground-truth features; ``n_shared =
-round(shared_fraction * n_features)`` of them are *the same latent events*: on every token they fire
-together with the same magnitude in both worlds. World ``B`` lives in a different space: its shared
+Two planted worlds ``A`` and ``B`` have ``n_features`` and ``n_features_b`` (default: the same)
+ground-truth features; ``n_shared = round(shared_fraction * n_features)`` of them (so ``shared_fraction``
+is relative to A; relative to B it is ``n_shared / n_features_b``) are *the same latent events*: on every
+token they fire together with the same magnitude in both worlds. World ``B`` lives in a different space: its shared
 directions are ``A``'s rotated and embedded by a random ``(d_a, d_b)`` matrix with orthonormal rows
 (``rotate=True``, ``d_b >= d_a``), so decoder cosines between worlds mean nothing while activation
 correlations on shared tokens still find the shared features. The other features are private, drawn
 independently in each world (directions and events). ``shared_fraction=0`` gives independent worlds
 (the null). Built on :mod:`universality.synthetic` (``planted_dictionary``, ``feature_probabilities``,
-``sample_codes``, ``embed``), which provides single worlds and fully-shared code samples only.
+``sample_codes``, ``embed``), which provides single worlds and fully-shared code samples only. Firing
+frequencies decay exponentially (``decay``, as in :mod:`universality.synthetic`) or, with ``zipf > 0``,
+like a power law :math:`p_i \\propto (i+1)^{-s}` (:func:`zipf_probabilities`; token and feature
+frequencies in language are Zipf-like).
 
 :func:`seed_like_pair` builds two dictionaries that look like two seeds of one SAE (a common planted
 dictionary, each copy perturbed and permuted independently, a fraction of rows replaced by seed-specific
@@ -34,6 +38,7 @@ __all__ = [
     "WorldSample",
     "PairedSource",
     "make_paired_world",
+    "zipf_probabilities",
     "seed_like_pair",
 ]
 
@@ -51,9 +56,12 @@ class PairedWorldConfig:
     noise_std: float = 0.0
     rotate: bool = True
     seed: int = 0
+    n_features_b: int | None = None
+    zipf: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.n_features < 1 or self.d_a < 1 or self.d_b < 1:
+        if self.n_features < 1 or self.d_a < 1 or self.d_b < 1 or (self.n_features_b is not None
+                                                                   and self.n_features_b < 1):
             raise ConfigError("PairedWorldConfig sizes must be positive", "use e.g. n_features=64, d_a=32, d_b=48")
         if not 0.0 <= self.shared_fraction <= 1.0:
             raise ConfigError(f"shared_fraction must be in [0, 1], got {self.shared_fraction}", "use e.g. 0.5")
@@ -64,6 +72,19 @@ class PairedWorldConfig:
             raise ConfigError("rotate=False keeps one basis, so d_a must equal d_b", "set d_b = d_a or rotate=True")
         if self.noise_std < 0:
             raise ConfigError(f"noise_std must be >= 0, got {self.noise_std}", "use 0 for noiseless worlds")
+        if self.zipf < 0:
+            raise ConfigError(f"zipf must be >= 0, got {self.zipf}", "use 0 for exponential decay, e.g. 1.0 for Zipf")
+        if self.n_shared > self.n_b:
+            raise ConfigError(f"{self.n_shared} shared features do not fit in B's {self.n_b}",
+                              "lower shared_fraction or raise n_features_b")
+        for n in {self.n_features, self.n_b}:
+            if not 0 < self.mean_active <= n:
+                raise ConfigError(f"mean_active must be in (0, {n}], got {self.mean_active}", "use e.g. 3")
+
+    @property
+    def n_b(self) -> int:
+        """World B's number of features (``n_features_b``, default ``n_features``)."""
+        return self.n_features if self.n_features_b is None else int(self.n_features_b)
 
     @property
     def n_shared(self) -> int:
@@ -77,7 +98,7 @@ class WorldSample:
     x_a: Float[Tensor, "T d_a"]
     x_b: Float[Tensor, "T d_b"]
     z_a: Float[Tensor, "T n"]
-    z_b: Float[Tensor, "T n"]
+    z_b: Float[Tensor, "T n_b"]
     token_ids: Int[Tensor, " T"]
 
 
@@ -90,15 +111,20 @@ class PairedWorld:
 
     cfg: PairedWorldConfig
     D_a: Float[Tensor, "n d_a"]
-    D_b: Float[Tensor, "n d_b"]
+    D_b: Float[Tensor, "n_b d_b"]
     probs_a: Float[Tensor, " n"]
-    probs_b: Float[Tensor, " n"]
+    probs_b: Float[Tensor, " n_b"]
     shared_pairs: Int[Tensor, "s 2"]
     embedding: Float[Tensor, "d_a d_b"]
 
     @property
     def true_shared_fraction(self) -> float:
+        """Fraction of A's features that are shared (``true_fraction_of_b`` for B's)."""
         return len(self.shared_pairs) / self.cfg.n_features
+
+    @property
+    def true_fraction_of_b(self) -> float:
+        return len(self.shared_pairs) / self.cfg.n_b
 
     def sample(self, n_tokens: int, seed: int = 0) -> WorldSample:
         """``n_tokens`` tokens of both worlds; shared features fire identically, private ones independently."""
@@ -154,9 +180,28 @@ class PairedSource:
         self.next_batch = int(state["next_batch"])
 
 
+def zipf_probabilities(n_features: int, mean_active: float = 3.0, exponent: float = 1.0) -> Float[Tensor, " n"]:
+    """Power-law firing probabilities :math:`p_i \\propto (i+1)^{-s}` (Zipf 1949) scaled so that
+    :math:`\\sum p = ` ``mean_active``, capped at 1 (then the sum is below ``mean_active``)."""
+    if not 0 < mean_active <= n_features:
+        raise ConfigError(f"mean_active must be in (0, {n_features}], got {mean_active}", "use e.g. 3")
+    w = (torch.arange(n_features, dtype=torch.float64) + 1.0) ** -float(exponent)
+    return (w * (mean_active / w.sum())).clamp(max=1.0).to(torch.float32)
+
+
+def _probabilities(n: int, cfg: PairedWorldConfig) -> Tensor:
+    if cfg.zipf > 0:
+        return zipf_probabilities(n, cfg.mean_active, cfg.zipf)
+    return syn.feature_probabilities(n, cfg.mean_active, cfg.decay)
+
+
 def make_paired_world(cfg: PairedWorldConfig) -> PairedWorld:
-    """Draw the two worlds' dictionaries, probabilities and shared pairs from ``cfg.seed``."""
-    n, s = cfg.n_features, cfg.n_shared
+    """Draw the two worlds' dictionaries, probabilities and shared pairs from ``cfg.seed``.
+
+    World A is the same for every ``shared_fraction`` and ``n_features_b`` of one seed (its dictionary and
+    probabilities are drawn first), so one second-seed SAE of A serves as the skyline of all of them.
+    """
+    n, n_b, s = cfg.n_features, cfg.n_b, cfg.n_shared
     g = syn.generator(cfg.seed)
     D_a = syn.planted_dictionary(n, cfg.d_a, seed=cfg.seed * 2 + 1)
     if cfg.rotate:
@@ -164,14 +209,14 @@ def make_paired_world(cfg: PairedWorldConfig) -> PairedWorld:
         E = Q.T.contiguous()  # (d_a, d_b): orthonormal rows, so x -> x E preserves inner products
     else:
         E = torch.eye(cfg.d_a)
-    probs = syn.feature_probabilities(n, cfg.mean_active, cfg.decay)
+    probs = _probabilities(n, cfg)
     probs_a = probs[torch.randperm(n, generator=g)]
-    perm_b = torch.randperm(n, generator=g)
+    perm_b = torch.randperm(n_b, generator=g)
     shared_a = torch.randperm(n, generator=g)[:s].sort().values
     shared_b = perm_b[:s]
-    D_b = syn.planted_dictionary(n, cfg.d_b, seed=cfg.seed * 2 + 2)
+    D_b = syn.planted_dictionary(n_b, cfg.d_b, seed=cfg.seed * 2 + 2)
     D_b[shared_b] = D_a[shared_a] @ E
-    probs_b = probs[torch.randperm(n, generator=g)]
+    probs_b = (probs if n_b == n else _probabilities(n_b, cfg))[torch.randperm(n_b, generator=g)]
     probs_b[shared_b] = probs_a[shared_a]
     pairs = torch.stack([shared_a, shared_b], 1)
     return PairedWorld(cfg, D_a, D_b, probs_a, probs_b, pairs, E)

@@ -54,6 +54,8 @@ __all__ = [
     "inside",
     "check_name",
     "check_revision",
+    "MODEL_SEED_STEP",
+    "seed_copy_name",
     "register_configs",
     "CONFIG_DIR",
 ]
@@ -388,7 +390,7 @@ class MatchSpec:
     """Matching settings: thresholds of the shared-fraction sweep, permutations, GW subsample size."""
 
     thresholds: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
-    n_perm: int = 10
+    n_perm: int = 49
     gw_max: int = 256
     corr_threshold: float = 0.5
 
@@ -402,9 +404,25 @@ class MatchSpec:
         check_number("match", "corr_threshold", self.corr_threshold, 0.0, 1.0)
 
 
+#: A model-seed copy is trained with its original's model seed plus this (see :meth:`StudyConfig.seed_copy`).
+MODEL_SEED_STEP = 1
+
+
+def seed_copy_name(name: str, seed: int) -> str:
+    """Name of the model-seed copy of model ``name`` trained with model seed ``seed``."""
+    return f"{name}-modelseed{seed}"
+
+
 @dataclass(frozen=True)
 class StudyConfig:
-    """One study: what to build, what to compare, and where the results go."""
+    """One study: what to build, what to compare, and where the results go.
+
+    ``model_seed_skyline``: also train a *model-seed copy* of every zoo model the analyses compare
+    (the same preset, overrides and data, model seed + :data:`MODEL_SEED_STEP`; see
+    :meth:`seed_copy`), so architecture and subset comparisons report the model-seed skyline (SAEs
+    on two models pre-trained with different seeds, Wang et al. 2024) next to the SAE-seed skyline
+    (two SAE seeds on one model). Off by default: each copy is one more model, harvest and set of SAEs.
+    """
 
     name: str
     analyses: tuple[str, ...]
@@ -419,6 +437,7 @@ class StudyConfig:
     match: MatchSpec = MatchSpec()
     device: str = "cpu"
     seed: int = 0
+    model_seed_skyline: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -450,6 +469,42 @@ class StudyConfig:
             raise ConfigError(f"study.device must be cpu or cuda[:N], got {self.device!r}", "fix study.device")
         for key, value in (("analyses", analyses), ("models", models), ("sites", sites)):
             object.__setattr__(self, key, value)
+        check_bool("study", "model_seed_skyline", self.model_seed_skyline)
+        if self.model_seed_skyline:
+            self._check_seed_copies()
+
+    def _check_seed_copies(self) -> None:
+        zoo = [m for m in self.models if m.zoo is not None]
+        if not zoo:
+            raise ConfigError("study.model_seed_skyline is on but no model is a zoo model, so no seed copy can be trained",
+                              "set study.model_seed_skyline=false (hub models have no seed copies here)")
+        names = {m.name for m in self.models}
+        for m in zoo:
+            copy = self.seed_copy(m.name)
+            if copy is not None and copy.name in names:
+                raise ConfigError(f"model name {copy.name!r} is taken, but it is the name of the model-seed copy of {m.name!r}",
+                                  f"rename model {copy.name!r}, or set study.model_seed_skyline=false")
+
+    def seed_copy(self, name: str) -> ModelSpec | None:
+        """The model-seed copy of model ``name``, or ``None`` (``model_seed_skyline`` off, or not a zoo model).
+
+        The copy is zoo model ``name`` with its model seed (``overrides.seed``, else ``study.seed``)
+        plus :data:`MODEL_SEED_STEP`: the same preset, overrides, data and sites, so it differs in its
+        initial weights and batch order only; its name is :func:`seed_copy_name`, and only its final
+        checkpoint is read. :meth:`model` resolves that name too.
+        """
+        if not self.model_seed_skyline:
+            return None
+        spec = next((m for m in self.models if m.name == name), None)
+        if spec is None or spec.zoo is None:
+            return None
+        base = spec.overrides.get("seed", self.seed)
+        if not isinstance(base, int) or isinstance(base, bool) or base < 0:
+            raise ConfigError(f"model {name!r}: overrides.seed must be an integer >= 0, got {base!r}", "fix overrides.seed")
+        seed = base + MODEL_SEED_STEP
+        overrides = {k: v for k, v in spec.overrides.items() if k != "name"}
+        overrides["seed"] = seed
+        return dataclasses.replace(spec, name=seed_copy_name(name, seed), overrides=overrides, checkpoints="final")
 
     def path(self, *parts: str) -> Path:
         """A path inside :attr:`out_dir` (see :func:`inside`); ``ConfigError`` when ``parts`` would leave it."""
@@ -471,9 +526,14 @@ class StudyConfig:
         return wanted
 
     def model(self, name: str) -> ModelSpec:
+        """The spec of model ``name``: one of :attr:`models`, or a model-seed copy (:meth:`seed_copy`)."""
         for m in self.models:
             if m.name == name:
                 return m
+        for m in self.models:
+            copy = self.seed_copy(m.name)
+            if copy is not None and copy.name == name:
+                return copy
         raise ConfigError(f"study {self.name!r} has no model {name!r}", f"use one of {[m.name for m in self.models]}")
 
     def to_dict(self) -> dict[str, Any]:

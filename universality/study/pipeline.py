@@ -2,8 +2,9 @@
 
 :class:`StudyContext` builds each product on first use and at most once per key (the stages cache
 on disk through :class:`~universality.study.cache.StageCache`; the context keeps what it loaded in
-memory): the corpus, the tokenizer, models and their adapters, activation stores and dictionaries
-per (model, revision, data) cell, and the shared evaluation spans and activations.
+memory): the corpus, the tokenizer, models and their adapters (model-seed copies included, by the
+name :meth:`StudyContext.seed_copy` gives), activation stores and dictionaries per (model,
+revision, data) cell, and the shared evaluation spans and activations.
 
 Analyses (``analysis.studies``) ask for what they need; nothing else is built.
 """
@@ -69,6 +70,12 @@ class StudyContext:
             return spec.path
         return stages.build_model(self.cfg, self.cache, spec, self.subset(spec.data), self.tokenizer_dir,
                                   self._injection_for(spec.data))
+
+    def seed_copy(self, name: str) -> str | None:
+        """Name of the model-seed copy of model ``name`` (trained on first use, like any zoo model), or
+        ``None`` when the study has none for it (:meth:`~universality.study.config.StudyConfig.seed_copy`)."""
+        copy = self.cfg.seed_copy(name)
+        return None if copy is None else copy.name
 
     def adapter(self, name: str, revision: str | None = None):
         """A loaded :class:`models.ModelAdapter` for ``name`` at ``revision`` (kept in memory)."""

@@ -62,8 +62,22 @@ def _setup_section(ctx: StudyContext, seconds: float) -> Section:
             f"Sites: {', '.join(cfg.sites)} (per model in the table). SAEs: {cfg.sae.describe()}, "
             f"{cfg.sae.steps} steps of {cfg.sae.batch_size} rows, seeds {list(cfg.sae.seeds)}. "
             f"Harvest: {cfg.harvest.train_tokens} tokens per cell; {len(ctx.eval_spans)} shared evaluation spans. "
-            f"Run time {seconds:.0f} s; {len(ctx.cache.hits)} stages reused from the cache, {len(ctx.cache.misses)} built.")
+            f"Run time {seconds:.0f} s; {len(ctx.cache.hits)} stages reused from the cache, {len(ctx.cache.misses)} built. "
+            + _seed_copies_text(cfg))
     return Section("Setup", text, tables=[("Models", models)])
+
+
+def _seed_copies_text(cfg: StudyConfig) -> str:
+    """One sentence on the model-seed copies (or how to get them)."""
+    if not any(m.zoo is not None for m in cfg.models):
+        return "Model-seed skyline: not computed (no zoo model, so no model-seed copy can be trained)."
+    if not cfg.model_seed_skyline:
+        return ("Model-seed skyline: off (study.model_seed_skyline=true trains a model-seed copy of each zoo model "
+                "for it).")
+    copies = [(m, cfg.seed_copy(m.name)) for m in cfg.models]
+    listed = ", ".join(f"{c.name} (copy of {m.name}, model seed {c.overrides['seed']})" for m, c in copies if c is not None)
+    return (f"Model-seed skyline: on; model-seed copies (same preset and data, another model seed; trained where an "
+            f"analysis reads them): {listed}.")
 
 
 def run_study(cfg: StudyConfig, out_dir: str | Path | None = None, progress: bool = True) -> StudyOutcome:
@@ -103,7 +117,13 @@ def _run(cfg: StudyConfig, root: Path, progress: bool) -> StudyOutcome:
     findings = [f for r in results for f in r.findings]
     report = Report(f"Study: {cfg.name}", findings, sections,
                     footer="Every similarity is reported with its floor (token-shuffled or random dictionary) and its "
-                           "seed-to-seed skyline; normalised = (x - floor) / (skyline - floor), left blank where "
-                           "skyline - floor is too small. Tables in tables/, tidy rows in results.csv.")
+                           "skyline; normalised = (x - floor) / (skyline - floor), left blank where skyline - floor "
+                           "is too small. Comparisons within a model use the SAE-seed skyline (skyline, normalised); "
+                           "comparisons across models give one value per skyline: skyline_sae_seed / "
+                           "normalised_sae_seed (two SAE seeds on one model) and skyline_model_seed / "
+                           "normalised_model_seed (SAEs on two models pre-trained with different seeds, Wang et al. "
+                           "2024). The note column flags values above a skyline, dead latents left out of MPPC and "
+                           "skylines not computed; value_meaning says what a value is (GW: lower is closer). "
+                           "Tables in tables/, tidy rows in results.csv.")
     md, page = report.write(root)
     return StudyOutcome(root, md, page, results_csv, seconds, len(ctx.cache.hits), len(ctx.cache.misses))

@@ -10,13 +10,19 @@ from typing import Any
 from universality.checks import check_bool, check_choice, check_int, check_number, check_text, known_fields, leaves_folder
 from universality.errors import ConfigError
 from universality.sae.config import SAEConfig, TopKConfig
+from universality.sae.identity import INIT_MODES
 
-__all__ = ["TrainConfig", "RunConfig", "REMEDIES", "register_configs"]
+__all__ = ["TrainConfig", "RunConfig", "REMEDIES", "DEAD_WINDOW_FRACTION", "MAX_DEAD_WINDOW", "register_configs"]
 
 #: Dead-latent remedies: AuxK (Gao et al. 2024), resampling (Bricken et al. 2023), ghost grads
 #: (Anthropic, "Circuits Updates - January 2024"), or none. ``"auto"`` = AuxK for TopK and
 #: BatchTopK, none otherwise.
 REMEDIES = ("auto", "none", "auxk", "resample", "ghost")
+
+#: The automatic dead-latent window (``RunConfig(dead_window=0)``): this fraction of the run's tokens,
+#: capped at :data:`MAX_DEAD_WINDOW` tokens.
+DEAD_WINDOW_FRACTION = 0.05
+MAX_DEAD_WINDOW = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,14 @@ class TrainConfig:
     coefficient warms up linearly over ``sparsity_warmup_steps``. ``aux_coeff`` weighs the AuxK
     loss (Gao et al. use 1/32); ``aux_k`` is the number of dead latents AuxK uses (default
     ``d_in // 2``). ``name`` overrides the key ``f"{site}/{arch}-{d_sae}-s{seed}"``.
+
+    ``init``: where the initial weights come from. ``"derived"`` (default) draws them from a hash of
+    ``seed`` and the dictionary's identity (key, site, config, and the model, revision, dataset and
+    subset hash of its activations - or a fingerprint of its first batch when none of those is known),
+    so two dictionaries of one seed never start from the same weights by accident.
+    ``"seed"`` draws them from ``seed`` alone (the behaviour before this field existed): every
+    dictionary of one seed and shape starts from the same decoder - use it only to study a shared
+    start on purpose. The artifact's ``meta["init"]`` records the choice (:mod:`universality.sae.identity`).
     """
 
     sae: SAEConfig
@@ -41,6 +55,7 @@ class TrainConfig:
     aux_coeff: float = 1.0 / 32
     aux_k: int | None = None
     name: str | None = None
+    init: str = "derived"
 
     def __post_init__(self) -> None:
         if not isinstance(self.sae, SAEConfig):
@@ -55,6 +70,7 @@ class TrainConfig:
         check_number("TrainConfig", "aux_coeff", self.aux_coeff, 0.0)
         check_int("TrainConfig", "aux_k", self.aux_k, 1, none_ok=True)
         check_text("TrainConfig", "name", self.name, none_ok=True)
+        check_choice("TrainConfig", "init", self.init, INIT_MODES)
         if leaves_folder(self.key):  # the key names the dictionary's folder under out_dir
             raise ConfigError(f"TrainConfig key {self.key!r} would leave its output folder",
                               "use a name of plain path parts without '..', empty parts or a leading '/'")
@@ -91,7 +107,10 @@ class RunConfig:
     ``steps``: batches to train on (the source may end earlier). ``normalize``: scale each site's
     activations so ``E||x||^2 = d_in`` (scale estimated on the first batch; folded into the weights
     on save). ``dead_window``: tokens without firing after which a latent counts as dead (also the
-    window of the firing-frequency estimate). ``resample_every``: steps between resamplings.
+    window of the firing-frequency estimate); ``0`` (default) = automatic:
+    ``min(1,000,000, DEAD_WINDOW_FRACTION * steps * tokens per step)`` tokens, fixed from the first batch
+    (a fixed 1M-token window never closes in a short run such as 200 steps x 2048 tokens, so no latent
+    ever counts as dead: AuxK never revives any and the reported dead fraction reads 0). ``resample_every``: steps between resamplings.
     ``autocast``: bf16 autocast on CUDA (ignored on the CPU). ``checkpoint_every``: steps between
     checkpoints in ``checkpoint_dir`` (0: only at the end). ``out_dir``: write one artifact folder
     per dictionary there.
@@ -104,7 +123,7 @@ class RunConfig:
 
     steps: int
     normalize: bool = True
-    dead_window: int = 1_000_000
+    dead_window: int = 0
     resample_every: int = 2_500
     grad_clip: float = 1.0
     autocast: bool = True
@@ -121,7 +140,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         check_int("RunConfig", "steps", self.steps)
         check_bool("RunConfig", "normalize", self.normalize)
-        check_int("RunConfig", "dead_window", self.dead_window)
+        check_int("RunConfig", "dead_window", self.dead_window, 0)
         check_int("RunConfig", "resample_every", self.resample_every)
         check_number("RunConfig", "grad_clip", self.grad_clip, 0.0)
         check_bool("RunConfig", "autocast", self.autocast)
@@ -143,6 +162,14 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def resolved_dead_window(self, tokens_per_step: int) -> int:
+        """The dead-latent window in tokens: ``dead_window``, or when it is ``0`` the smaller of
+        :data:`MAX_DEAD_WINDOW` and :data:`DEAD_WINDOW_FRACTION` of the run's tokens (at least one step)."""
+        if self.dead_window:
+            return self.dead_window
+        run_tokens = self.steps * max(int(tokens_per_step), 1)
+        return max(min(MAX_DEAD_WINDOW, int(DEAD_WINDOW_FRACTION * run_tokens)), max(int(tokens_per_step), 1))
 
 
 def register_configs(group: str = "sae") -> None:

@@ -4,12 +4,23 @@ The trainer never sees a model: it consumes an *activation source*, an iterable 
 ``{site: (batch, d)}`` dicts or plain ``(batch, d)`` tensors (site ``"default"``), optionally with
 ``state_dict()``/``load_state_dict()`` for exact resumption (see ``docs/INTERFACES.md``).
 Each step reads one batch and takes one optimiser step for every dictionary.
+
+**Provenance.** A source with a ``provenance()`` method (the activation readers of
+:mod:`universality.activations`) names the model, revision, dataset and subset hash it streams; the
+trainer records them in every artifact's meta (``meta=`` given by hand wins, key by key).
+
+**Initialisation.** With ``TrainConfig.init="derived"`` (default) each dictionary's initial weights
+are drawn from a hash of its seed and identity (:mod:`universality.sae.identity`): key, site,
+config, and the provenance above - or, when nothing names the data, a fingerprint of the first
+batch. The weights drawn at construction are redrawn before the first step when the source's
+provenance or the first batch completes the identity. ``meta["init"]`` records the result.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,14 +33,28 @@ from universality.errors import ConfigError, DataError, TrainingDiverged
 from universality.eval.metrics import ReconstructionStats
 from universality.io import stable_hash
 from universality.sae import SAE, geometric_median, make_sae
+from universality.sae.identity import data_fingerprint, derive_init_seed, has_provenance, init_identity, init_record
 from universality.train import checkpoint as ckpt
-from universality.train.config import RunConfig, TrainConfig
+from universality.train.config import MAX_DEAD_WINDOW, RunConfig, TrainConfig
 from universality.train.dead import FiringTracker, auxk_loss, ghost_grads_loss, resample_dead_
 from universality.train.optim import flatten_optimizer_state, make_optimizer, reset_latent_state_, unflatten_optimizer_state
 from universality.train.schedules import lr_factor, warmup_factor
 from universality.train.stacked_step import StackedGroup, group_keys
 
-__all__ = ["Trainer", "train_saes", "as_site_batch"]
+__all__ = ["Trainer", "train_saes", "as_site_batch", "source_provenance"]
+
+
+def source_provenance(source: Any) -> dict[str, Any]:
+    """What ``source.provenance()`` says about the activations (model, revision, dataset, subset_hash,
+    ...), or ``{}`` for a source without one. ``None`` values are dropped."""
+    get = getattr(source, "provenance", None)
+    if not callable(get):
+        return {}
+    prov = get()
+    if not isinstance(prov, Mapping):
+        raise DataError(f"{type(source).__name__}.provenance() returned {type(prov).__name__}",
+                        "return a dict such as {'model': ..., 'revision': ..., 'dataset': ..., 'subset_hash': ...}")
+    return {k: v for k, v in prov.items() if v is not None}
 
 
 def as_site_batch(batch: Any) -> dict[str, Tensor]:
@@ -59,21 +84,38 @@ class Trainer:
         self.keys = keys
         self.run = run
         self.meta = dict(meta or {})
+        self.provenance: dict[str, Any] = {}
         self.device = torch.device(run.device)
-        self.saes: dict[str, SAE] = {k: make_sae(c.sae, seed=c.seed, device=self.device) for k, c in self.configs.items()}
+        self.init_records: dict[str, dict[str, Any]] = {}
+        self.saes: dict[str, SAE] = {}
+        for k, c in self.configs.items():
+            init_seed, identity = self._init_seed(c)
+            self.saes[k] = make_sae(c.sae, seed=init_seed, device=self.device)
+            self.init_records[k] = init_record(c.init, c.seed, init_seed, identity, self.saes[k].W_dec)
+        self._drawn = {k: self._versions(k) for k in self.keys}
+        self.source_exhausted = False
         self.optims = {k: make_optimizer(self.saes[k], c.lr) for k, c in self.configs.items()}
-        self.trackers = {k: FiringTracker(c.sae.d_sae, run.dead_window, self.device) for k, c in self.configs.items()}
+        # an automatic window (dead_window=0) is fixed from the first batch; until then the cap holds
+        provisional = run.dead_window or MAX_DEAD_WINDOW
+        self.trackers = {k: FiringTracker(c.sae.d_sae, provisional, self.device) for k, c in self.configs.items()}
         self.scales: dict[str, float] = {}
         self.step = 0
         self.tokens = 0
         self.generator = torch.Generator().manual_seed(run.seed)
         self.last_losses: dict[str, dict[str, float]] = {}
         self.eval_metrics: dict[str, dict[str, Any]] = {}
-        self.config_hash = stable_hash({"configs": [c.to_dict() for c in configs], "run": self._run_identity()})
+        self.config_hash = stable_hash({"configs": [self._config_identity(c) for c in configs], "run": self._run_identity()})
         self.stacks: list[StackedGroup] = []
         self.solo_keys: list[str] = list(keys)
         if run.stack:
             self._build_stacks()
+
+    @staticmethod
+    def _config_identity(c: TrainConfig) -> dict[str, Any]:
+        d = c.to_dict()
+        if d.get("init") == "seed":
+            d.pop("init")  # checkpoints written before the field existed (seed-only init) resume with init="seed"
+        return d
 
     def _run_identity(self) -> dict[str, Any]:
         d = self.run.to_dict()
@@ -85,13 +127,73 @@ class Trainer:
         return d
 
     # ------------------------------------------------------------------ initialisation
+    def site_meta(self, site: str) -> dict[str, Any]:
+        """The provenance meta of ``site``: the source's :meth:`provenance`, overridden key by key by the
+        hand-given ``meta`` (a flat dict, or ``{site: dict}``)."""
+        given = self.meta.get(site)
+        hand = given if isinstance(given, Mapping) else self.meta
+        return {**self.provenance, **hand}
+
+    def _init_seed(self, c: TrainConfig, data: str | None = None) -> tuple[int, dict[str, Any]]:
+        """``(seed the weights are drawn from, identity)`` of config ``c`` (``data``: first-batch fingerprint)."""
+        identity = init_identity(c.key, c.site, c.seed, stable_hash(c.to_dict()), self.site_meta(c.site))
+        if data is not None and not has_provenance(identity):
+            identity["data"] = data
+        return (derive_init_seed(c.seed, identity) if c.init == "derived" else c.seed), identity
+
+    def mark_initial_weights(self) -> None:
+        """Count the weights as they are now as the drawn initial weights: for wrappers that write them in
+        place without changing them (DDP's broadcast from rank 0), so a redraw before the first step still
+        happens (:meth:`_redraw_initial_weights` leaves weights that were edited since they were drawn)."""
+        self._drawn = {k: self._versions(k) for k in self.keys}
+
+    def _versions(self, key: str) -> list[int]:
+        """In-place modification counters of a dictionary's tensors (to leave weights a caller edited alone)."""
+        sae = self.saes[key]
+        return [t._version for t in (*sae.parameters(), *sae.buffers())]
+
+    @torch.no_grad()
+    def _redraw_initial_weights(self, batch: Mapping[str, Tensor] | None = None) -> None:
+        """Before the first step: redraw every derived-init dictionary whose identity is now more
+        complete (the source's provenance, or the first batch's fingerprint when nothing names the data).
+        Dictionaries whose weights were changed since they were drawn keep them (and their record)."""
+        if self.step > 0 or self.initialised:  # weights already in use (or edited after initialise)
+            return
+        fingerprints: dict[str, str] = {}
+        changed = False
+        for key in self.keys:
+            c = self.configs[key]
+            if c.init != "derived" or self._versions(key) != self._drawn[key]:
+                continue
+            data = None
+            if batch is not None and c.site in batch:
+                if c.site not in fingerprints:
+                    fingerprints[c.site] = data_fingerprint(batch[c.site][: self.run.init_rows])
+                data = fingerprints[c.site]
+            init_seed, identity = self._init_seed(c, data)
+            if identity == self.init_records[key]["identity"]:
+                continue
+            fresh = make_sae(c.sae, seed=init_seed)
+            self.saes[key].load_weights_(fresh.state_dict(), source=f"initial weights of {key}")
+            self.init_records[key] = init_record(c.init, c.seed, init_seed, identity, fresh.W_dec)
+            self._drawn[key] = self._versions(key)
+            changed = True
+        if changed:
+            for group in self.stacks:
+                group.pull_(self.saes)
+
     @property
     def initialised(self) -> bool:
         return bool(self.scales)
 
     @torch.no_grad()
     def initialise(self, batch: Mapping[str, Tensor]) -> None:
-        """Normalisation scale per site and ``b_dec`` at the geometric median (first batch)."""
+        """Normalisation scale per site and ``b_dec`` at the geometric median (first batch); derived
+        initialisations without provenance are redrawn from the batch's fingerprint first."""
+        self._redraw_initial_weights(batch)
+        window = self.run.resolved_dead_window(next(iter(batch.values())).shape[0])
+        for tracker in self.trackers.values():
+            tracker.window = window
         medians: dict[str, Tensor] = {}
         for key in self.keys:
             cfg = self.configs[key]
@@ -203,6 +305,8 @@ class Trainer:
         return ckpt.checkpoint_lock(self.run.checkpoint_dir)
 
     def _fit(self, source: Iterable, progress: bool) -> dict[str, SAE]:
+        self.provenance = source_provenance(source)
+        self._redraw_initial_weights()
         if ckpt.has_checkpoint(self.run.checkpoint_dir):
             self.load_checkpoint(self.run.checkpoint_dir, source)
         it = iter(source)
@@ -213,6 +317,7 @@ class Trainer:
                 try:
                     batch = as_site_batch(next(it))
                 except StopIteration:
+                    self.source_exhausted = True
                     break
                 for site, x in batch.items():
                     if not torch.isfinite(x).all():
@@ -237,6 +342,11 @@ class Trainer:
                     self.save_checkpoint(self.run.checkpoint_dir, source)
         finally:
             bar.close()
+        if self.source_exhausted:
+            warnings.warn(
+                f"the activation source ran out after {self.step} of {self.run.steps} steps ({self.tokens} tokens), so the "
+                "learning rate never finished its schedule; give a longer source (more rows, or epochs=None) or set "
+                f"RunConfig(steps={self.step})", stacklevel=3)
         every = self.run.checkpoint_every
         at_checkpoint = bool(every) and self.step % every == 0  # the loop measured and saved this step already
         if last_batch is not None and not at_checkpoint:
@@ -277,17 +387,18 @@ class Trainer:
         for key in self.keys:
             cfg = self.configs[key]
             sae = self.saes[key]
-            site_meta = self.meta.get(cfg.site)
-            meta = dict(site_meta if isinstance(site_meta, Mapping) else self.meta)
+            meta = self.site_meta(cfg.site)
             train = {k: v for k, v in cfg.to_dict().items() if k != "sae"}
             run = {k: v for k, v in self.run.to_dict().items() if k not in ("checkpoint_dir", "out_dir")}  # places, not settings
             meta.update(site=cfg.site, name=key, train={**train, "run": run},
-                        trained_steps=self.step, trained_tokens=self.tokens)
+                        trained_steps=self.step, trained_tokens=self.tokens, steps_requested=self.run.steps,
+                        source_exhausted=self.source_exhausted, init=dict(self.init_records[key]))
             meta["normalisation"] = {"method": "mean_squared_norm" if self.run.normalize else "none",
                                      "target_mean_squared_norm": cfg.sae.d_in, "scale": self.scales.get(cfg.site, 1.0)}
             metrics: dict[str, Any] = dict(self.eval_metrics.get(key, {}))
             density = self.trackers[key].density()
             metrics["dead_fraction_window"] = float(self.trackers[key].dead_mask().double().mean())
+            metrics["dead_window_tokens"] = self.trackers[key].window
             metrics["dense_fraction_window"] = float((density > 0.1).double().mean())
             metrics.update({f"final_{k}": v for k, v in self.last_losses.get(key, {}).items()})
             meta["metrics"] = metrics
@@ -320,6 +431,8 @@ class Trainer:
             "source_state": source_state,
             "last_losses": self.last_losses,
             "eval_metrics": self.eval_metrics,
+            "init": self.init_records,
+            "dead_windows": {k: self.trackers[k].window for k in self.keys},
         }
         if self.stacks:
             doc["stack_optimizers"] = self._stack_state_into(tensors)
@@ -347,6 +460,10 @@ class Trainer:
         self.tokens = int(doc["tokens"])
         self.last_losses = dict(doc.get("last_losses") or {})
         self.eval_metrics = dict(doc.get("eval_metrics") or {})
+        for key, window in (doc.get("dead_windows") or {}).items():
+            if key in self.trackers:
+                self.trackers[key].window = int(window)
+        self.init_records.update({k: dict(v) for k, v in (doc.get("init") or {}).items() if k in self.init_records})
         ckpt.restore_rng(tensors, self.generator)
         self._load_stack_state(tensors, doc.get("stack_optimizers") or [])
 
@@ -399,8 +516,11 @@ def train_saes(
 
     Returns ``{key: SAE}`` with keys ``f"{site}/{arch}-{d_sae}-s{seed}"`` (or the config's
     ``name``); the SAEs work on raw activations (normalisation folded in) and carry
-    ``meta`` (site, normalisation, hyper-parameters, final metrics, plus what ``meta`` gives:
-    model, revision, dataset, subset_hash; or a mapping site -> such a dict).
+    ``meta`` (site, normalisation, hyper-parameters, final metrics, ``init`` (how the initial weights
+    were drawn, :mod:`universality.sae.identity`), ``trained_steps``/``steps_requested``/
+    ``source_exhausted``, plus the source's ``provenance()`` and what ``meta`` gives - model,
+    revision, dataset, subset_hash; or a mapping site -> such a dict - the latter winning key by key).
+    A source that ends before ``steps`` warns and records ``source_exhausted: True``.
     Give ``run`` (a :class:`RunConfig`) or just ``steps``.
     """
     if run is None:

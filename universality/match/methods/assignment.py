@@ -18,7 +18,7 @@ import numpy as np
 from jaxtyping import Int
 from torch import Tensor
 
-from universality.checks import check_int
+from universality.checks import check_int, check_number
 from universality.errors import ConfigError
 from universality.match import assignment as asg
 from universality.match.methods import n_features, subset
@@ -90,16 +90,24 @@ class SparseOptions:
         exact_limit: the exact optimum (and ``meta['optimality_gap']``) is computed when ``n * m`` is at
             most this (``0``: never).
         block: rows of ``a`` per similarity block (``None``: sized so a block stays under ~256 MiB).
+        gap_tol: grow the candidate graph until the certified gap bound is at most this (``None``: one round,
+            the bound is still reported).
+        max_rounds: most graph-growing rounds before the dense fallback (>= 1).
     """
 
     k: int = 16
     exact_limit: int = 2048 * 2048
     block: int | None = None
+    gap_tol: float | None = asg.GAP_TOL
+    max_rounds: int = asg.MAX_ROUNDS
 
     def __post_init__(self) -> None:
         check_int("SparseOptions", "k", self.k)
         check_int("SparseOptions", "exact_limit", self.exact_limit, 0)
         check_int("SparseOptions", "block", self.block, none_ok=True)
+        if self.gap_tol is not None:
+            check_number("SparseOptions", "gap_tol", self.gap_tol, 0.0)
+        check_int("SparseOptions", "max_rounds", self.max_rounds)
 
 
 @register("sparse", SparseOptions)
@@ -109,9 +117,16 @@ def sparse(a: Any, b: Any, similarity: str, options: SparseOptions) -> MatchResu
     The union of every row's and column's ``k`` best partners is a sparse bipartite graph, solved exactly by
     ``scipy.sparse.csgraph.min_weight_full_bipartite_matching`` (LAPJVsp, Jonker & Volgenant 1987) with edge
     cost :math:`2 - S_{ij}`; rows the graph leaves unmatched are completed by an exact assignment against the
-    left-over columns (:func:`universality.match.assignment.sparse_assignment`). When ``n * m <=
-    exact_limit`` the exact optimum :math:`V^*` is computed too and ``meta['optimality_gap']`` =
-    :math:`(V^* - V) / |V^*|` reported.
+    left-over columns (:func:`universality.match.assignment.sparse_assignment`).
+
+    Every result carries a certified bound on its optimality gap, ``meta['gap_bound']``
+    :math:`\ge (V^* - V)/|V^*|`, with ``meta['upper_bound']`` :math:`\ge V^*`, from LP duality (dual prices
+    of the graph matching made feasible for the full similarity by a streamed row maximum), without the
+    dense optimum; while it exceeds :data:`~universality.match.assignment.GAP_TOL` (0.1%) the graph grows by
+    the violated edges (pricing), and after :data:`~universality.match.assignment.MAX_ROUNDS` rounds the
+    dense exact solver takes over where the similarity fits 2 GiB (``meta['solver']`` says which ran).
+    When ``n * m <= exact_limit`` the exact optimum :math:`V^*` is computed too and
+    ``meta['optimality_gap']`` = :math:`(V^* - V) / |V^*|` reported.
     """
     n, m = n_features(a), n_features(b)
     tk = _topk(a, b, similarity, options.k, options.block)
@@ -120,7 +135,8 @@ def sparse(a: Any, b: Any, similarity: str, options: SparseOptions) -> MatchResu
         return dense_similarity(subset(a, r), subset(b, c), similarity, options.block)
 
     exact = dense_similarity(a, b, similarity, options.block) if n * m <= options.exact_limit else None
-    return asg.sparse_assignment(tk, complete=complete, exact=exact)
+    return asg.sparse_assignment(tk, complete=complete, exact=exact, gap_tol=options.gap_tol,
+                                 max_rounds=options.max_rounds)
 
 
 # ---------------------------------------------------------------------------------------------- mnn

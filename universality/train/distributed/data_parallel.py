@@ -87,6 +87,7 @@ class DataParallelTrainer(Trainer):
             )
             for k, sae in self.saes.items()
         }
+        self.mark_initial_weights()  # DDP broadcast rank 0's (identical) weights in place
 
     # -- seams of Trainer ------------------------------------------------------------------
     def _forward_train(self, key: str, sae: SAE, x: Tensor) -> Any:
