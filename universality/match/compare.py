@@ -34,8 +34,8 @@ The table is assembled from small parts, one concern each:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +47,6 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from universality.errors import MatchError
-
 from universality.match import baselines as bl
 from universality.match import fractions as fr
 from universality.match import intervals as iv
@@ -86,6 +85,8 @@ __all__ = [
     "activation_intervals",
     "NO_CI_WEIGHTS",
     "HEADLINE_SHARED_NOTE",
+    "PER_LATENT_NOTE",
+    "fraction_rows",
     "OUTSIDE_CI_NOTE",
     "with_note",
     "basis_mismatch",
@@ -353,7 +354,7 @@ def shared_fraction_rows(d: Dictionaries, floor_dec: Float[Tensor, "m d"], thres
     random dictionary as both encoder and decoder (it has no separate encoder), no p-value. Their note says
     that this is the stricter notion (the encoder *and* the decoder assignment must agree, and both cosines
     pass ``t``; an encoder bent away from its decoder by interference fails it) and that the headline shared
-    fraction is the activation-matching ``shared_fraction_corr`` row (:data:`HEADLINE_SHARED_NOTE`): in a
+    fraction is the feature-level activation-matching row (:data:`HEADLINE_SHARED_NOTE`, :func:`fraction_rows`): in a
     planted world with 40% shared features the encoder+decoder rows read 0.14 where matching on activations
     (and decoder-only Hungarian) recover ~0.4."""
     Da, Db, sky_a, sky_b = d.Da, d.Db, d.sky_a, d.sky_b
@@ -553,6 +554,7 @@ def correlation_rows(ca: FeatureCodes, cb: FeatureCodes, base: Baselines, corr_t
     for row, dead, n, side in ((rows[0], dead_a, ca.n, "a"), (rows[1], dead_b, cb.n, "b")):
         row["note"] = with_note(row["note"], f"{dead} of {n} latents of {side} dead (constant on these tokens), "
                                              "left out of the mean")
+    rows[3]["note"] = with_note(rows[3]["note"], PER_LATENT_NOTE)
     return rows
 
 
@@ -720,7 +722,9 @@ def compare(
         why SVCCA/RSA are NaN (too few pairs, :func:`~universality.match.summary.too_few_pairs`), when the
         decoder metrics compare different bases (:func:`basis_mismatch`), when ``a`` is ``b``
         (:data:`SELF_NOTE`) and when two dictionaries share their initial weights
-        (:data:`SHARED_INIT_NOTE`, :func:`initialisation_notes`; also a warning).
+        (:data:`SHARED_INIT_NOTE`, :func:`initialisation_notes`; also a warning). With activations, the
+        feature-level shared fractions (:func:`fraction_rows`) follow the correlation rows; the note of the
+        headline shared fraction says so and why.
     """
     if activations is not None:
         check_activations(activations, token_ids)  # fail before any metric is computed
