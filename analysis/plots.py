@@ -2,7 +2,9 @@
 
 - :func:`similarity_distributions` - per-feature similarity against floor and skyline.
 - :func:`heatmap` - checkpoint-by-checkpoint or layer-by-layer similarity.
-- :func:`threshold_curves` - shared fraction against the cosine threshold.
+- :func:`threshold_curves` - shared fraction against the matching threshold (activation correlation).
+
+Every figure must draw data: :func:`_save` refuses one whose axes hold no data point (:func:`plotted_points`).
 - :func:`series` - a metric along an ordered axis (training steps, layers) with baseline bands.
 """
 
@@ -15,18 +17,45 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.collections import PathCollection  # noqa: E402
 
 from universality.errors import DataError  # noqa: E402
 from universality.io import atomic_write_bytes  # noqa: E402
 
-__all__ = ["similarity_distributions", "heatmap", "threshold_curves", "series"]
+__all__ = ["similarity_distributions", "heatmap", "threshold_curves", "series", "plotted_points"]
 
 _PALETTE = {"observed": "#1f77b4", "floor": "#999999", "skyline": "#2ca02c"}
 
 
+def plotted_points(fig: plt.Figure) -> int:
+    """How many data points the figure's axes draw: finite points of lines, offsets and paths of
+    collections (scatter markers, violins, heatmap cells) and images. Baseline bands
+    (``axhspan``) and legends are not data."""
+    n = 0
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            xy = np.column_stack([np.asarray(line.get_xdata(), dtype=float), np.asarray(line.get_ydata(), dtype=float)])
+            n += int(np.isfinite(xy).all(axis=1).sum()) if xy.size else 0
+        for coll in ax.collections:
+            if isinstance(coll, PathCollection):  # scatter markers: one path, one offset per point
+                offsets = np.asarray(coll.get_offsets(), dtype=float).reshape(-1, 2)
+                n += int(np.isfinite(offsets).all(axis=1).sum())
+            else:
+                n += sum(1 for p in coll.get_paths() if len(p.vertices) and np.isfinite(p.vertices).all())
+        n += len(ax.get_images())
+    return n
+
+
 def _save(fig: plt.Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG; a figure with no data drawn (empty axes, only a legend) is refused."""
+    if plotted_points(fig) == 0:
+        title = next((ax.get_title() for ax in fig.axes if ax.get_title()), "")
+        plt.close(fig)
+        raise DataError(f"figure {Path(path).name} ({title!r}) would be empty: no data point is drawn",
+                        "check the columns and values passed to the plot (NaN or missing x/y values are dropped)")
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110)
@@ -40,6 +69,9 @@ def _require(df: pd.DataFrame, cols: list[str], what: str) -> None:
         raise DataError(f"{what} needs columns {missing}", f"pass a tidy DataFrame with columns {cols}")
     if df.empty:
         raise DataError(f"{what} got an empty table", "check that the study produced results for this figure")
+    if df[cols].isna().any(axis=1).all():
+        raise DataError(f"{what} got no row with every one of {cols} present (all missing)",
+                        "check that the values plotted are filled in (e.g. an x column mapped from labels)")
 
 
 def similarity_distributions(df: pd.DataFrame, path: str | Path, title: str, xlabel: str = "comparison",
@@ -77,22 +109,24 @@ def heatmap(matrix: pd.DataFrame, path: str | Path, title: str, cbar_label: str 
     return _save(fig, path)
 
 
-def threshold_curves(df: pd.DataFrame, path: str | Path, title: str) -> Path:
+def threshold_curves(df: pd.DataFrame, path: str | Path, title: str,
+                     xlabel: str = "activation correlation threshold") -> Path:
     """Shared fraction against threshold, one line per comparison (``kind`` styles baselines).
 
-    Columns: ``threshold``, ``shared_fraction``, ``comparison``; optional ``kind``.
+    Columns: ``threshold``, ``shared_fraction``, ``comparison``; optional ``kind``. ``xlabel`` names the
+    similarity the threshold applies to (the studies match features by activation correlation).
     """
     _require(df, ["threshold", "shared_fraction", "comparison"], "threshold_curves")
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     style = "kind" if "kind" in df.columns else None
     sns.lineplot(data=df, x="threshold", y="shared_fraction", hue="comparison", style=style, marker="o", ax=ax)
-    ax.set(title=title, xlabel="cosine threshold", ylabel="shared fraction", ylim=(-0.02, 1.02))
+    ax.set(title=title, xlabel=xlabel, ylabel="shared fraction", ylim=(-0.02, 1.02))
     return _save(fig, path)
 
 
 def series(df: pd.DataFrame, path: str | Path, title: str, x: str, y: str, hue: str | None = None,
            logx: bool = False, bands: dict[str, tuple[float, float]] | None = None,
-           ylabel: str | None = None) -> Path:
+           ylabel: str | None = None, xlabel: str | None = None) -> Path:
     """A metric along an ordered axis, with optional horizontal baseline bands ``{label: (lo, hi)}``."""
     _require(df, [x, y] + ([hue] if hue else []), "series")
     fig, ax = plt.subplots(figsize=(7.0, 4.2))
@@ -102,7 +136,7 @@ def series(df: pd.DataFrame, path: str | Path, title: str, x: str, y: str, hue: 
     if logx:
         ax.set_xscale("symlog", linthresh=1.0)
         ax.set_xlim(left=0)
-    ax.set(title=title, xlabel=x, ylabel=ylabel or y)
+    ax.set(title=title, xlabel=xlabel or x, ylabel=ylabel or y)
     if bands or hue:
         ax.legend(fontsize="small")
     return _save(fig, path)

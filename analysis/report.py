@@ -1,7 +1,9 @@
 """Study reports: one Markdown file and one self-contained HTML page (figures embedded as base64).
 
 A report is a title, a short summary of findings and a list of :class:`Section` s, each with prose,
-tables (pandas DataFrames) and figures (PNG files). Both files are written atomically.
+tables (pandas DataFrames) and figures (PNG files). Both files are written atomically. Image links in
+``report.md`` are relative to the report's own folder, so they work wherever the report is opened; a
+missing figure is refused. Tables show whole numbers as integers and leave entirely blank columns out.
 """
 
 from __future__ import annotations
@@ -9,14 +11,19 @@ from __future__ import annotations
 import base64
 import html
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from universality.errors import DataError
 from universality.io import atomic_write_text
 
-__all__ = ["Section", "Report", "markdown_table"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+__all__ = ["Section", "Report", "markdown_table", "display_frame", "relative_link"]
 
 
 def _fmt(value: object) -> str:
@@ -29,16 +36,69 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+def _is_blank(value: object) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def _integer_valued(col: pd.Series) -> bool:
+    """A numeric column whose every present value is a whole number (counts, seeds, steps)."""
+    if col.dtype == bool or not pd.api.types.is_numeric_dtype(col):
+        return False
+    present = col.dropna()
+    if present.empty:
+        return False
+    vals = present.to_numpy(dtype=float)
+    return bool(np.all(np.isfinite(vals)) and np.all(vals == np.round(vals)))
+
+
+def display_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """The table as the report shows it: every cell a string, columns that are entirely blank (NaN or
+    empty text) left out (``results.csv`` and ``tables/`` keep them), integer-valued numeric columns
+    written as integers (``3``, not ``3.000``), other floats to 3 decimals and NaN as ``n/a``."""
+    keep = [c for c in df.columns if not all(_is_blank(v) for v in df[c])]
+    out = {}
+    for c in keep:
+        col = df[c]
+        if _integer_valued(col):
+            out[str(c)] = [("n/a" if _is_blank(v) else str(int(round(float(v))))) for v in col]
+        else:
+            out[str(c)] = [_fmt(float(v)) if isinstance(v, (np.floating, float)) else _fmt(v) for v in col]
+    return pd.DataFrame(out, index=range(len(df)), columns=[str(c) for c in keep])
+
+
 def markdown_table(df: pd.DataFrame, max_rows: int = 40) -> str:
-    """Render a DataFrame as a GitHub-flavoured Markdown table (floats to 3 decimals, NaN as n/a)."""
-    shown = df.head(max_rows)
-    cols = [str(c) for c in shown.columns]
+    """Render a DataFrame as a GitHub-flavoured Markdown table (:func:`display_frame`: whole numbers as
+    integers, floats to 3 decimals, NaN as n/a, entirely blank columns left out)."""
+    shown = display_frame(df.head(max_rows))
+    cols = list(shown.columns)
     lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
     for row in shown.itertuples(index=False):
-        lines.append("| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |")
+        lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |")
     if len(df) > max_rows:
         lines.append(f"\n*{len(df) - max_rows} more rows in the results table.*")
     return "\n".join(lines)
+
+
+def relative_link(target: str | Path, report_dir: str | Path) -> str:
+    """``target`` as a link from a file in ``report_dir``: relative to that folder (not to the folder the
+    command ran in), with ``/`` separators, in angle brackets when it holds spaces or parentheses."""
+    rel = Path(os.path.relpath(Path(target).resolve(), Path(report_dir).resolve())).as_posix()
+    return f"<{rel}>" if any(ch in rel for ch in " ()") else rel
+
+
+def _figure(path: str | Path) -> Path:
+    """The figure file, refused when it is missing or not a PNG (a report must not link to nothing)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"report figure {path} does not exist", "write the figure before the report")
+    with path.open("rb") as fh:
+        if fh.read(8) != PNG_MAGIC:
+            raise DataError(f"report figure {path} is not a PNG file", "write figures with analysis.plots")
+    return path
 
 
 @dataclass
@@ -66,8 +126,7 @@ class Report:
             for caption, df in sec.tables:
                 out += [f"**{caption}**", "", markdown_table(df), ""]
             for caption, fig in sec.figures:
-                rel = Path(fig).resolve().relative_to(relative_to.resolve()) if Path(fig).is_absolute() else fig
-                out += [f"![{caption}]({rel})", f"*{caption}*", ""]
+                out += [f"![{caption}]({relative_link(_figure(fig), relative_to)})", f"*{caption}*", ""]
         if self.footer:
             out += ["---", self.footer, ""]
         return "\n".join(out)
@@ -91,10 +150,10 @@ class Report:
             for para in filter(None, (p.strip() for p in sec.text.split("\n\n"))):
                 parts.append(f"<p>{esc(para)}</p>")
             for caption, df in sec.tables:
-                table = df.head(200).to_html(index=False, float_format=lambda v: _fmt(float(v)), na_rep="n/a", border=0)
+                table = display_frame(df.head(200)).to_html(index=False, border=0)
                 parts.append(f"<p><b>{esc(caption)}</b></p>{table}")
             for caption, fig in sec.figures:
-                data = base64.b64encode(Path(fig).read_bytes()).decode("ascii")
+                data = base64.b64encode(_figure(fig).read_bytes()).decode("ascii")
                 parts.append(
                     f"<figure><img alt='{esc(caption)}' src='data:image/png;base64,{data}'>"
                     f"<figcaption>{esc(caption)}</figcaption></figure>"

@@ -101,11 +101,15 @@ def run(ctx, figures_dir) -> AnalysisResult:
         raise ConfigError("architecture_comparison needs two models of different families trained on D",
                           "add e.g. a zoo mamba model next to a gpt_neox one")
     book = Codebook(ctx)
-    res = AnalysisResult(NAME, "Architectures compared on the same data: " + ", ".join(f"{a} vs {b}" for a, b in pairs))
-    rows, dist = [], []
+    trained_here = all(ctx.cfg.model(m).zoo is not None for pair in pairs for m in pair)
+    res = AnalysisResult(NAME, ("Architectures compared on the same data: " if trained_here else "Architectures compared: ")
+                         + ", ".join(f"{a} vs {b}" for a, b in pairs))
+    rows, dist, same_tokens = [], [], {}
     for ma, mb in pairs:
         ra_, rb_ = ctx.revisions(ma)[-1], ctx.revisions(mb)[-1]
         ia, ib, tok = _rows_for(ctx, book, (ma, ra_), (mb, rb_))
+        ta, tb = book.token_ids(ma, ra_), book.token_ids(mb, rb_)
+        same_tokens[(ma, mb)] = bool(ta.shape == tb.shape and torch.equal(ta, tb))
         side_a, side_b = _side(ctx, book, ma, ra_, ia, tok), _side(ctx, book, mb, rb_, ib, tok)
         ca_all, cb_all = side_a["codes"], side_b["codes"]
         heat = []
@@ -117,7 +121,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
             sky_model = mean_skyline(side_a["model_seed"][sa], side_b["model_seed"][sb])
             comp = f"{ma}:{sa} vs {mb}:{sb}"
             rows.append(norm_row(NAME, comp, "mppc", float(fa.mean()), floor, sky_sae, sky_model,
-                                 note=dead_note(ca, cb, ma, mb), direction=f"{ma}->{mb}",
+                                 note=dead_note(ca, cb, ma, mb), direction=one_way(ma, mb),
                                  model_a=ma, site_a=sa, model_b=mb, site_b=sb, reverse=float(fb.mean()),
                                  sae_seed_a=side_a["sae_seed"][sa].mean, sae_seed_b=side_b["sae_seed"][sb].mean,
                                  model_seed_a=_or_nan(side_a["model_seed"][sa].value),
@@ -131,12 +135,11 @@ def run(ctx, figures_dir) -> AnalysisResult:
         res.figures.append((f"Site-by-site MPPC between {ma} (rows) and {mb} (columns)",
                             plots.heatmap(mat, figures_dir / f"arch_{ma}_{mb}.png", f"{ma} x {mb} (MPPC, mean of both directions)",
                                           cbar_label="MPPC", vmin=0, vmax=1)))
-        best = mat.idxmax(axis=1)
-        corr = pd.DataFrame({"site_a": best.index, "best_site_b": best.values,
-                             "mppc": [mat.loc[s, best[s]] for s in best.index]})
+        corr = correspondence(mat, ma, mb)
         res.tables[f"correspondence_{ma}_{mb}"] = corr
         res.findings.append(f"{ma} -> {mb}: " + "; ".join(
-            f"{r.site_a} corresponds best to {r.best_site_b} (MPPC {r.mppc:.3f})" for r in corr.itertuples()))
+            f"{r.site_a} corresponds best to {r.best_site_b} (MPPC {r.mppc:.3f}, mean of both directions)"
+            for r in corr.itertuples()))
     table = pd.DataFrame(rows)
     res.tables["cross_architecture"] = table
     res.tidy += rows
@@ -144,14 +147,68 @@ def run(ctx, figures_dir) -> AnalysisResult:
     res.figures.append(("Per-feature best correlation across architectures (last sites), with floor and skyline",
                         plots.similarity_distributions(pd.DataFrame(dist), figures_dir / "arch_distributions.png",
                                                        "Per-feature MPPC across architectures")))
-    res.text = ("Both models are trained on the same data with the same tokenizer; every site's SAE features of one "
+    res.text = (provenance_text(ctx.cfg, pairs, same_tokens) + " Every site's SAE features of one "
                 "model are matched to every site's of the other by their activations on the same evaluation text. "
-                "The floor is MPPC against token-shuffled codes. The skylines of a row are the means over its two "
+                + DIRECTIONS_TEXT + " The floor is MPPC against token-shuffled codes. The skylines of a row are the means over its two "
                 "models (sae_seed_a/b, model_seed_a/b give each model's own). " + skylines_text(ctx) + " "
                 "Gromov-Wasserstein distances compare the geometry of the two decoders without a shared basis "
                 "(value_meaning: lower is closer; its skyline columns are the same distance between SAE seeds and "
                 "between model seeds).")
     return res
+
+
+def one_way(ma: str, mb: str) -> str:
+    """The ``direction`` of a one-way MPPC row: features of ``ma`` matched to their best partner in ``mb``
+    (``value``; the ``reverse`` column is the other way)."""
+    return f"{ma}->{mb}"
+
+
+def both_ways(ma: str, mb: str) -> str:
+    """The ``direction`` of an MPPC that is the mean of the two one-way values."""
+    return f"mean of {ma}->{mb} and {mb}->{ma}"
+
+
+DIRECTIONS_TEXT = ("MPPC directions: in the cross-architecture table value is one way (direction a->b: each live "
+                   "feature of a with its best partner in b) and reverse the other way; the heatmap and the "
+                   "correspondence table use the mean of both directions (their direction column says so).")
+
+
+def correspondence(mat: pd.DataFrame, ma: str, mb: str) -> pd.DataFrame:
+    """For every site of ``ma`` (rows of ``mat``, site-by-site MPPC, mean of both directions) the site of
+    ``mb`` it matches best: columns ``site_a``, ``best_site_b``, ``mppc`` and ``direction`` (which
+    MPPC: the mean of ``ma->mb`` and ``mb->ma``, as in the heatmap)."""
+    best = mat.idxmax(axis=1)
+    return pd.DataFrame({"site_a": list(best.index), "best_site_b": list(best.values),
+                         "mppc": [float(mat.loc[s, best[s]]) for s in best.index],
+                         "direction": [both_ways(ma, mb)] * len(best)})
+
+
+def provenance_text(cfg, pairs: list[tuple[str, str]], same_tokens: dict[tuple[str, str], bool]) -> str:
+    """What is known about how the compared models were trained: "trained by the study on the same data
+    with the same tokenizer" only for zoo models (trained here, on the study's data, with the study's
+    tokenizer) that read the evaluation text as the same tokens; otherwise what is known of each model
+    (a hub or local model was not trained by the study: its training data is not known here) and
+    whether the two tokenizers differ (rows then aligned by character spans)."""
+    out = []
+    for ma, mb in pairs:
+        sa, sb = cfg.model(ma), cfg.model(mb)
+        zoo = sa.zoo is not None and sb.zoo is not None
+        if zoo and sa.data == sb.data and same_tokens.get((ma, mb), False):
+            out.append(f"{ma} and {mb} are both trained by this study on the same data ({sa.data}) with the same "
+                       "tokenizer.")
+            continue
+        about = []
+        for spec in (sa, sb):
+            if spec.zoo is not None:
+                about.append(f"{spec.name} is trained by this study ({spec.zoo}) on {spec.data} with the study's tokenizer")
+            else:
+                about.append(f"{spec.name} is a pretrained model ({spec.path}) not trained by this study, so its "
+                             "training data and tokenizer are its own (not known here)")
+        tokens = ("the two read the evaluation text as the same tokens" if same_tokens.get((ma, mb), False) else
+                  "the two tokenize the evaluation text differently, so rows are aligned by character spans and each "
+                  "text unit is read at its last token on both sides")
+        out.append("; ".join(about) + "; " + tokens + ".")
+    return " ".join(out)
 
 
 def _or_nan(value: float | None) -> float:

@@ -58,7 +58,7 @@ SKYLINES_TEXT = (f"normalised_sae_seed = (value - floor) / (skyline_sae_seed - f
 __all__ = ["A_SEED", "B_SEED", "SPECIFIC_MASS", "MIN_FIRES", "CONTEXT_EXCESS", "MPPC_MEANING", "SAE_SEED", "MODEL_SEED",
            "SKYLINES_TEXT", "mass_share", "context_excess", "AnalysisResult", "Codebook", "Interval", "ModelSeedSkyline",
            "per_feature_mppc", "skyline_interval", "shuffled_floor", "dead_note", "seed_copy_codes",
-           "model_seed_skyline", "mean_skyline", "skylines_text", "norm_row"]
+           "model_seed_skyline", "mean_skyline", "skylines_text", "norm_row", "SMALL_N", "count_or_share"]
 
 
 @dataclass
@@ -233,6 +233,20 @@ def skylines_text(ctx) -> str:
                 "no model is a zoo model, so no model-seed copy can be trained.")
     return (SKYLINES_TEXT + f" The {MODEL_SEED} was not computed here (normalised_model_seed is blank): set "
             "study.model_seed_skyline=true to train a model-seed copy of each zoo model.")
+
+
+#: below this many items a finding quotes counts ("1 of 1"), not a percentage ("100%")
+SMALL_N = 10
+
+
+def count_or_share(k: int, n: int) -> str:
+    """``k`` out of ``n`` for a finding: ``"k of n"`` when ``n`` is below :data:`SMALL_N` (a percentage of
+    a handful of items reads as more than it is), else the percentage; ``"n/a"`` when ``n`` is 0."""
+    if n <= 0:
+        return "n/a"
+    if n < SMALL_N:
+        return f"{k} of {n}"
+    return f"{k / n:.0%}"
 
 
 def dead_note(ca: FeatureCodes, cb: FeatureCodes, a: str = "A", b: str = "B") -> str:

@@ -32,6 +32,42 @@ def _step(revision: str) -> int:
     return int(revision[4:]) if revision.startswith("step") and revision[4:].isdigit() else -1
 
 
+EVENTS = ("birth", "continue", "death", "merge", "split")
+
+
+def lineage_event_table(counts: pd.DataFrame, site: str, revs: list[str]) -> pd.DataFrame:
+    """The lineage events of one site, one row per transition ``a->b`` of consecutive checkpoints ``revs``
+    (:meth:`universality.match.lineage.Lineage.counts`), ordered by training step (``step100`` after
+    ``step16``; the series order where a revision has no step number): columns ``site``, ``step``
+    (the transition), ``from_step``, ``to_step`` (numeric steps, -1 where unknown) and one count per event."""
+    transitions = [f"{a}->{b}" for a, b in zip(revs, revs[1:])]
+    table = counts.reindex(transitions, fill_value=0)
+    table = table.reindex(columns=[e for e in EVENTS if e in table.columns] + [c for c in table.columns if c not in EVENTS],
+                          fill_value=0).astype("int64")
+    table.columns.name = None
+    table.index.name = "step"
+    out = table.reset_index()
+    out.insert(0, "site", site)
+    out.insert(2, "from_step", [_step(a) for a in revs[:-1]])
+    out.insert(3, "to_step", [_step(b) for b in revs[1:]])
+    order = sorted(range(len(out)), key=lambda i: (out["from_step"][i] < 0, out["from_step"][i], i))
+    return out.iloc[order].reset_index(drop=True)
+
+
+def lineage_events_long(events: pd.DataFrame) -> pd.DataFrame:
+    """The lineage event tables (:func:`lineage_event_table`, any number of sites) in long form for the
+    figure: ``step`` (the transition), ``to_step``, ``event``, ``count``, the counts summed over sites per
+    transition and event; when a transition has no step number, ``to_step`` is its position in the series."""
+    ids = ["site", "step", "from_step", "to_step"]
+    counts = [c for c in events.columns if c not in ids]
+    long = events.melt(id_vars=ids, value_vars=counts, var_name="event", value_name="count")
+    if (long["to_step"] < 0).any():  # no step numbers: plot against the position in the series
+        position = {t: i + 1 for i, t in enumerate(dict.fromkeys(events["step"]))}
+        long["to_step"] = long["step"].map(position)
+    long = long.groupby(["step", "to_step", "event"], as_index=False, sort=False)["count"].sum()
+    return long.sort_values(["to_step", "event"], kind="stable").reset_index(drop=True)
+
+
 def run(ctx, figures_dir) -> AnalysisResult:
     model = _series_model(ctx)
     revs = ctx.revisions(model)
@@ -69,9 +105,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
                       threshold=ctx.cfg.match.corr_threshold, view="activations", labels=revs,
                       activations=[book.acts(model, r, site) for r in revs],
                       token_ids=book.token_ids(model, final))
-        counts = lin.counts().reset_index()
-        counts.insert(0, "site", site)
-        res.tables[f"lineage_events_{site}"] = counts
+        res.tables[f"lineage_events_{site}"] = lineage_event_table(lin.counts(), site, revs)
         chains = lin.chains
         if len(chains):
             persist = chains["persistence"].describe()[["count", "mean", "50%", "max"]].to_dict()
@@ -125,11 +159,12 @@ def run(ctx, figures_dir) -> AnalysisResult:
                                                        "Per-feature MPPC to the final SAE", xlabel="checkpoint")))
     events = [t for k, t in res.tables.items() if k.startswith("lineage_events_")]
     if events:
-        ev = pd.concat(events).melt(id_vars=["site", "step"], var_name="event", value_name="count")
-        ev["order"] = ev["step"].map({r: i for i, r in enumerate(revs)})
-        res.figures.append(("Lineage events between consecutive checkpoints",
-                            plots.series(ev.sort_values("order"), figures_dir / "lineage_events.png", "Lineage events",
-                                         x="order", y="count", hue="event", ylabel="features")))
+        ev = lineage_events_long(pd.concat(events, ignore_index=True))
+        res.figures.append(("Lineage events between consecutive checkpoints (summed over sites; x: the later "
+                            "checkpoint's training step)",
+                            plots.series(ev, figures_dir / "lineage_events.png", "Lineage events",
+                                         x="to_step", y="count", hue="event", logx=True, ylabel="features",
+                                         xlabel="training step (later checkpoint of each transition)")))
     res.text = (f"Each checkpoint of {model} ({', '.join(revs)}) gets its own SAE, trained on that checkpoint's "
                 "activations; features are compared with the final checkpoint's SAE by their activations on the "
                 "same evaluation text (MPPC, Wang et al. 2024). Floor: token-shuffled codes. Skyline: seed copies "

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from analysis import plots
-from analysis.studies.common import AnalysisResult
+from analysis.studies.common import SMALL_N, AnalysisResult, count_or_share
 from universality.errors import ConfigError
 from universality.sites import site as make_site
 from universality.study.pipeline import Cell
@@ -73,8 +73,11 @@ def run(ctx, figures_dir) -> AnalysisResult:
         summary.append({"site": site, "features": len(grp), "mean_entropy": grp["entropy"].mean(),
                         "null_mean_entropy": grp["null_entropy"].mean(), "expert_specific": spec,
                         "null_expert_specific": spec_null})
-        res.findings.append(f"{site}: {spec:.0%} of features send >= 80% of their tokens to one expert "
-                            f"(random token sets of the same size: {spec_null:.0%}); mean expert entropy "
+        n = len(grp)
+        share = count_or_share(int((grp["top_share"] >= 0.8).sum()), n)
+        res.findings.append(f"{site}: {share if n < SMALL_N else f'{share} of {n}'} features send "
+                            f">= 80% of their tokens to one expert (random token sets of the same size: "
+                            f"{count_or_share(int((grp['null_top_share'] >= 0.8).sum()), n)}); mean expert entropy "
                             f"{grp['entropy'].mean():.3f} against {grp['null_entropy'].mean():.3f} for the null.")
     res.tables["summary"] = pd.DataFrame(summary)
     res.tidy += [{"analysis": NAME, "comparison": s["site"], "metric": "mean expert entropy", "value": s["mean_entropy"],

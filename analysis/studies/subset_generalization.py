@@ -38,9 +38,11 @@ from analysis.studies.common import (
     B_SEED,
     MIN_FIRES,
     MPPC_MEANING,
+    SMALL_N,
     SPECIFIC_MASS,
     AnalysisResult,
     Codebook,
+    count_or_share,
     dead_note,
     mass_share,
     model_seed_skyline,
@@ -182,6 +184,7 @@ def _compare_site(ctx, book: Codebook, model: str, rev: str, site: str, flags: d
                 "n_specific": int(spec.sum()),
                 "missing_among_specific": float(missing_full[spec].mean()) if spec.any() else float("nan"),
                 "missing_among_others": float(missing_full[~spec & live].mean()) if (~spec & live).any() else float("nan"),
+                "n_other_live": int((~spec & live).sum()),
                 "seed_stable_specific": int((spec & stable).sum()),
                 "missing_among_seed_stable_specific": float(missing_full[spec & stable].mean())
                 if (spec & stable).any() else float("nan"),
@@ -226,15 +229,26 @@ def _model_vs_sae_data(ctx, book: Codebook, m_full: str, m_sub: str, site: str |
 
 
 def _specific_findings(specific: list[dict]) -> list[str]:
-    return [
-        f"{r['model']}:{r['site']}: {r['n_specific']} of {r['n_features']} SAE_D features fire "
-        f"(>= {SPECIFIC_MASS:.0%} of their mass) on the {r['tokens']} (only in D \\ D'); of those "
-        + (f"{r['missing_among_specific']:.0%}" if np.isfinite(r["missing_among_specific"]) else "n/a")
-        + f" are missing from SAE_D' against {r['missing_among_others']:.0%} of the other features; "
-        f"{r['seed_stable_specific']} of them are found again in another seed of SAE_D"
-        + (f", and {r['missing_among_seed_stable_specific']:.0%} of those are missing from SAE_D'."
-           if np.isfinite(r["missing_among_seed_stable_specific"]) else ".")
-        for r in specific]
+    """One finding per row of the specific-features table; shares of fewer than
+    :data:`~analysis.studies.common.SMALL_N` features are quoted as counts ("1 of 1", not "100%")."""
+    def part(frac: float, n: int) -> str:
+        return count_or_share(int(round(frac * n)), n) if n and np.isfinite(frac) else "n/a"
+
+    out = []
+    for r in specific:
+        n_spec, n_stable = int(r["n_specific"]), int(r["seed_stable_specific"])
+        n_other = int(r.get("n_other_live", SMALL_N))
+        text = (f"{r['model']}:{r['site']}: {n_spec} of {r['n_features']} SAE_D features fire "
+                f"(>= {SPECIFIC_MASS:.0%} of their mass) on the {r['tokens']} (only in D \\ D'); of those "
+                f"{part(r['missing_among_specific'], n_spec)} are missing from SAE_D' against "
+                f"{part(r['missing_among_others'], n_other)} of the other features; "
+                f"{n_stable} of them are found again in another seed of SAE_D")
+        if n_stable and np.isfinite(r["missing_among_seed_stable_specific"]):
+            text += f", and {part(r['missing_among_seed_stable_specific'], n_stable)} of those are missing from SAE_D'."
+        else:
+            text += "."
+        out.append(text)
+    return out
 
 
 def _subset_findings(table: pd.DataFrame) -> list[str]:
@@ -251,7 +265,8 @@ def _figures(out: _Tables, figures_dir) -> list[tuple[str, str]]:
     return [
         ("Shared fraction against the correlation threshold: D' in D, D in D', and between seeds",
          plots.threshold_curves(pd.DataFrame(out.curves), figures_dir / "subset_curves.png",
-                                "Features matched across data subsets")),
+                                "Features matched across data subsets",
+                                xlabel="activation correlation threshold (best partner)")),
         ("Per-feature best correlation of SAE_D features in SAE_D', against seed copies",
          plots.similarity_distributions(pd.DataFrame(out.dist), figures_dir / "subset_distributions.png",
                                         "SAE_D features found in SAE_D'")),

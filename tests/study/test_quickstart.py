@@ -1,6 +1,7 @@
 """The quickstart study at a very small size: every section of the report, baselines in every row,
 and a rerun that rebuilds nothing (every stage comes from the cache)."""
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -42,10 +43,22 @@ def tiny_quickstart(out_dir: Path, extra=()):
     return study_from_dict(OmegaConf.to_container(cfg.study, resolve=True))
 
 
-def test_quickstart_tiny_end_to_end_and_cache(tmp_path):
-    cfg = tiny_quickstart(tmp_path / "qs")
+def _relative_links(md: str, page: str) -> list[str]:
+    found = [m.strip("<>") for m in re.findall(r"!?\[[^\]]*\]\((<[^>]+>|[^)\s]+)\)", md)]
+    found += re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]+)['"]""", page)
+    return [t for t in found if not re.match(r"^(data:|https?:|mailto:|#)", t)]
+
+
+def test_quickstart_tiny_end_to_end_and_cache(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # out_dir relative to the working directory, as on the command line
+    cfg = tiny_quickstart(Path("qs"))
     first = run_study(cfg, progress=False)
     text = first.report_md.read_text()
+    links = _relative_links(text, first.report_html.read_text())
+    assert links and all((tmp_path / "qs" / link).is_file() for link in links), links  # from the report's folder
+    lineage = pd.read_csv(tmp_path / "qs" / "tables" / "feature_evolution__lineage_events_blocks.1.hook_resid_post.csv")
+    assert list(lineage["from_step"]) == sorted(lineage["from_step"]) and len(lineage) == 2
+    assert (tmp_path / "qs" / "figures" / "lineage_events.png").is_file()
     for heading in ("## Findings", "## Setup", "## Feature evolution", "## Architectures compared", "## Subset generalisation"):
         assert heading in text, heading
     html = first.report_html.read_text()

@@ -45,8 +45,10 @@ class Lineage:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def counts(self) -> pd.DataFrame:
-        """Number of events of each kind per step transition."""
-        return self.events.pivot_table(index="step", columns="event", values="score", aggfunc="size", fill_value=0)
+        """Number of events of each kind per step transition, the transitions in the order of the series
+        (not sorted as strings, which would put ``step100->step150`` before ``step16->step32``)."""
+        table = self.events.pivot_table(index="step", columns="event", values="score", aggfunc="size", fill_value=0)
+        return table.reindex(list(dict.fromkeys(self.events["step"])))
 
 
 def lineage(

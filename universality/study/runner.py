@@ -50,7 +50,8 @@ def _csv(df: pd.DataFrame, path: Path) -> Path:
 
 def _setup_section(ctx: StudyContext, seconds: float) -> Section:
     cfg = ctx.cfg
-    models = pd.DataFrame([{"model": m.name, "source": m.zoo or m.path, "trained on": m.data,
+    models = pd.DataFrame([{"model": m.name, "source": m.zoo or m.path,
+                            "trained on": m.data if m.zoo is not None else "pretrained (not trained by this study)",
                             "family": ctx.adapter(m.name).family, "d_model": ctx.adapter(m.name).d_model,
                             "layers": ctx.adapter(m.name).n_layers, "revisions": ", ".join(ctx.revisions(m.name)),
                             "sites": ", ".join(cfg.sites_for(m.name))}
