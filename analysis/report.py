@@ -23,7 +23,7 @@ from universality.io import atomic_write_text
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-__all__ = ["Section", "Report", "markdown_table", "display_frame", "relative_link"]
+__all__ = ["Section", "Report", "Finding", "markdown_table", "display_frame", "relative_link"]
 
 
 def _fmt(value: object) -> str:
@@ -101,28 +101,57 @@ def _figure(path: str | Path) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class Finding:
+    """A finding with links to the evidence behind it: ``(label, href)``, ``href`` relative to the report
+    (e.g. ``cards.html#group-s0-best-matches``)."""
+
+    text: str
+    links: tuple[tuple[str, str], ...] = ()
+
+    def markdown(self) -> str:
+        if not self.links:
+            return self.text
+        return f"{self.text} (cards: " + ", ".join(f"[{lbl}]({href})" for lbl, href in self.links) + ")"
+
+    def html(self) -> str:
+        esc = html.escape
+        if not self.links:
+            return esc(self.text)
+        return (f"{esc(self.text)} <span class='cards'>(cards: "
+                + ", ".join(f"<a href='{esc(href, quote=True)}'>{esc(lbl)}</a>" for lbl, href in self.links) + ")</span>")
+
+
+def _finding(item: str | Finding) -> Finding:
+    return item if isinstance(item, Finding) else Finding(str(item))
+
+
 @dataclass
 class Section:
     title: str
     text: str = ""
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
     figures: list[tuple[str, Path]] = field(default_factory=list)
+    #: ``(label, href)`` links listed after the text (href relative to the report)
+    links: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
 class Report:
     title: str
-    summary: list[str]
+    summary: list[str | Finding]
     sections: list[Section]
     footer: str = ""
 
     def to_markdown(self, relative_to: Path) -> str:
         out = [f"# {self.title}", "", "## Findings", ""]
-        out += [f"- {line}" for line in self.summary] + [""]
+        out += [f"- {_finding(line).markdown()}" for line in self.summary] + [""]
         for sec in self.sections:
             out += [f"## {sec.title}", ""]
             if sec.text:
                 out += [sec.text, ""]
+            if sec.links:
+                out += [f"- [{lbl}]({href})" for lbl, href in sec.links] + [""]
             for caption, df in sec.tables:
                 out += [f"**{caption}**", "", markdown_table(df), ""]
             for caption, fig in sec.figures:
@@ -143,12 +172,15 @@ class Report:
             "h2{border-bottom:1px solid #ddd;padding-bottom:4px}</style></head><body>",
             f"<h1>{esc(self.title)}</h1><h2>Findings</h2><ul>",
         ]
-        parts += [f"<li>{esc(s)}</li>" for s in self.summary]
+        parts += [f"<li>{_finding(s).html()}</li>" for s in self.summary]
         parts.append("</ul>")
         for sec in self.sections:
             parts.append(f"<h2>{esc(sec.title)}</h2>")
             for para in filter(None, (p.strip() for p in sec.text.split("\n\n"))):
                 parts.append(f"<p>{esc(para)}</p>")
+            if sec.links:
+                parts.append("<ul>" + "".join(f"<li><a href='{esc(href, quote=True)}'>{esc(lbl)}</a></li>"
+                                              for lbl, href in sec.links) + "</ul>")
             for caption, df in sec.tables:
                 table = display_frame(df.head(200)).to_html(index=False, border=0)
                 parts.append(f"<p><b>{esc(caption)}</b></p>{table}")

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-API_ORDER = ["api_models.md", "api_data.md", "api_sae.md", "api_match.md", "api_zoo.md", "api_scale.md", "api_perf.md"]
+API_ORDER = ["api_models.md", "api_data.md", "api_sae.md", "api_match.md", "api_cards.md", "api_zoo.md", "api_scale.md", "api_perf.md"]
 
 
 def _headings(text: str):

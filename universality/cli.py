@@ -14,6 +14,12 @@ Commands::
         p-value (``p_method``, ``p_resolution``), bootstrap interval (``ci_low``, ``ci_high``,
         ``ci_method``) and ``note``; the match result's ``value`` comes with ``value_meaning``.
         ``--store`` supplies activations (rows of the dictionaries' site) for the activation view.
+    cards A [B] --store S --out DIR [--store-b S2] [--model M] [--tokenizer T] [--max-rows N] [--neuronpedia DIR]
+        Write DIR/cards.html (self-contained, rendered page by page) and DIR/cards.json: the feature
+        card of every live latent of A (top contexts, quantile-band samples, density, histogram, token
+        identity share, direct logit effects with --model), or with B the pair cards of their match
+        (best and worst pairs side by side, contexts where only one fires, unmatched latents of each
+        side); see :mod:`universality.cards.command`.
     validate [OVERRIDES ...]
         Compose and validate a study config (``study=... study.sae.steps=...``) without running it.
 
@@ -397,7 +403,7 @@ def run_validate(overrides: Sequence[str]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- entry point
-_PATH_ARGS = ("path", "a", "b", "store", "store_b", "skyline", "skyline_b", "out")
+_PATH_ARGS = ("path", "a", "b", "store", "store_b", "skyline", "skyline_b", "out", "tokenizer", "neuronpedia")
 _MAX_SPLIT = 8  # pieces of one path the shell may have split it into that are looked for
 
 
@@ -487,6 +493,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the summary to this .json file")
     p.add_argument("--json", action="store_true", help="print JSON")
 
+    p = sub.add_parser("cards", help="write the feature-card page of a dictionary, or the pair cards of two")
+    p.add_argument("a")
+    p.add_argument("b", nargs="?", default=None)
+    p.add_argument("--store", required=True, help="activation store of a's site (and b's, unless --store-b)")
+    p.add_argument("--store-b", help="store for b when it reads another model (same tokens, same order)")
+    p.add_argument("--site", help="site of a in the store (default: the dictionary's recorded site)")
+    p.add_argument("--site-b", help="site of b (default: b's recorded site)")
+    p.add_argument("--out", required=True, help="folder for cards.html and cards.json")
+    p.add_argument("--max-rows", type=int, default=16384, help="evaluation rows read from the store (whole contexts)")
+    p.add_argument("--model", help="model folder or hub name: tokenizer and direct logit effects")
+    p.add_argument("--revision", help="revision of --model")
+    p.add_argument("--model-b", help="b's model, for b's logit effects (default: --model)")
+    p.add_argument("--revision-b", help="revision of --model-b")
+    p.add_argument("--tokenizer", help="tokenizer folder (when no --model is given)")
+    p.add_argument("--method", default="hungarian", help="matching method for two dictionaries (default hungarian)")
+    p.add_argument("--view", default="activations", help="matching view (default activations)")
+    p.add_argument("--n-shown", type=int, default=40, help="best and worst pairs given pair cards, and unmatched latents shown")
+    p.add_argument("--seed", type=int, default=0, help="seed of the quantile-band samples")
+    p.add_argument("--neuronpedia", metavar="DIR", help="also export a's cards as SAEDashboard/Neuronpedia batch files")
+    p.add_argument("--neuronpedia-model", help="Neuronpedia model id of the export (default: the recorded model)")
+    p.add_argument("--neuronpedia-set", help="Neuronpedia source-set name of the export (default: a's folder name)")
+    p.add_argument("--overwrite-export", action="store_true", help="replace a non-empty --neuronpedia folder")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
     p = sub.add_parser("validate", help="compose and validate a study config without running it")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. study=layer_flow study.sae.steps=100")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -524,6 +554,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             doc = describe_path(args.path, _parse_expect(args.expect), args.revision, args.deep)
         elif args.command == "match":
             doc = run_match(args)
+        elif args.command == "cards":
+            # import cost: torch, the card builder and the page writer load only for this command
+            from universality.cards.command import run_cards
+
+            doc = run_cards(args)
         else:
             doc = run_validate(args.overrides)
     except UniversalityError as exc:

@@ -30,6 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from universality.errors import ArtifactError
+from universality.progress import MIN_BYTES, progress_bar
 
 __all__ = [
     "atomic_write_bytes",
@@ -367,9 +368,13 @@ def verify_digests(
     fix: str = "delete the folder and re-create it",
 ) -> None:
     """Check that every file listed by :func:`file_digests` is still there, the same size, and
-    (when ``full``) has the same SHA-256; raise :class:`ArtifactError` naming the first bad file."""
+    (when ``full``) has the same SHA-256; raise :class:`ArtifactError` naming the first bad file. Hashing
+    shows a bar from :data:`~universality.progress.MIN_BYTES` on."""
     folder = Path(folder)
-    for rel, entry in digests.items():
+    size = sum(int(e["bytes"]) for e in digests.values()) if full else 0
+    bar = progress_bar(digests.items(), f"verify {folder.name}", total=len(digests), unit="file", leave=False,
+                       work=size, min_work=MIN_BYTES)
+    for rel, entry in bar:
         p = folder / rel
         if not p.is_file():
             raise ArtifactError(f"{p} is missing (listed in the checksums of {folder})", fix)

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from analysis import plots
+from analysis.studies.cards import pair_section
 from analysis.studies.common import (
     A_SEED,
     B_SEED,
@@ -140,6 +141,13 @@ def run(ctx, figures_dir) -> AnalysisResult:
         res.findings.append(f"{ma} -> {mb}: " + "; ".join(
             f"{r.site_a} corresponds best to {r.best_site_b} (MPPC {r.mppc:.3f}, mean of both directions)"
             for r in corr.itertuples()))
+        if ctx.cfg.cards and same_tokens[(ma, mb)]:  # pair cards need both models on the same tokens
+            for r in corr.itertuples():
+                sec = pair_section(ctx, f"{ma}:{r.site_a} vs {mb}:{r.best_site_b}", (Cell(ma, ra_, "D"), A_SEED, ma),
+                                   (Cell(mb, rb_, "D"), B_SEED, mb), r.site_a, site_b=r.best_site_b,
+                                   findings=(len(res.findings) - 1,))
+                if sec is not None:
+                    res.cards.append(sec)
     table = pd.DataFrame(rows)
     res.tables["cross_architecture"] = table
     res.tidy += rows

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from analysis.studies.cards import CardSection
 from universality.match import FeatureCodes, encode_codes
 from universality.match import intervals as iv
 from universality.match.baselines import normalise, shuffle_tokens
@@ -72,6 +73,8 @@ class AnalysisResult:
     figures: list[tuple[str, Path]] = field(default_factory=list)
     findings: list[str] = field(default_factory=list)
     tidy: list[dict[str, Any]] = field(default_factory=list)
+    #: sections of the study's card page behind this analysis's figures (linked from its findings)
+    cards: list[CardSection] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

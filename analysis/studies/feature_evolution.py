@@ -12,6 +12,7 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis import plots
+from analysis.studies.cards import findings_about, lineage_section
 from analysis.studies.common import A_SEED, B_SEED, CONTEXT_EXCESS, MIN_FIRES, AnalysisResult, context_excess, Codebook, dead_note, mppc_ci, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
 from universality.errors import ConfigError
 from universality.match import lineage
@@ -117,6 +118,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
             per_step = births.groupby("step").size()
             res.findings.append(f"{site}: most features are born at {per_step.idxmax()} ({int(per_step.max())} births).")
         res.tables[f"lineage_chains_{site}"] = chains
+        born = None
         if ctx.injection is not None:
             per_rev, born = _passage_features(ctx, model, site, chains)
             res.tables[f"injected_passage_by_checkpoint_{site}"] = per_rev
@@ -133,6 +135,13 @@ def run(ctx, figures_dir) -> AnalysisResult:
                     f"(at {', '.join(sorted(set(born['born_at']), key=_step))}).")
             else:
                 res.findings.append(f"{site}: the final SAE has no feature for the passage introduced after step {after}.")
+        if ctx.cfg.cards:
+            saes = [ctx.saes(Cell(model, r, "D"))[site][(A_SEED, B_SEED)[i % 2]] for i, r in enumerate(revs)]
+            sec = lineage_section(ctx, f"{model}:{site} lineage over {len(revs)} checkpoints", model, site, revs, saes,
+                                  chains, born, findings=findings_about(res.findings, f"{site}:"),
+                                  after_step=ctx.injection["after_step"] if ctx.injection is not None else None)
+            if sec is not None:
+                res.cards.append(sec)
     table = pd.DataFrame(rows)
     res.tables["similarity_to_final"] = table
     res.tidy += rows

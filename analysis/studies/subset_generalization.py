@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from analysis import plots
+from analysis.studies.cards import findings_about, pair_section, planted_items
 from analysis.studies.common import (
     A_SEED,
     B_SEED,
@@ -83,6 +84,8 @@ class _Tables:
     specific: list[dict] = field(default_factory=list)
     dist: list[dict] = field(default_factory=list)
     curves: list[dict] = field(default_factory=list)
+    #: (model, site) -> SAE_D latents specific to the planted family (the planted positives)
+    planted: dict[tuple[str, str], list[int]] = field(default_factory=dict)
 
 
 def run(ctx, figures_dir) -> AnalysisResult:
@@ -108,6 +111,16 @@ def run(ctx, figures_dir) -> AnalysisResult:
     res.tables["specific_features"] = pd.DataFrame(out.specific)
     res.tidy += out.rows + effects
     res.findings += _specific_findings(out.specific) + _subset_findings(table)
+    if ctx.cfg.cards:
+        for model in (m_full, m_sub):
+            rev = ctx.revisions(model)[-1]
+            for site in [s.name for s in ctx.sites_of(model)]:
+                extra = {"planted-family features of SAE_D (planted positive)": planted_items(out.planted.get((model, site), []))}
+                sec = pair_section(ctx, f"{model}:{site}, SAE_D vs SAE_D'", (Cell(model, rev, "D"), A_SEED, "SAE_D"),
+                                   (Cell(model, rev, "D_prime"), B_SEED, "SAE_D'"), site, extra_groups=extra,
+                                   findings=findings_about(res.findings, f"{model}:{site}:"))
+                if sec is not None:
+                    res.cards.append(sec)
     res.figures += _figures(out, figures_dir)
     res.tables["reconstruction"] = pd.DataFrame(out.quality).pivot_table(
         index=["model", "site", "sae"], columns="tokens", values="explained_variance").reset_index()
@@ -179,6 +192,8 @@ def _compare_site(ctx, book: Codebook, model: str, rev: str, site: str, flags: d
         for family, rows_mask in families.items():
             share, fires = mass_share(z, rows_mask)
             spec = (share >= SPECIFIC_MASS) & (fires >= MIN_FIRES) & live
+            if family == "planted family":
+                out.planted[(model, site)] = [int(i) for i in np.nonzero(spec)[0]]
             out.specific.append({
                 "model": model, "site": site, "tokens": family, "n_features": int(len(share)),
                 "n_specific": int(spec.sum()),

@@ -1,6 +1,7 @@
 """The quickstart study at a very small size: every section of the report, baselines in every row,
 and a rerun that rebuilds nothing (every stage comes from the cache)."""
 
+import json
 import re
 from pathlib import Path
 
@@ -49,13 +50,34 @@ def _relative_links(md: str, page: str) -> list[str]:
     return [t for t in found if not re.match(r"^(data:|https?:|mailto:|#)", t)]
 
 
+def _file_and_anchor(link: str) -> tuple[str, str | None]:
+    path, _, anchor = link.partition("#")
+    return path, anchor or None
+
+
 def test_quickstart_tiny_end_to_end_and_cache(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # out_dir relative to the working directory, as on the command line
     cfg = tiny_quickstart(Path("qs"))
     first = run_study(cfg, progress=False)
     text = first.report_md.read_text()
     links = _relative_links(text, first.report_html.read_text())
-    assert links and all((tmp_path / "qs" / link).is_file() for link in links), links  # from the report's folder
+    assert links and all((tmp_path / "qs" / _file_and_anchor(link)[0]).is_file() for link in links), links  # from the report's folder
+    # feature cards: every finding links to the cards behind it, and every link names a group the page has
+    cards_page = (tmp_path / "qs" / "cards.html").read_text()
+    finding_lines = [line for line in text.split("## Setup")[0].splitlines() if line.startswith("- ")]
+    assert finding_lines and all("(cards: [" in line for line in finding_lines), finding_lines
+    anchors = {a for link in links if (a := _file_and_anchor(link)[1])}
+    assert anchors and all(f'id="{a}"' in cards_page for a in anchors), anchors
+    assert "## Feature cards" in text and "cards.html: " in text
+    study_cards = json.loads((tmp_path / "qs" / "cards.json").read_text())
+    by_analysis = {s["analysis"] for s in study_cards["sections"]}
+    assert by_analysis == {"feature_evolution", "architecture_comparison", "subset_generalization"}
+    groups = {g for s in study_cards["sections"] for g in s["cards"]["groups"]}
+    assert {"best matches", "worst matches", "longest chains"} <= groups
+    specific = pd.read_csv(tmp_path / "qs" / "tables" / "subset_generalization__specific_features.csv")
+    planted = specific[(specific["tokens"] == "planted family") & (specific["n_specific"] > 0)]
+    # planted positives get their own group wherever the analysis found them
+    assert len(planted) == 0 or any(g.startswith("planted-family features") for g in groups)
     lineage = pd.read_csv(tmp_path / "qs" / "tables" / "feature_evolution__lineage_events_blocks.1.hook_resid_post.csv")
     assert list(lineage["from_step"]) == sorted(lineage["from_step"]) and len(lineage) == 2
     assert (tmp_path / "qs" / "figures" / "lineage_events.png").is_file()

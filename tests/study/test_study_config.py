@@ -67,3 +67,18 @@ def test_bad_values_are_one_line_errors(patch, message):
 def test_duplicate_model_names_rejected():
     with pytest.raises(ConfigError, match="repeat"):
         study_from_dict({**BASE, "models": [{"name": "m", "zoo": "tiny_gpt2"}, {"name": "m", "zoo": "tiny_mamba"}]})
+
+
+def test_the_card_switch_does_not_change_the_config_hash():
+    """``study.cards`` adds a page and changes no number: folders made before it existed (or with it off)
+    are still this study's folders."""
+    import dataclasses
+
+    from universality.study.record import config_hash
+
+    cfg = _compose("quickstart")
+    assert cfg.cards is True
+    assert config_hash(_compose("quickstart", ["study.cards=false"])) == config_hash(cfg)
+    assert config_hash(dataclasses.replace(cfg, seed=cfg.seed + 1)) != config_hash(cfg)
+    with pytest.raises(ConfigError, match="cards"):
+        dataclasses.replace(cfg, cards="yes")

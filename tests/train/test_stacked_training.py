@@ -181,9 +181,11 @@ def test_new_run_fields_leave_unstacked_checkpoint_hashes_unchanged():
 
     configs = seeds_by_sites()[:2]
     old_run = {k: v for k, v in RunConfig(steps=3).to_dict().items()
-               if k not in ("checkpoint_dir", "checkpoint_every", "out_dir", "device", "autocast", "stack", "compile")}
+               if k not in ("checkpoint_dir", "checkpoint_every", "out_dir", "device", "autocast", "stack", "compile",
+                            "log_to", "log_dir")}  # fields added later, left out of the hash
     expected = stable_hash({"configs": [c.to_dict() for c in configs], "run": old_run})
     assert Trainer(configs, RunConfig(steps=3)).config_hash == expected
     assert Trainer(configs, RunConfig(steps=3, stack=True)).config_hash != expected
     assert Trainer(configs, RunConfig(steps=3, stack=True, compile=True)).config_hash == \
         Trainer(configs, RunConfig(steps=3, stack=True)).config_hash
+    assert Trainer(configs, RunConfig(steps=3, log_dir="x")).config_hash == expected  # log_to: tests/train/test_tracking.py

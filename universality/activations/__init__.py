@@ -10,7 +10,14 @@
 
 from __future__ import annotations
 
-from universality.activations.harvest import HarvestConfig, capture_rows, check_sites, harvest, span_activations
+from universality.activations.harvest import (
+    HarvestConfig,
+    capture_rows,
+    check_sites,
+    harvest,
+    harvest_label,
+    span_activations,
+)
 from universality.activations.live import LiveReader
 from universality.activations.readers import DevicePrefetcher, RowReader, StoreReader
 from universality.activations.store import ActivationStore
@@ -25,5 +32,6 @@ __all__ = [
     "capture_rows",
     "check_sites",
     "harvest",
+    "harvest_label",
     "span_activations",
 ]

@@ -42,7 +42,6 @@ import torch
 import transformers
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 import universality
 from universality.activations.layout import acts_key
@@ -54,10 +53,11 @@ from universality.data.sources import Document, as_documents
 from universality.data.subsets import Subset
 from universality.errors import ArtifactError, ConfigError, DataError
 from universality.io import is_temp_name, read_json, save_tensors_digest, sha256_file, stable_hash, write_json
+from universality.progress import model_label, progress_bar
 from universality.sites import Site, as_site, as_sites, require_sites
 
 __all__ = ["HarvestConfig", "harvest", "check_sites", "site_table", "check_context_len", "max_positions", "capture_rows",
-           "span_activations"]
+           "span_activations", "harvest_label"]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -212,6 +212,11 @@ def _new_manifest(adapter, key: str, request: dict[str, Any], subset: Subset | N
         "versions": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def harvest_label(adapter) -> str:
+    """The harvest bar's description: ``harvest <model>@<revision>`` (:func:`~universality.progress.model_label`)."""
+    return f"harvest {model_label(getattr(adapter, 'name', None), getattr(adapter, 'revision', None))}"
 
 
 def keep_mask(batch: PackedBatch, include_bos: bool = False) -> Tensor:
@@ -430,8 +435,8 @@ def _fill_store(adapter, documents: Iterable[Document], sites: tuple[Site, ...],
         buf = new_buffer()
 
     limit = cfg.max_tokens
-    bar = tqdm(total=limit, initial=rows_done, desc=f"harvest {getattr(adapter, 'name', '')}", unit="tok",
-               dynamic_ncols=True, **({} if progress else {"disable": True}))
+    bar = progress_bar(desc=harvest_label(adapter), total=limit, initial=rows_done, unit="tok", dynamic_ncols=True,
+                       progress=progress)
     finished = False
     batches = _prefetch(packer.batches(documents, cfg.batch_size, start_context=start_context))
     try:
@@ -546,17 +551,21 @@ def harvest(
 @torch.no_grad()
 def span_activations(
     adapter, tokens: SpanTokens, sites: str | Site | Sequence[str | Site], batch_size: int = 16,
-    dtype: torch.dtype | None = torch.float32,
+    dtype: torch.dtype | None = torch.float32, progress: bool = True,
 ) -> dict[str, Float[Tensor, "n_text_tokens width"]]:
     """Activations of the text tokens of shared evaluation spans, rows in ``SpanTokens`` order.
 
     The rows line up with :func:`universality.data.align_span_tokens` (side a or b), so
-    ``alignment.pool(rows, side)`` puts two models on the same units.
+    ``alignment.pool(rows, side)`` puts two models on the same units. A bar (``spans <model>@<revision>``)
+    shows for passes of at least :data:`~universality.progress.MIN_WORK` token x width values.
     """
     parsed = check_sites(adapter, sites)
     out: dict[Site, list[Tensor]] = {s: [] for s in parsed}
     n_spans = tokens.input_ids.shape[0]
-    for i in range(0, n_spans, batch_size):
+    table = site_table(adapter)
+    work = tokens.input_ids.numel() * sum(int(table[s]) for s in parsed)
+    label = model_label(getattr(adapter, "name", None), getattr(adapter, "revision", None))
+    for i in progress_bar(range(0, n_spans, batch_size), f"spans {label}", leave=False, progress=progress, work=work):
         sl = slice(i, i + batch_size)
         batch = PackedBatch(
             input_ids=tokens.input_ids[sl], attention_mask=tokens.attention_mask[sl], doc_index=tokens.kind[sl] * 0,

@@ -43,6 +43,7 @@ from universality.activations.layout import ROW_FIELDS, acts_key
 from universality.activations.readers import StoreReader
 from universality.errors import ArtifactError, ConfigError, UnknownSiteError
 from universality.io import read_json, verify_sha256
+from universality.progress import MIN_BYTES, progress_bar
 from universality.sites import Site, as_site, as_sites
 
 __all__ = ["ActivationStore", "MANIFEST", "FORMAT", "ROW_FIELDS", "VERIFY_MODES", "shard_name"]
@@ -140,8 +141,12 @@ class ActivationStore:
         return True
 
     def verify_all(self) -> int:
-        """Check every shard listed in the manifest; returns how many carried checksums."""
-        return sum(self.verify_shard(i) for i in range(len(self.manifest["shards"])))
+        """Check every shard listed in the manifest; returns how many carried checksums (a bar shows
+        from :data:`~universality.progress.MIN_BYTES` of shard files on)."""
+        shards = self.manifest["shards"]
+        size = sum(_file_size(self.path / s["file"]) for s in shards)
+        bar = progress_bar(range(len(shards)), "verify store", unit="shard", leave=False, work=size, min_work=MIN_BYTES)
+        return sum(self.verify_shard(i) for i in bar)
 
     def check(self, expect: Mapping[str, Any]) -> None:
         """Raise :class:`ArtifactError` when the manifest does not match ``expect``.
@@ -366,3 +371,11 @@ def _parse_manifest_sites(path: Path, manifest: Mapping[str, Any]) -> dict[Site,
         except UnknownSiteError as exc:
             raise ArtifactError(f"{path / MANIFEST} lists a bad site: {exc.problem}", "the store is corrupt; re-harvest it") from None
     return out
+
+
+def _file_size(path: Path) -> int:
+    """Bytes of ``path`` (0 when it is missing: :meth:`ActivationStore.verify_shard` names it)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

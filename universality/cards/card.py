@@ -50,8 +50,9 @@ class Context:
 
 @dataclass(frozen=True)
 class QuantileBand:
-    """Examples drawn uniformly at random among the firings whose activation lies in
-    ``[lo, hi)`` (a fraction of the latent's maximum), with the share of all firings in the band."""
+    """Examples of one activation quantile band: ``lo`` and ``hi`` are the activations (in the codes'
+    units) that bound the band, ``share`` the fraction of the latent's firings in it (1 / number of
+    bands: the bands split a uniform sample of the firings at its quantiles)."""
 
     lo: float
     hi: float
@@ -168,8 +169,9 @@ class CardSet:
     count, tokenizer); ``cards_a`` / ``cards_b``: single cards by latent; ``pairs``: pair cards;
     ``unmatched_a`` / ``unmatched_b``: latents with no partner above the match threshold (live ones
     only); ``lineage``: chains over checkpoints, each a list of ``(label, latent)`` steps whose cards
-    are in ``lineage_cards[label]``; ``groups``: named lists of latents (or pair indices) a report
-    links to (``best matches`` ...); ``meta``: the settings (``k`` examples, window, seed).
+    are in ``lineage_cards[label]``; ``groups``: named lists of items a report links to (``best
+    matches`` ...), each item ``"a:<latent>"``, ``"b:<latent>"``, ``"pair:<index into pairs>"`` or
+    ``"lineage:<index into lineage>"``; ``meta``: the settings (examples, window, seed).
     """
 
     a: dict[str, Any]
@@ -182,8 +184,20 @@ class CardSet:
     unmatched_b: tuple[int, ...] = ()
     lineage: tuple[tuple[tuple[str, int], ...], ...] = ()
     lineage_cards: dict[str, tuple[FeatureCard, ...]] = field(default_factory=dict)
-    groups: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        sizes = {"a": {c.latent for c in self.cards_a}, "b": {c.latent for c in self.cards_b}}
+        for name, items in self.groups.items():
+            for item in items:
+                kind, _, num = item.partition(":")
+                ok = num.isdigit() and (
+                    (kind in sizes and int(num) in sizes[kind]) or (kind == "pair" and int(num) < len(self.pairs))
+                    or (kind == "lineage" and int(num) < len(self.lineage)))
+                if not ok:
+                    raise ArtifactError(f"group {name!r} names {item!r}, which the card set holds no card for",
+                                        "name items as a:<latent>, b:<latent>, pair:<i> or lineage:<i> of cards in the set")
 
     def card(self, latent: int, side: str = "a") -> FeatureCard:
         """The card of ``latent`` on side ``a`` or ``b``; KeyError when the set holds none for it."""
@@ -209,7 +223,7 @@ class CardSet:
             unmatched_b=tuple(int(i) for i in d.get("unmatched_b") or ()),
             lineage=tuple(tuple((str(lbl), int(i)) for lbl, i in chain) for chain in d.get("lineage") or ()),
             lineage_cards={k: tuple(_card(c) for c in v) for k, v in (d.get("lineage_cards") or {}).items()},
-            groups={k: tuple(int(i) for i in v) for k, v in (d.get("groups") or {}).items()},
+            groups={k: tuple(str(i) for i in v) for k, v in (d.get("groups") or {}).items()},
             meta=dict(d.get("meta") or {}))
 
     def save(self, path: str | Path) -> Path:

@@ -33,6 +33,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from universality.errors import DataError
+from universality.progress import progress_bar
 
 __all__ = [
     "explained_variance",
@@ -47,6 +48,7 @@ __all__ = [
     "dense_fraction",
     "density_histogram",
     "ReconstructionStats",
+    "listed_rows",
     "evaluate",
 ]
 
@@ -201,11 +203,27 @@ def density_histogram(density: Float[Tensor, " d_sae"], bins: int = 50, lo: floa
 
 @torch.no_grad()
 def evaluate(sae, batches: Iterable[Tensor], max_rows: int | None = None) -> dict[str, float]:
-    """Every metric above for ``sae`` over ``(batch, d_in)`` tensors (raw activations)."""
+    """Every metric above for ``sae`` over ``(batch, d_in)`` tensors (raw activations). A bar shows
+    from :data:`~universality.progress.MIN_WORK` rows x latents on (rows: of a list/tuple of
+    batches, else ``max_rows``), and for a stream of unknown length."""
     stats = ReconstructionStats()
-    for x in batches:
-        z = sae.encode(x)
-        stats.update(x, sae.decode(z), z)
-        if max_rows is not None and stats.n >= max_rows:
-            break
+    rows = listed_rows(batches)
+    if rows is not None and max_rows is not None:
+        rows = min(rows, max_rows)
+    total = rows if rows is not None else max_rows
+    work = None if total is None else total * int(getattr(sae, "d_sae", 1))
+    with progress_bar(desc="evaluate", total=total, unit="row", leave=False, work=work) as bar:
+        for x in batches:
+            z = sae.encode(x)
+            stats.update(x, sae.decode(z), z)
+            bar.update(x.shape[0])
+            if max_rows is not None and stats.n >= max_rows:
+                break
     return stats.summary()
+
+
+def listed_rows(batches: Iterable[Tensor]) -> int | None:
+    """Rows of ``batches`` when it is a list or tuple of tensors (known up front), else ``None`` (a stream)."""
+    if isinstance(batches, (list, tuple)) and all(isinstance(x, Tensor) for x in batches):
+        return sum(int(x.shape[0]) for x in batches)
+    return None

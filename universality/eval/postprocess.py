@@ -29,7 +29,8 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from universality.errors import ConfigError, DataError
-from universality.eval.metrics import ReconstructionStats
+from universality.eval.metrics import ReconstructionStats, listed_rows
+from universality.progress import progress_bar
 from universality.sae import SAE, make_sae
 
 __all__ = ["latent_stats", "prune_mask", "prune", "finetune_decoder"]
@@ -48,7 +49,8 @@ def latent_stats(sae: SAE, batches: Iterable[Tensor]) -> dict[str, Tensor]:
     """Per-latent maximum activation (normalised units) and firing density over raw ``batches``."""
     unit = _activation_unit(sae)
     max_act, count, n = None, None, 0
-    for x in batches:
+    rows = listed_rows(batches)
+    for x in progress_bar(batches, "latent stats", leave=False, work=None if rows is None else rows * sae.d_sae):
         z = sae.encode(x)
         m = z.max(dim=0).values.double().cpu() * unit
         c = (z > 0).sum(dim=0).cpu()
@@ -149,7 +151,8 @@ def finetune_decoder(
         return {"l2_ratio": s["l2_ratio"], "explained_variance": s["explained_variance"]}
 
     before = measure()
-    for step in range(steps):
+    size = steps * sum(int(b.shape[0]) for b in batches) / len(batches) * work.d_sae  # rows x latents of the steps
+    for step in progress_bar(range(steps), "fine-tune decoder", unit="step", leave=False, work=size):
         xn = batches[step % len(batches)].to(work.W_dec.dtype) * unit
         z = encode(xn)
         x_hat = (z * log_scale.exp()) @ work.W_dec + work.b_dec

@@ -55,6 +55,7 @@ from universality.match.api import as_pair, check_activations
 from universality.match.result import SELF_MATCH_NOTE
 from universality.match.similarity import constant_features, topk_partners
 from universality.match.views import FeatureCodes, decoder_directions, encode_codes, encoder_directions
+from universality.progress import progress_bar
 from universality.sae.identity import shared_initialisation
 
 __all__ = [
@@ -338,7 +339,8 @@ def decoder_rows(Da: Float[Tensor, "n d"], Db: Float[Tensor, "m d"], base: Basel
 
     nulls = None
     if base.null is not None and n_perm > 0:
-        nulls = np.array([_decoder_stats(Da, base.null(Db, r + 1), r < ASSIGNMENT_NULLS) for r in range(n_perm)])
+        perms = progress_bar(range(n_perm), "decoder nulls", leave=False, work=n_perm * Da.shape[0] * Db.shape[0])
+        nulls = np.array([_decoder_stats(Da, base.null(Db, r + 1), r < ASSIGNMENT_NULLS) for r in perms])
     col = (lambda k: nulls[:, k]) if nulls is not None else (lambda k: None)  # noqa: E731
     kw = {"ci_method": NO_CI_WEIGHTS}
     return [
@@ -453,7 +455,7 @@ def activation_null_stats(ca: FeatureCodes, cb: FeatureCodes, corr_threshold: fl
     den = np.sqrt(faa) * np.sqrt(fbb)
     live_a, live_b = eng.live_a, eng.live_b
     out = np.empty((n_perm, len(_ACT_STATS)))
-    for r in range(n_perm):
+    for r in progress_bar(range(n_perm), "activation nulls", leave=False, work=n_perm * ca.n * cb.n):
         cov = eng.covariance(r + 1)
         rho = eng.correlation(cov)
         mean_sc = frac = np.nan

@@ -43,6 +43,7 @@ from scipy import stats
 from universality.errors import ConfigError, MatchError
 from universality.match.similarity import CONSTANT_RTOL, check_codes, code_moments
 from universality.match.views import FeatureCodes
+from universality.progress import MIN_WORK, progress_bar
 
 __all__ = [
     "Interval",
@@ -234,7 +235,10 @@ class WeightedCodes:
         chunk = max(1, min(chunk, (1 << 24) // max(ZT.shape[0], 1)))  # (U, chunk) float64 stays <= 128 MiB
         ws = W.sum(1)
         out = np.empty(len(W))
-        for r0 in range(0, len(W), chunk):
+        # a bar from about a second of sparse products on (2^28 nonzero x replicate products)
+        bar = progress_bar(range(0, len(W), chunk), "bootstrap CKA", leave=False, work=ZT.nnz * len(W),
+                           min_work=MIN_WORK << 6)
+        for r0 in bar:
             S = ZT @ W[r0:r0 + chunk].T  # (U, r), not yet divided by W_r
             out[r0:r0 + chunk] = np.einsum("ur,ur->r", S, S) / ws[r0:r0 + chunk] ** 2
         p, q = (X.T @ mx.T).T, (Y.T @ my.T).T  # (R, T): mu . x_t and nu . y_t

@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from universality.errors import MatchError
 from universality.match.views import FeatureCodes
+from universality.progress import progress_bar
 
 __all__ = [
     "SIMILARITIES",
@@ -231,7 +231,7 @@ def topk_partners(
     kr, kc = min(k, m), min(k, n)
     rv, ri = [], []
     cv = ci = None
-    bar = tqdm(total=n, desc=f"top-{k} {kind}", leave=False, **({} if progress else {"disable": True}))
+    bar = progress_bar(desc=f"top-{k} {kind}", total=n, leave=False, progress=progress)
     for i0, S in it:
         v, j = S.topk(kr, dim=1)
         rv.append(v.cpu())

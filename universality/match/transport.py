@@ -41,10 +41,10 @@ import torch
 from jaxtyping import Float
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from universality.errors import ConfigError, MatchError
 from universality.match.result import MatchResult
+from universality.progress import MIN_WORK, progress_bar
 
 __all__ = [
     "emd_match",
@@ -72,7 +72,7 @@ by at most this much in total, in units of the reference side's total mass (:fun
 i.e. the mass reading is accurate to about 0.001."""
 
 _DENSE_ROUND_LIMIT = 4096 * 4096
-PROGRESS_MIN_ENTRIES = 1 << 22
+PROGRESS_MIN_ENTRIES = MIN_WORK
 """Mass curves over similarity matrices with fewer entries than this show no progress bar."""
 
 
@@ -379,7 +379,7 @@ def _curve(S: Any, grid: Any, reg: float, reference: str, retry: bool) -> list[t
     out = []
     n, m = S.shape
     # a bar only where a curve takes long enough to watch (small curves run inside compare, many at once)
-    for t in tqdm(grid, desc="mass curve", leave=False, disable=n * m < PROGRESS_MIN_ENTRIES):
+    for t in progress_bar(grid, "mass curve", leave=False, work=n * m, min_work=PROGRESS_MIN_ENTRIES):
         r = unbalanced_match(S, reg, float(t), reference=reference, retry=retry)
         c = r.meta["convergence"]
         out.append((r.meta["mass"], {"reg_m": float(t), "reg": c["reg"], "numItermax": c["numItermax"],

@@ -24,6 +24,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from universality.errors import MatchError
+from universality.progress import progress_bar
 
 
 
@@ -235,7 +236,10 @@ def encode_codes(
     dev = torch.device(device) if device is not None else (param.device if param is not None else torch.device("cpu"))
     dtype = param.dtype if param is not None else torch.float32
     parts = []
-    for xb in _batches(x, batch_size):
+    d_sae = getattr(dictionary, "d_sae", None) or x.shape[1]
+    bar = progress_bar(_batches(x, batch_size), "encode", total=-(-x.shape[0] // batch_size), leave=False,
+                       work=x.shape[0] * d_sae)
+    for xb in bar:
         zb = dictionary.encode(xb.to(dev, dtype)).float()
         parts.append(zb.T.contiguous().to_sparse_coo().cpu())
     coo = torch.cat(parts, dim=1).coalesce() if len(parts) > 1 else parts[0].coalesce()

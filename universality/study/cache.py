@@ -82,9 +82,14 @@ class StageCache:
     def path_for(self, name: str, key: Any) -> Path:
         return self.root / "cache" / f"{name}-{stable_hash(key)}"
 
-    def run(self, name: str, key: Any, build: Callable[[Path], None]) -> StageRecord:
-        """Return the cached stage folder, building it with ``build(tmp_folder)`` on a miss."""
+    def run(self, name: str, key: Any, build: Callable[[Path], None], label: str | None = None) -> StageRecord:
+        """Return the cached stage folder, building it with ``build(tmp_folder)`` on a miss.
+
+        Logs one line when the stage is first found on disk (``reusing stage ...``) and a line before and
+        after a build; ``label`` (e.g. ``pythia-like@step128``, :func:`universality.progress.model_label`)
+        follows the folder name in those lines."""
         path = self.path_for(name, key)
+        named = f"{path.name} ({label})" if label else path.name
         marker = path / "stage.json"
         key_hash = path.name.rsplit("-", 1)[1]
         if marker.is_file():
@@ -98,18 +103,19 @@ class StageCache:
                 self._checked.add(path.name)
             if path.name not in self.misses and path.name not in self.hits:
                 self.hits.append(path.name)
+                log.info("reusing stage %s", named)
             return StageRecord(name, key_hash, path, hit=True)
         start = time.perf_counter()
         for stale in remove_stale_temps(path.parent, path.name):  # a build that was killed
             log.info("removed %s, left by a killed build", stale.name)
-        log.info("building stage %s", path.name)
+        log.info("building stage %s", named)
         with atomic_dir(path) as tmp:
             build(tmp)
             seconds = round(time.perf_counter() - start, 3)
             files = file_digests(tmp, exclude=("stage.json",))
             write_json(tmp / "stage.json", {"stage": name, "key_hash": key_hash, "key": key, "seconds": seconds,
                                             "files": files})
-        log.info("built stage %s in %.1f s", path.name, seconds)
+        log.info("built stage %s in %.1f s", named, seconds)
         self.misses.append(path.name)
         self._checked.add(path.name)
         return StageRecord(name, key_hash, path, hit=False)

@@ -422,6 +422,9 @@ class StudyConfig:
     :meth:`seed_copy`), so architecture and subset comparisons report the model-seed skyline (SAEs
     on two models pre-trained with different seeds, Wang et al. 2024) next to the SAE-seed skyline
     (two SAE seeds on one model). Off by default: each copy is one more model, harvest and set of SAEs.
+
+    ``cards``: write ``cards.html`` next to the report: feature cards, pair cards and lineage strips
+    behind each analysis's figures, linked from its findings (:mod:`analysis.studies.cards`).
     """
 
     name: str
@@ -438,6 +441,7 @@ class StudyConfig:
     device: str = "cpu"
     seed: int = 0
     model_seed_skyline: bool = False
+    cards: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -470,6 +474,7 @@ class StudyConfig:
         for key, value in (("analyses", analyses), ("models", models), ("sites", sites)):
             object.__setattr__(self, key, value)
         check_bool("study", "model_seed_skyline", self.model_seed_skyline)
+        check_bool("study", "cards", self.cards)
         if self.model_seed_skyline:
             self._check_seed_copies()
 

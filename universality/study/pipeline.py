@@ -20,6 +20,7 @@ import torch
 import models
 from universality.data import tokenize_spans
 from universality.errors import ConfigError
+from universality.progress import model_label
 from universality.sites import Site
 from universality.study import stages
 from universality.study.cache import StageCache
@@ -168,6 +169,6 @@ class StudyContext:
             sites = [s for s in sorted(adapter.site_table) if s in wanted or (routing and s.is_integer)]
             self._eval[(name, revision)] = stages.eval_activations(
                 self.cfg, self.cache, adapter, self._model_key(name, revision), self.eval_tokens(name), sites,
-                self.eval_spans.hash)
+                self.eval_spans.hash, label=model_label(name, revision))
         return self._eval[(name, revision)]
 

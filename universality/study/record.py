@@ -27,7 +27,7 @@ from universality.errors import ArtifactError
 from universality.io import read_json, stable_hash, write_json
 from universality.study.config import StudyConfig
 
-__all__ = ["RECORD", "LOCK", "STATUSES", "config_hash", "check_out_folder", "read_record", "claim", "write_record"]
+__all__ = ["RECORD", "LOCK", "STATUSES", "OUTPUT_ONLY", "config_hash", "check_out_folder", "read_record", "claim", "write_record"]
 
 RECORD = "study.json"
 LOCK = ".study.lock"
@@ -37,10 +37,16 @@ STATUSES = ("running", "complete", "failed", "interrupted")
 _IGNORED = frozenset({"hydra", LOCK, "cache"})
 
 
+#: study fields that choose what is written, not what is computed (left out of :func:`config_hash`)
+OUTPUT_ONLY = ("out_dir", "cards")
+
+
 def config_hash(cfg: StudyConfig) -> str:
-    """Hash of everything in ``cfg`` that changes results (all fields but ``out_dir``)."""
+    """Hash of everything in ``cfg`` that changes results (all fields but ``out_dir`` and ``cards``, which
+    only adds the card page: a folder made before it existed, or with it off, takes the same config)."""
     doc = cfg.to_dict()
-    doc.pop("out_dir", None)
+    for key in OUTPUT_ONLY:
+        doc.pop(key, None)
     return stable_hash(doc)
 
 

@@ -7,6 +7,8 @@ Outputs under the study's ``out_dir``::
     tables/<analysis>__<table>.csv
     figures/*.png
     report.md, report.html (self-contained)
+    cards.html, cards.json  feature cards behind the figures (one self-contained page, linked from the
+                          findings), when ``study.cards`` is on
     cache/<stage>-<hash>/ tokenizer, models, activation stores, SAEs, eval activations
 """
 
@@ -18,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 
-from analysis.report import Report, Section
+from analysis.cards_page import group_anchor, write_card_page
+from analysis.report import Finding, Report, Section
 from analysis.studies import analysis_module
-from universality.io import atomic_write_text
+from universality.io import atomic_write_text, write_json
+from universality.progress import progress_bar
 from universality.study.config import StudyConfig
 from universality.study.pipeline import StudyContext
 from universality.study.preflight import preflight
@@ -81,6 +84,44 @@ def _seed_copies_text(cfg: StudyConfig) -> str:
             f"analysis reads them): {listed}.")
 
 
+def _card_page(root: Path, results: list) -> tuple[Section, list[str | Finding]]:
+    """Write ``cards.html`` (and ``cards.json``: every card set, for tools) from the analyses' card
+    sections; return the report's card section and the findings with links to the groups behind them."""
+    start = time.perf_counter()
+    entries = [(r, cs) for r in results for cs in r.cards]
+    page = write_card_page([(f"{r.title}: {cs.title}", cs.cards) for r, cs in entries], root / "cards.html",
+                           title="Feature cards behind the study's figures")
+    write_json(root / "cards.json", {"format": "universality.study_cards/1",
+                                     "sections": [{"analysis": r.name, "title": cs.title, "cards": cs.cards.to_dict()}
+                                                  for r, cs in entries]})
+    seconds = time.perf_counter() - start
+    links: list[tuple[str, str]] = []
+    section_links: list[list[tuple[str, str]]] = []
+    for i, (_, cs) in enumerate(entries):
+        own = [(group, f"{page.name}#{group_anchor(i, group)}") for group in cs.cards.groups]
+        section_links.append(own)
+        links += [(f"{cs.title}: {group}", href) for group, href in own]
+    by_finding: dict[tuple[str, int], list[tuple[str, str]]] = {}
+    first: dict[str, list[tuple[str, str]]] = {}
+    for (r, cs), own in zip(entries, section_links):
+        first.setdefault(r.name, own)  # a finding no section claims links to its analysis's first section
+        for f in cs.findings:
+            by_finding.setdefault((r.name, f), []).extend(own)
+    findings: list[str | Finding] = [Finding(f, tuple(by_finding.get((r.name, j), first.get(r.name, ()))))
+                                     for r in results for j, f in enumerate(r.findings)]
+    n_items = sum(len(cs.cards.cards_a) + len(cs.cards.cards_b) + len(cs.cards.pairs) + len(cs.cards.lineage)
+                  for _, cs in entries)
+    text = (f"{page.name}: {len(entries)} sections, {n_items} cards, pair cards and lineage strips "
+            f"({page.stat().st_size / 1e6:.1f} MB, self-contained, 50 cards per page rendered on demand; built in "
+            f"{seconds:.1f} s after the analyses' card passes). Each card shows a latent's strongest contexts with "
+            "the activating tokens highlighted, samples from lower activation quantiles, firing density, an "
+            "activation histogram, the share of its activation that token identity alone explains, and the "
+            "tokens its decoder direction promotes and suppresses (residual sites). Pair cards put two matched "
+            "latents side by side on the same tokens, with the contexts where only one of them fires. "
+            "cards.json holds the same data.")
+    return Section("Feature cards", text, links=links), findings
+
+
 def run_study(cfg: StudyConfig, out_dir: str | Path | None = None, progress: bool = True) -> StudyOutcome:
     """Run every analysis of ``cfg`` and write the results table, figures and report.
 
@@ -102,7 +143,7 @@ def _run(cfg: StudyConfig, root: Path, progress: bool) -> StudyOutcome:
     ctx = StudyContext(cfg, root)
     figures = root / "figures"
     results = []
-    for name in tqdm(cfg.analyses, desc=f"study {cfg.name}", disable=not progress):
+    for name in progress_bar(cfg.analyses, f"study {cfg.name}", progress=progress):
         log.info("analysis %s", name)
         results.append(analysis_module(name).run(ctx, figures))
     tidy = pd.DataFrame([row for r in results for row in r.tidy])
@@ -115,7 +156,10 @@ def _run(cfg: StudyConfig, root: Path, progress: bool) -> StudyOutcome:
     for r in results:
         shown = [(k.replace("_", " "), v) for k, v in r.tables.items() if not k.startswith("lineage_chains")]
         sections.append(Section(r.title, r.text, tables=shown, figures=r.figures))
-    findings = [f for r in results for f in r.findings]
+    findings: list[str | Finding] = [f for r in results for f in r.findings]
+    if any(r.cards for r in results):
+        card_section, findings = _card_page(root, results)
+        sections.append(card_section)
     report = Report(f"Study: {cfg.name}", findings, sections,
                     footer="Every similarity is reported with its floor (token-shuffled or random dictionary) and its "
                            "skyline; normalised = (x - floor) / (skyline - floor), left blank where skyline - floor "

@@ -43,6 +43,7 @@ from universality.data import (
 )
 from universality.data.sources import SourceConfig, shakespeare
 from universality.io import load_tensors, read_json, save_tensors, stable_hash
+from universality.progress import model_label
 from universality.sae import SAE
 from universality.sites import Site
 from universality.study.cache import StageCache
@@ -170,7 +171,7 @@ def build_model(cfg: StudyConfig, cache: StageCache, spec: ModelSpec, data: Any,
         tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
         train_lm(zcfg, data, tmp / "model", tokenizer=tok, inject=injection, progress=True)
 
-    return cache.run(f"model-{spec.name}", key, build).path / "model"
+    return cache.run(f"model-{spec.name}", key, build, label=spec.name).path / "model"
 
 
 # ------------------------------------------------------------------------------------- harvest
@@ -197,7 +198,7 @@ def harvest_cell(cfg: StudyConfig, cache: StageCache, cell: Cell, adapter: Any, 
         harvest(adapter, harvest_documents(cfg, subset, injection), list(sites), tmp / "store", hc,
                 dataset_name=f"{cfg.corpus.source}:{cell.data}")
 
-    rec = cache.run("harvest", key, build)
+    rec = cache.run("harvest", key, build, label=f"{model_label(cell.model, cell.revision)} on {cell.data}")
     return ActivationStore.open(rec.path / "store")
 
 
@@ -236,7 +237,7 @@ def train_cell(cfg: StudyConfig, cache: StageCache, cell: Cell, store: Activatio
                 "subset_hash": subset_hash}
         train_saes(reader, _train_configs(cfg, store), run, meta=meta, progress=True)
 
-    rec = cache.run("saes", key, build)
+    rec = cache.run("saes", key, build, label=f"{model_label(cell.model, cell.revision)} on {cell.data}")
     return {site: [SAE.load(rec.path / "saes" / sae_key(site, seed)) for seed in sp.seeds] for site in sites}
 
 
@@ -267,8 +268,9 @@ def build_eval_spans(cfg: StudyConfig, corpus: dict[str, Any], injection: dict[s
 
 
 def eval_activations(cfg: StudyConfig, cache: StageCache, adapter: Any, model_key: dict[str, Any], tokens: Any,
-                     sites: Sequence[Site], spans_hash: str) -> dict[str, torch.Tensor]:
-    """``{site name: (n_text_tokens, width)}`` of ``adapter`` on the tokenised eval spans, plus ``token_ids``."""
+                     sites: Sequence[Site], spans_hash: str, label: str | None = None) -> dict[str, torch.Tensor]:
+    """``{site name: (n_text_tokens, width)}`` of ``adapter`` on the tokenised eval spans, plus ``token_ids``
+    (``label``: the ``model@revision`` of the stage's log lines; default from ``model_key``)."""
     key = {"stage": "eval", **model_key, "spans": spans_hash, "sites": [s.name for s in sites],
            "max_len": cfg.harvest.context_length}
 
@@ -277,5 +279,6 @@ def eval_activations(cfg: StudyConfig, cache: StageCache, adapter: Any, model_ke
         acts["token_ids"] = tokens.input_ids[tokens.text_mask]
         save_tensors(tmp / "eval.safetensors", acts)
 
-    rec = cache.run("eval", key, build)
+    label = label or model_label(model_key.get("model"), model_key.get("revision"))
+    rec = cache.run("eval", key, build, label=label)
     return load_tensors(rec.path / "eval.safetensors")

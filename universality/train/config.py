@@ -11,6 +11,7 @@ from universality.checks import check_bool, check_choice, check_int, check_numbe
 from universality.errors import ConfigError
 from universality.sae.config import SAEConfig, TopKConfig
 from universality.sae.identity import INIT_MODES
+from universality.train.tracking import check_log_to
 
 __all__ = ["TrainConfig", "RunConfig", "REMEDIES", "DEAD_WINDOW_FRACTION", "MAX_DEAD_WINDOW", "register_configs"]
 
@@ -119,6 +120,9 @@ class RunConfig:
     Adam (:mod:`universality.train.stacked_step`); the result equals unstacked training up to
     floating-point rounding. ``compile``: ``torch.compile`` the memory-bound parts of the stacked
     step (needs ``stack``).
+    ``log_to``: experiment trackers the trainer also logs its metrics to, any of ``"tensorboard"``
+    and ``"wandb"`` (default ``()``: none; :mod:`universality.train.tracking`); ``log_dir``: their
+    folder (default ``<out_dir>/logs``, else ``runs``). Neither changes a result.
     """
 
     steps: int
@@ -136,6 +140,9 @@ class RunConfig:
     # --- fast paths (issue 7): keep these last, with defaults ---
     stack: bool = False
     compile: bool = False
+    # --- experiment tracking (off by default; changes no result) ---
+    log_to: tuple[str, ...] = ()
+    log_dir: str | None = None
 
     def __post_init__(self) -> None:
         check_int("RunConfig", "steps", self.steps)
@@ -146,7 +153,7 @@ class RunConfig:
         check_bool("RunConfig", "autocast", self.autocast)
         check_text("RunConfig", "device", self.device)
         check_int("RunConfig", "seed", self.seed, 0)
-        for name in ("checkpoint_dir", "out_dir"):  # paths are kept as strings (JSON-able, hashable)
+        for name in ("checkpoint_dir", "out_dir", "log_dir"):  # paths are kept as strings (JSON-able, hashable)
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
                 object.__setattr__(self, name, os.fspath(value))
@@ -155,6 +162,7 @@ class RunConfig:
         check_int("RunConfig", "init_rows", self.init_rows)
         check_bool("RunConfig", "stack", self.stack)
         check_bool("RunConfig", "compile", self.compile)
+        object.__setattr__(self, "log_to", check_log_to(self.log_to))
         if self.checkpoint_every and not self.checkpoint_dir:
             raise ConfigError("checkpoint_every is set but checkpoint_dir is not", "set checkpoint_dir")
         if self.compile and not self.stack:

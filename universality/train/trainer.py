@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from universality.errors import ConfigError, DataError, TrainingDiverged
 from universality.eval.metrics import ReconstructionStats
 from universality.io import stable_hash
+from universality.progress import progress_bar
 from universality.sae import SAE, geometric_median, make_sae
 from universality.sae.identity import data_fingerprint, derive_init_seed, has_provenance, init_identity, init_record
 from universality.train import checkpoint as ckpt
@@ -40,6 +40,7 @@ from universality.train.dead import FiringTracker, auxk_loss, ghost_grads_loss, 
 from universality.train.optim import flatten_optimizer_state, make_optimizer, reset_latent_state_, unflatten_optimizer_state
 from universality.train.schedules import lr_factor, warmup_factor
 from universality.train.stacked_step import StackedGroup, group_keys
+from universality.train.tracking import LOG_EVERY, NullTracker, Tracker, make_tracker, require_trackers
 
 __all__ = ["Trainer", "train_saes", "as_site_batch", "source_provenance"]
 
@@ -109,6 +110,9 @@ class Trainer:
         self.solo_keys: list[str] = list(keys)
         if run.stack:
             self._build_stacks()
+        require_trackers(run.log_to)  # a missing tensorboard/wandb fails here, before any work
+        self.tracking: Tracker = NullTracker()  # the experiment tracker of a fit (RunConfig.log_to)
+        self._logged_step = -1
 
     @staticmethod
     def _config_identity(c: TrainConfig) -> dict[str, Any]:
@@ -119,7 +123,7 @@ class Trainer:
 
     def _run_identity(self) -> dict[str, Any]:
         d = self.run.to_dict()
-        for k in ("checkpoint_dir", "checkpoint_every", "out_dir", "device", "autocast"):
+        for k in ("checkpoint_dir", "checkpoint_every", "out_dir", "device", "autocast", "log_to", "log_dir"):
             d.pop(k)
         d.pop("compile", None)  # compiling changes no result
         if not d.get("stack"):
@@ -310,8 +314,17 @@ class Trainer:
         if ckpt.has_checkpoint(self.run.checkpoint_dir):
             self.load_checkpoint(self.run.checkpoint_dir, source)
         it = iter(source)
-        bar = tqdm(total=self.run.steps, initial=self.step, desc="train SAEs", unit="step", disable=not progress or None)
+        self.tracking = make_tracker(self.run.log_to, self.run.log_dir, self.run.out_dir, config=self._tracking_config())
+        try:
+            bar = progress_bar(desc="train SAEs", total=self.run.steps, initial=self.step, unit="step", progress=progress)
+            return self._loop(source, it, bar)
+        finally:
+            self.tracking.close()
+            self.tracking = NullTracker()
+
+    def _loop(self, source: Iterable, it: Any, bar: Any) -> dict[str, SAE]:
         last_batch: dict[str, Tensor] | None = None
+        tracking = not isinstance(self.tracking, NullTracker)
         try:
             while self.step < self.run.steps:
                 try:
@@ -334,23 +347,27 @@ class Trainer:
                 self.tokens += self._rows_in(batch)
                 last_batch = batch
                 bar.update(1)
-                if progress and self.step % 50 == 0:
+                if not bar.disable and self.step % LOG_EVERY == 0:
                     bar.set_postfix(mse=f"{sum(v['mse'] for v in self.last_losses.values()) / len(self.keys):.4g}")
                 every = self.run.checkpoint_every
                 if every and self.step % every == 0:
                     self.measure(batch)
+                    self._log_metrics(self.eval_metrics)
                     self.save_checkpoint(self.run.checkpoint_dir, source)
+                elif tracking and self.step % LOG_EVERY == 0 and self.step < self.run.steps:
+                    self._log_metrics(self._metrics(batch))  # the last step is logged after the loop
         finally:
             bar.close()
         if self.source_exhausted:
             warnings.warn(
                 f"the activation source ran out after {self.step} of {self.run.steps} steps ({self.tokens} tokens), so the "
                 "learning rate never finished its schedule; give a longer source (more rows, or epochs=None) or set "
-                f"RunConfig(steps={self.step})", stacklevel=3)
+                f"RunConfig(steps={self.step})", stacklevel=4)  # _loop < _fit < fit < the caller
         every = self.run.checkpoint_every
         at_checkpoint = bool(every) and self.step % every == 0  # the loop measured and saved this step already
         if last_batch is not None and not at_checkpoint:
             self.measure(last_batch)
+            self._log_metrics(self.eval_metrics)
         if self.run.checkpoint_dir and not at_checkpoint:
             self.save_checkpoint(self.run.checkpoint_dir, source)
         result = self.results()
@@ -363,7 +380,15 @@ class Trainer:
     def measure(self, batch: Mapping[str, Tensor]) -> None:
         """Reconstruction metrics of every dictionary on ``batch`` (kept, and saved with checkpoints, so
         a run resumed from its final checkpoint reports the same metrics)."""
+        for key, summary in self._metrics(batch).items():
+            self.eval_metrics[key] = {**summary, "eval_rows": "last training batch",
+                                      "units": "normalised inputs (mse, l1 scale with the normalisation)"}
+
+    @torch.no_grad()
+    def _metrics(self, batch: Mapping[str, Tensor]) -> dict[str, dict[str, float]]:
+        """``{key: ReconstructionStats summary}`` of every dictionary on ``batch`` (normalised inputs)."""
         self._push_stacks()
+        out: dict[str, dict[str, float]] = {}
         for key in self.keys:
             cfg, sae = self.configs[key], self.saes[key]
             stats = ReconstructionStats()
@@ -373,8 +398,34 @@ class Trainer:
             z = sae.encode(x)
             stats.update(x, sae.decode(z), z)
             sae.train(was)
-            self.eval_metrics[key] = {**stats.summary(), "eval_rows": "last training batch",
-                                      "units": "normalised inputs (mse, l1 scale with the normalisation)"}
+            out[key] = stats.summary()
+        return out
+
+    # ------------------------------------------------------------------ experiment tracking (RunConfig.log_to)
+    def _tracking_config(self) -> dict[str, Any]:
+        """What a wandb run records as its config: the run's settings and every dictionary's."""
+        return {"run": self._run_identity(), "configs": {k: self._config_identity(c) for k, c in self.configs.items()},
+                "config_hash": self.config_hash}
+
+    def _log_metrics(self, metrics: Mapping[str, Mapping[str, Any]]) -> None:
+        """One scalar per dictionary and metric to the tracker, at ``self.step`` (once per step)."""
+        if isinstance(self.tracking, NullTracker) or self.step == self._logged_step:
+            return
+        scalars: dict[str, float] = {}
+        for key in self.keys:
+            cfg, m = self.configs[key], metrics.get(key, {})
+            prefix = key if key.startswith(f"{cfg.site}/") else f"{cfg.site}/{key}"
+            values = {
+                "loss": self.last_losses.get(key, {}).get("loss"),
+                "mse": m.get("mse"),
+                "explained_variance": m.get("explained_variance"),
+                "l0": m.get("l0"),
+                "dead_fraction": float(self.trackers[key].dead_mask().double().mean()),
+                "lr": cfg.lr * lr_factor(max(self.step - 1, 0), self.run.steps, cfg.warmup_steps, cfg.decay_start),
+            }
+            scalars.update({f"{prefix}/{name}": float(v) for name, v in values.items() if v is not None})
+        self.tracking.log(scalars, self.step)
+        self._logged_step = self.step
 
     @torch.no_grad()
     def results(self, eval_batch: Mapping[str, Tensor] | None = None) -> dict[str, SAE]:
@@ -389,7 +440,8 @@ class Trainer:
             sae = self.saes[key]
             meta = self.site_meta(cfg.site)
             train = {k: v for k, v in cfg.to_dict().items() if k != "sae"}
-            run = {k: v for k, v in self.run.to_dict().items() if k not in ("checkpoint_dir", "out_dir")}  # places, not settings
+            run = {k: v for k, v in self.run.to_dict().items()  # places and logging, not settings
+                   if k not in ("checkpoint_dir", "out_dir", "log_to", "log_dir")}
             meta.update(site=cfg.site, name=key, train={**train, "run": run},
                         trained_steps=self.step, trained_tokens=self.tokens, steps_requested=self.run.steps,
                         source_exhausted=self.source_exhausted, init=dict(self.init_records[key]))

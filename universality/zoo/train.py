@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from universality.errors import ArtifactError, ConfigError, TrainingDiverged
 from universality.io import atomic_dir, read_json, stable_hash, write_json
+from universality.progress import progress_bar
 from universality.zoo import checkpoints as ckpt
 from universality.zoo.batches import BatchSchedule
 from universality.zoo.config import InjectSpec, ZooModelConfig
@@ -146,8 +146,7 @@ def _train_lm(cfg, texts_or_dataset, out_dir, tokenizer, inject, overwrite, stop
         if stop_at == 0:
             return out
 
-    bar_kw: dict[str, Any] = {} if progress else {"disable": True}  # else TQDM_DISABLE decides
-    bar = tqdm(range(start, cfg.steps), desc=f"zoo {cfg.name or cfg.family}", leave=False, **bar_kw)
+    bar = progress_bar(range(start, cfg.steps), f"zoo {cfg.name or cfg.family}", leave=False, progress=progress)
     for update in bar:
         lr = lr_at(update, lr=cfg.lr, steps=cfg.steps, warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio)
         ce = _update(model, optimizer, schedule.batch(update), lr, cfg, update)

@@ -76,7 +76,7 @@ class DataParallelTrainer(Trainer):
         self.world = dist.get_world_size(group)
         cfg = dist_cfg or DistributedConfig()
         if self.rank != 0:
-            run = dataclasses.replace(run, out_dir=None)  # the identity hash ignores out_dir
+            run = dataclasses.replace(run, out_dir=None, log_to=())  # the identity hash ignores both; rank 0 logs
         super().__init__(configs, run, meta=meta)
         self.trackers = {k: SyncedFiringTracker(c.sae.d_sae, run.dead_window, self.device, group) for k, c in self.configs.items()}
         ids = [self.device] if self.device.type == "cuda" else None
