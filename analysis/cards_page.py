@@ -100,7 +100,7 @@ function fmt(x, d) { return (x === null || x === undefined) ? 'n/a' : Number(x).
 function ctxLine(c, max, vals, color) {
   const line = el('div', 'ctx');
   c.tokens.forEach((t, i) => {
-    const sp = el('span', i === c.focus ? 'focus' : '', S[t]);
+    const sp = el('span', i === c.focus ? 'focus' : '', S[t].replace(/\n/g, '↵').replace(/\t/g, '⇥'));
     const v = vals[i];
     if (v > 0 && max > 0) sp.style.background = `rgba(${color},${Math.min(1, 0.15 + 0.85 * v / max).toFixed(2)})`;
     sp.title = fmt(v);

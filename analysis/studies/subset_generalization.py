@@ -84,8 +84,8 @@ class _Tables:
     specific: list[dict] = field(default_factory=list)
     dist: list[dict] = field(default_factory=list)
     curves: list[dict] = field(default_factory=list)
-    #: (model, site) -> SAE_D latents specific to the planted family (the planted positives)
-    planted: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    #: (model, site, tokens) -> SAE_D latents specific to those tokens (D \ D' text, the planted family)
+    specific_latents: dict[tuple[str, str, str], list[int]] = field(default_factory=dict)
 
 
 def run(ctx, figures_dir) -> AnalysisResult:
@@ -115,7 +115,10 @@ def run(ctx, figures_dir) -> AnalysisResult:
         for model in (m_full, m_sub):
             rev = ctx.revisions(model)[-1]
             for site in [s.name for s in ctx.sites_of(model)]:
-                extra = {"planted-family features of SAE_D (planted positive)": planted_items(out.planted.get((model, site), []))}
+                extra = {"planted-family features of SAE_D (planted positive)":
+                         planted_items(out.specific_latents.get((model, site, "planted family"), [])),
+                         "SAE_D features specific to D \\ D' text":
+                         planted_items(out.specific_latents.get((model, site, "D \\ D' text"), []))}
                 sec = pair_section(ctx, f"{model}:{site}, SAE_D vs SAE_D'", (Cell(model, rev, "D"), A_SEED, "SAE_D"),
                                    (Cell(model, rev, "D_prime"), B_SEED, "SAE_D'"), site, extra_groups=extra,
                                    findings=findings_about(res.findings, f"{model}:{site}:"))
@@ -192,8 +195,7 @@ def _compare_site(ctx, book: Codebook, model: str, rev: str, site: str, flags: d
         for family, rows_mask in families.items():
             share, fires = mass_share(z, rows_mask)
             spec = (share >= SPECIFIC_MASS) & (fires >= MIN_FIRES) & live
-            if family == "planted family":
-                out.planted[(model, site)] = [int(i) for i in np.nonzero(spec)[0]]
+            out.specific_latents[(model, site, family)] = [int(i) for i in np.nonzero(spec)[0]]
             out.specific.append({
                 "model": model, "site": site, "tokens": family, "n_features": int(len(share)),
                 "n_specific": int(spec.sum()),

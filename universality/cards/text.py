@@ -86,7 +86,8 @@ def store_chunks(store: Any, site: str | Site, max_rows: int | None = None,
 
 
 def token_decoder(tokenizer: Any | None) -> Callable[[Sequence[int]], list[str]]:
-    """Token ids -> the text of each token (``tokenizer.decode([id])``; ``#id`` without a tokenizer)."""
+    """Token ids -> the text of each token (``tokenizer.decode([id])``; the tokenizer's own spelling of a
+    token that is part of a multi-byte character; ``#id`` without a tokenizer)."""
     cache: dict[int, str] = {}
 
     def decode(ids: Sequence[int]) -> list[str]:
@@ -98,7 +99,10 @@ def token_decoder(tokenizer: Any | None) -> Callable[[Sequence[int]], list[str]]
                     cache[i] = f"#{i}"
                 else:
                     try:
-                        cache[i] = tokenizer.decode([i])
+                        text = tokenizer.decode([i])
+                        if "\ufffd" in text:  # part of a multi-byte character: show the token's own spelling
+                            text = str(tokenizer.convert_ids_to_tokens(i))
+                        cache[i] = text
                     except Exception:  # an id outside the tokenizer's vocabulary: show the id
                         cache[i] = f"#{i}"
             out.append(cache[i])

@@ -7,7 +7,7 @@ Outputs under the study's ``out_dir``::
     tables/<analysis>__<table>.csv
     figures/*.png
     report.md, report.html (self-contained)
-    cards.html, cards.json  feature cards behind the figures (one self-contained page, linked from the
+    cards.html            feature cards behind the figures (one self-contained page, linked from the
                           findings), when ``study.cards`` is on
     cache/<stage>-<hash>/ tokenizer, models, activation stores, SAEs, eval activations
 """
@@ -24,7 +24,7 @@ import pandas as pd
 from analysis.cards_page import group_anchor, write_card_page
 from analysis.report import Finding, Report, Section
 from analysis.studies import analysis_module
-from universality.io import atomic_write_text, write_json
+from universality.io import atomic_write_text
 from universality.progress import progress_bar
 from universality.study.config import StudyConfig
 from universality.study.pipeline import StudyContext
@@ -85,15 +85,12 @@ def _seed_copies_text(cfg: StudyConfig) -> str:
 
 
 def _card_page(root: Path, results: list) -> tuple[Section, list[str | Finding]]:
-    """Write ``cards.html`` (and ``cards.json``: every card set, for tools) from the analyses' card
-    sections; return the report's card section and the findings with links to the groups behind them."""
+    """Write ``cards.html`` from the analyses' card sections; return the report's card section and the
+    findings with links to the groups behind them."""
     start = time.perf_counter()
     entries = [(r, cs) for r in results for cs in r.cards]
     page = write_card_page([(f"{r.title}: {cs.title}", cs.cards) for r, cs in entries], root / "cards.html",
                            title="Feature cards behind the study's figures")
-    write_json(root / "cards.json", {"format": "universality.study_cards/1",
-                                     "sections": [{"analysis": r.name, "title": cs.title, "cards": cs.cards.to_dict()}
-                                                  for r, cs in entries]})
     seconds = time.perf_counter() - start
     links: list[tuple[str, str]] = []
     section_links: list[list[tuple[str, str]]] = []
@@ -117,8 +114,9 @@ def _card_page(root: Path, results: list) -> tuple[Section, list[str | Finding]]
             "the activating tokens highlighted, samples from lower activation quantiles, firing density, an "
             "activation histogram, the share of its activation that token identity alone explains, and the "
             "tokens its decoder direction promotes and suppresses (residual sites). Pair cards put two matched "
-            "latents side by side on the same tokens, with the contexts where only one of them fires. "
-            "cards.json holds the same data.")
+            "latents side by side on the same tokens, with the contexts where only one of them fires; lineage "
+            "strips follow one chain over the checkpoints. The page embeds its data as JSON (card-data); "
+            "universality-tool cards writes the same page, and cards.json, for any dictionaries.")
     return Section("Feature cards", text, links=links), findings
 
 
