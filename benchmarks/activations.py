@@ -15,15 +15,22 @@ packed contexts of the corpus it times:
 * ``pipeline_only``: the same harvest with a forward that costs nothing (``capture`` returns a
   precomputed tensor): the most tokens per second the pipeline (tokenisation, gather, copy,
   statistics, shard writes) can absorb, i.e. whether it can keep up with a faster forward;
-* ``read``: one pass of ``store.iter_batches`` over the written store, with and without a shuffle
-  buffer, in GB/s of activation bytes delivered, with the process's resident memory sampled
-  during the pass and the reader's largest resident row count.
+* ``read``: passes of ``store.iter_batches`` over the written store, sequential (no shuffle buffer)
+  and shuffled (a small buffer and ``--buffer``), in GB/s of activation bytes delivered, each
+  interleaved with a *plain copy* of the same bytes in the same batch shapes (``torch`` ``clone``
+  of batch-sized slices of an in-memory tensor, fresh tensors as the reader's are, on torch's
+  threads and on one thread; and, for reference, a single-threaded ``numpy`` copy): the ratio read / plain copy says how close the
+  reader comes to what this machine's memory allows *under the same load*. Medians over
+  ``--read-repeats`` interleaved rounds; the process's resident memory is sampled during each pass
+  (peak growth against the reader's bound, buffer + batch rows). On CUDA also a shuffled pass to
+  the device (batches gathered into pinned memory, copied asynchronously).
 
-Goals: ``harvest / bare_forward <= 1.2``; read >= 1 GB/s from a local disk; resident memory during
-reading bounded by the shuffle buffer, not by the store size.
+Goals: ``harvest / bare_forward <= 1.2``; read >= 1 GB/s from a local disk and shuffled read >= 0.8
+of a plain copy; resident memory during reading bounded by the shuffle buffer, not by the store
+size. ``--read-only`` harvests once (untimed) and runs the read section alone.
 Writes ``benchmarks/results/activations-<machine>.json``.
 
-Usage: ``python benchmarks/activations.py [--small] [--family gpt_neox] [--device cuda] [--dtype bfloat16] [--tokens 200000]``
+Usage: ``python benchmarks/activations.py [--small] [--family gpt_neox] [--device cuda] [--dtype bfloat16] [--tokens 200000] [--read-only]``
 """
 
 from __future__ import annotations
@@ -32,12 +39,14 @@ import argparse
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +58,9 @@ from models.tokenizer import train_byte_level_bpe  # noqa: E402
 from universality.activations import ActivationStore, harvest  # noqa: E402
 from universality.data import Packer, PackingConfig, shakespeare  # noqa: E402
 from universality.io import write_json  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_memory import PeakMemory  # noqa: E402
 
 
 def _git_commit() -> str | None:
@@ -109,9 +121,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--shard-rows", type=int, default=1 << 16)
     ap.add_argument("--read-batch", type=int, default=4096)
     ap.add_argument("--buffer", type=int, default=1 << 18)
+    ap.add_argument("--read-repeats", type=int, default=5, help="interleaved rounds of the read section (medians)")
+    ap.add_argument("--read-only", action="store_true", help="harvest once, untimed, and time only the reads")
     ap.add_argument("--workdir", default=None, help="folder for the model and store (default: a temporary one)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    mem = PeakMemory().start()
 
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
@@ -183,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
 
             def capture(self, input_ids, names, attention_mask=None, dtype=None):
                 b, p = input_ids.shape
-                return {s: self._acts[s][:b, :p] for s in names}
+                return {getattr(s, "name", s): self._acts[getattr(s, "name", s)][:b, :p] for s in names}  # harvest passes typed Sites, reads names
 
         def pipeline_only() -> float:
             out = work / "store_pipeline"
@@ -198,7 +213,11 @@ def main(argv: list[str] | None = None) -> dict:
         timings: dict[str, list[float]] = {"bare_forward": [], "capture_only": [], "harvest": [], "harvest_inline_writer": [],
                                            "pipeline_only": []}
         store = None
-        for _ in range(args.repeats):  # interleaved repeats; the minimum is reported
+        if args.read_only:
+            for k in timings:
+                timings[k] = []
+            _, store = run_harvest("store", True)
+        for _ in range(0 if args.read_only else args.repeats):  # interleaved repeats; the minimum is reported
             timings["bare_forward"].append(bare())
             timings["capture_only"].append(capture_only())
             t, store = run_harvest("store", True)
@@ -206,39 +225,121 @@ def main(argv: list[str] | None = None) -> dict:
             t, _ = run_harvest("store_inline", False)
             timings["harvest_inline_writer"].append(t)
             timings["pipeline_only"].append(pipeline_only())
-        best = {k: min(v) for k, v in timings.items()}
+        best = {k: min(v) for k, v in timings.items() if v}
         store_bytes = sum((store.path / s["file"]).stat().st_size for s in store.shards)
         act_bytes_per_row = sum(store.width(s) * torch.empty(0, dtype=dtype).element_size() for s in sites)
 
-        def read(buffer: int) -> dict:
+        # the plain copy's source: the same row widths and dtype in memory (at most 65,536 rows, cycled)
+        copy_rows = min(store.n_rows, 1 << 16)
+        copy_src = {s: torch.randn(copy_rows, store.width(s)).to(dtype) for s in sites}
+
+        def read(buffer: int, to_device: bool = False) -> dict:
             rss0 = _rss_mb()
             peak = rss0
-            reader = store.iter_batches(sites, batch_size=args.read_batch, shuffle_buffer=buffer, seed=0)
+            reader = store.iter_batches(sites, batch_size=args.read_batch, shuffle_buffer=buffer, seed=0,
+                                        device=device if to_device else None)
             n_bytes = 0
+            _sync(device)
             t0 = time.perf_counter()
             for i, b in enumerate(reader):
                 n_bytes += sum(t.numel() * t.element_size() for t in b.values())
                 if i % 8 == 0:
                     peak = max(peak, _rss_mb())
+            _sync(device)
             dt = time.perf_counter() - t0
-            return {"shuffle_buffer": buffer, "seconds": dt, "bytes": n_bytes, "GB_per_s": n_bytes / dt / 1e9,
-                    "rss_before_mb": rss0, "rss_peak_during_mb": peak, "resident_rows_max": reader.resident_rows,
-                    "resident_bytes_bound": (max(buffer, reader.piece_rows) + args.read_batch) * act_bytes_per_row}
+            peak = max(peak, _rss_mb())
+            bound = (max(buffer, reader.piece_rows) + args.read_batch) * act_bytes_per_row
+            return {"seconds": dt, "bytes": n_bytes, "GB_per_s": n_bytes / dt / 1e9, "rss_before_mb": rss0,
+                    "rss_peak_during_mb": peak, "rss_growth_mb": peak - rss0, "resident_rows_max": reader.resident_rows,
+                    "resident_bytes_bound": bound}
 
-        def memcpy_baseline() -> dict:
-            """What this machine's memory and page cache allow: a plain copy and a raw file read."""
-            x = torch.empty(64 << 20, dtype=torch.float32).fill_(1.0)  # 256 MB
+        def plain_copy(kind: str) -> dict:
+            """The same bytes in the same batch shapes, copied from memory into fresh tensors (arrays):
+            ``torch`` (clone, torch's threads), ``torch1`` (clone on one thread), ``numpy`` (one thread)."""
+            n_bytes, at = 0, 0
+            threads = torch.get_num_threads()
+            if kind == "torch1":
+                torch.set_num_threads(1)
             t0 = time.perf_counter()
-            x.clone()
-            copy = x.numel() * 4 / (time.perf_counter() - t0) / 1e9
+            for lo in range(0, store.n_rows, args.read_batch):
+                rows = min(args.read_batch, store.n_rows - lo)
+                at = at if at + rows <= copy_rows else 0
+                for s in sites:
+                    src = copy_src[s][at : at + rows]
+                    out = np.array(src.view(torch.uint8).numpy(), copy=True) if kind == "numpy" else src.clone()
+                    n_bytes += out.nbytes if kind == "numpy" else out.numel() * out.element_size()
+                at += rows
+            dt = time.perf_counter() - t0
+            torch.set_num_threads(threads)
+            return {"seconds": dt, "bytes": n_bytes, "GB_per_s": n_bytes / dt / 1e9}
+
+        def raw_file_read() -> float:
             n, t0 = 0, time.perf_counter()
             for shard in store.shards:
                 with open(store.path / shard["file"], "rb", buffering=0) as fh:
                     n += len(fh.read())
-            return {"tensor_copy_GB_per_s": copy, "raw_file_read_GB_per_s": n / (time.perf_counter() - t0) / 1e9}
+            return n / (time.perf_counter() - t0) / 1e9
 
-        baseline = memcpy_baseline()
-        reads = [read(0), read(min(args.buffer, 1 << 15)), read(args.buffer)]
+        configs = {"sequential": 0, "shuffled_small": min(args.buffer, 1 << 15), "shuffled": args.buffer}
+        for _ in store.iter_batches(sites, batch_size=args.read_batch):  # untimed: warms the page cache, checks checksums
+            pass
+        rounds: dict[str, dict[str, list]] = {name: {"read": [], "plain_torch": [], "plain_torch1": [], "plain_numpy": []} for name in configs}
+        if on_gpu:
+            rounds["shuffled_to_device"] = {"read": [], "plain_torch": [], "plain_torch1": [], "plain_numpy": []}
+        raw = []
+        for _ in range(args.read_repeats):  # interleaved: every read pass sits between plain copies of its bytes
+            for name, buffer in configs.items():
+                rounds[name]["plain_torch"].append(plain_copy("torch"))
+                rounds[name]["read"].append(read(buffer))
+                rounds[name]["plain_torch1"].append(plain_copy("torch1"))
+                rounds[name]["plain_numpy"].append(plain_copy("numpy"))
+            if on_gpu:
+                rounds["shuffled_to_device"]["plain_torch"].append(plain_copy("torch"))
+                rounds["shuffled_to_device"]["read"].append(read(args.buffer, to_device=True))
+                rounds["shuffled_to_device"]["plain_torch1"].append(plain_copy("torch1"))
+                rounds["shuffled_to_device"]["plain_numpy"].append(plain_copy("numpy"))
+            raw.append(raw_file_read())
+
+        def med(xs: list[dict], key: str = "GB_per_s") -> float:
+            return statistics.median(x[key] for x in xs)
+
+        reads = []
+        for name, r in rounds.items():
+            buffer = configs.get(name, args.buffer)
+            last = r["read"][-1]
+            reads.append({
+                "name": name, "shuffle_buffer": buffer, "to_device": name == "shuffled_to_device",
+                "GB_per_s": med(r["read"]), "plain_copy_GB_per_s": med(r["plain_torch"]),
+                "ratio_to_plain_copy": med(r["read"]) / med(r["plain_torch"]),
+                "paired_ratios": [a["GB_per_s"] / b["GB_per_s"] for a, b in zip(r["read"], r["plain_torch"])],
+                "plain_copy_one_thread_GB_per_s": med(r["plain_torch1"]),
+                "ratio_to_plain_copy_one_thread": med(r["read"]) / med(r["plain_torch1"]),
+                "plain_copy_all_GB_per_s": [x["GB_per_s"] for x in r["plain_torch"]], "read_all_GB_per_s": [x["GB_per_s"] for x in r["read"]],
+                "numpy_copy_GB_per_s": med(r["plain_numpy"]), "ratio_to_numpy_copy": med(r["read"]) / med(r["plain_numpy"]),
+                "bytes": last["bytes"], "seconds_all": [x["seconds"] for x in r["read"]],
+                "rss_before_mb": last["rss_before_mb"], "rss_peak_during_mb": max(x["rss_peak_during_mb"] for x in r["read"]),
+                "rss_growth_mb_max": max(x["rss_growth_mb"] for x in r["read"]), "resident_rows_max": last["resident_rows_max"],
+                "resident_bytes_bound": last["resident_bytes_bound"],
+                "rss_growth_within_bound": max(x["rss_growth_mb"] for x in r["read"]) * 2**20 <= last["resident_bytes_bound"] * 1.25 + (64 << 20),
+            })
+        by_name = {r["name"]: r for r in reads}
+        read_summary = {
+            "sequential_GB_per_s": by_name["sequential"]["GB_per_s"],
+            "shuffled_GB_per_s": by_name["shuffled"]["GB_per_s"],
+            "plain_copy_GB_per_s": by_name["shuffled"]["plain_copy_GB_per_s"],
+            "shuffled_over_plain_copy": by_name["shuffled"]["ratio_to_plain_copy"],
+            "shuffled_small_over_plain_copy": by_name["shuffled_small"]["ratio_to_plain_copy"],
+            "sequential_over_plain_copy": by_name["sequential"]["ratio_to_plain_copy"],
+            "plain_copy_one_thread_GB_per_s": by_name["shuffled"]["plain_copy_one_thread_GB_per_s"],
+            "shuffled_over_plain_copy_one_thread": by_name["shuffled"]["ratio_to_plain_copy_one_thread"],
+            "numpy_copy_GB_per_s": by_name["shuffled"]["numpy_copy_GB_per_s"],
+            "shuffled_over_numpy_copy": by_name["shuffled"]["ratio_to_numpy_copy"],
+            "goal_ratio_min": 0.8,
+            "met": by_name["shuffled"]["ratio_to_plain_copy"] >= 0.8,
+            "read_repeats": args.read_repeats,
+            "torch_threads": torch.get_num_threads(),
+        }
+        baseline = {"tensor_copy_GB_per_s": read_summary["plain_copy_GB_per_s"], "raw_file_read_GB_per_s": statistics.median(raw)}
 
         import transformers
 
@@ -266,24 +367,31 @@ def main(argv: list[str] | None = None) -> dict:
             "shards": len(store.shards),
             "timings_s": timings,
             "best_s": best,
+            "read_only": args.read_only,
             "tokens_per_s": {k: n_text / v for k, v in best.items()},
-            "ratio_harvest_over_bare": best["harvest"] / best["bare_forward"],
-            "ratio_capture_over_bare": best["capture_only"] / best["bare_forward"],
-            "ratio_inline_writer_over_bare": best["harvest_inline_writer"] / best["bare_forward"],
+            "ratio_harvest_over_bare": best["harvest"] / best["bare_forward"] if not args.read_only else None,
+            "ratio_capture_over_bare": best["capture_only"] / best["bare_forward"] if not args.read_only else None,
+            "ratio_inline_writer_over_bare": best["harvest_inline_writer"] / best["bare_forward"] if not args.read_only else None,
             "load_average_1m_5m_15m": list(__import__("os").getloadavg()),
             "read": reads,
+            "read_summary": read_summary,
             "read_baselines": baseline,
-            "goals": {"harvest_over_bare_max": 1.2, "read_GB_per_s_min": 1.0},
+            "goals": {"harvest_over_bare_max": 1.2, "read_GB_per_s_min": 1.0, "shuffled_read_over_plain_copy_min": 0.8},
             "note": "bare_forward excludes tokenisation; harvest includes it (on a prefetch thread). "
-                    "Reads are of a just-written store, so mostly from the page cache.",
+                    "Reads are of a just-written store, so mostly from the page cache (an untimed pass first). "
+                    "Plain copy: torch clone of the same bytes in the same batch shapes, interleaved with the reads.",
         }
-        out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"activations-{results['machine']}.json"
+        results["memory"] = mem.stop().as_dict()
+        out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"activations{'-read' if args.read_only else ''}-{results['machine']}.json"
         write_json(out, results)
         print(f"wrote {out}")
-        print({k: round(v, 3) for k, v in best.items()}, "harvest/bare =", round(results["ratio_harvest_over_bare"], 3))
+        if not args.read_only:
+            print({k: round(v, 3) for k, v in best.items()}, "harvest/bare =", round(results["ratio_harvest_over_bare"], 3))
         print("baselines", {k: round(v, 2) for k, v in baseline.items()})
         for r in reads:
-            print(f"read buffer={r['shuffle_buffer']}: {r['GB_per_s']:.2f} GB/s, rss peak {r['rss_peak_during_mb']:.0f} MB")
+            print(f"read {r['name']} (buffer={r['shuffle_buffer']}): {r['GB_per_s']:.2f} GB/s, plain copy {r['plain_copy_GB_per_s']:.2f} GB/s, "
+                  f"ratio {r['ratio_to_plain_copy']:.2f} (1-thread clone {r['plain_copy_one_thread_GB_per_s']:.2f}: {r['ratio_to_plain_copy_one_thread']:.2f}; "
+                  f"numpy copy {r['numpy_copy_GB_per_s']:.2f}), rss growth {r['rss_growth_mb_max']:.0f} MB")
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)

@@ -157,6 +157,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's, at most 4)")
     parser.add_argument("--out", default=None, help="output JSON path")
     args = parser.parse_args(argv)
+    from bench_memory import PeakMemory
+
+    mem = PeakMemory().start()
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype)
@@ -181,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["models"][label] = bench_model(label, cfg, device, dtype, batch, seq, repeats, args.warmup)
         r = results["models"][label]["ratios"]
         print(f"{label}: " + ", ".join(f"{k}={v:.3f}" for k, v in r.items()), flush=True)
+    results["memory"] = mem.stop().as_dict()
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"capture-{results['machine']}.json"
     write_json(out, results)
     print(f"wrote {out}")

@@ -93,6 +93,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    from bench_memory import PeakMemory
+
+    mem = PeakMemory().start()
     torch.set_num_threads(1)
     results: dict = {"machine": "cpu-" + (platform.node() or "host"), "torch": torch.__version__,
                      "rows": args.rows, "width": args.width, "shard_rows": args.shard_rows}
@@ -120,6 +123,7 @@ def main() -> None:
                                  "lazy_over_none": lazy / none, "verify_none_gb_s": store_gb / none,
                                  "verify_lazy_gb_s": store_gb / lazy}
         results["verify_all"] = {"seconds": verify_all, "gb_s": store_gb / verify_all}
+    results["memory"] = mem.stop().as_dict()
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"checksums-{results['machine']}.json"
     write_json(out, results)
     print(out)

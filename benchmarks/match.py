@@ -186,6 +186,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--machine", default=os.environ.get("BENCH_MACHINE", platform.node() or "cpu"))
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
+    from bench_memory import PeakMemory
+
+    mem = PeakMemory().start()
     os.environ.setdefault("TQDM_DISABLE", "1")
     torch.set_num_threads(args.threads)
     sizes = sorted(set(args.sizes + ([65536] if args.large else []) + ([args.ot] if args.ot else [])))
@@ -206,6 +209,8 @@ def main(argv: list[str] | None = None) -> dict:
         results[n] = bench_size(n, args.d, args.k, args.exact_max, n == args.ot, device=args.device)
         record["results"] = [results[m] for m in sorted(results)]
         write_json(out, record)
+    record["memory"] = mem.stop().as_dict()
+    write_json(out, record)
     print(f"wrote {out}")
     return record
 

@@ -32,7 +32,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -47,7 +46,8 @@ for p in (ROOT, ROOT / "benchmarks"):
         sys.path.insert(0, str(p))
 
 from universality.io import read_json, write_json  # noqa: E402
-from universality.io import atomic_write_text
+from universality.io import atomic_write_text  # noqa: E402
+from bench_memory import PeakMemory, rss_mib  # noqa: E402,F401  (shared with every benchmark script)
 
 BENCHES = ("capture", "activations", "train", "match")
 
@@ -64,7 +64,7 @@ PROFILES: dict[str, dict[str, list[str]]] = {
     "gpu-real": {
         "capture": ["--device", "cuda", "--dtype", "bfloat16", "--batch", "32", "--seq", "1024", "--repeats", "20"],
         "activations": ["--family", "gpt_neox", "--device", "cuda", "--dtype", "bfloat16", "--tokens", "4000000",
-                        "--batch", "64", "--seq", "1024", "--repeats", "2"],
+                        "--batch", "64", "--seq", "1024", "--repeats", "2", "--read-repeats", "1"],
         "train": ["--d-in", "768", "--d-sae", "24576", "--k", "32", "--batch", "4096", "--steps", "500", "--lr", "1e-3",
                   "--n-features", "8192", "--active", "32", "--unique-batches", "100", "--n-stack", "4", "--compile",
                   "--repeats", "2", "--devices", "cuda", "--threads", "8"],
@@ -114,49 +114,9 @@ def _git(*args: str) -> str | None:
         return None
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-class PeakMemory:
-    """Peak resident memory of this process (sampled every ``interval`` s) and, on CUDA, the
-    allocator's peak, over a ``with`` block."""
-
-    def __init__(self, interval: float = 0.02) -> None:
-        self.interval = interval
-        self.start_rss = self.peak_rss = 0.0
-        self.peak_gpu: float | None = None
-        self._stop = threading.Event()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak_rss = max(self.peak_rss, _rss_mib())
-
-    def __enter__(self) -> PeakMemory:
-        self.start_rss = self.peak_rss = _rss_mib()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_rss = max(self.peak_rss, _rss_mib())
-        if torch.cuda.is_available():
-            self.peak_gpu = torch.cuda.max_memory_allocated() / 2**20
-
-    def as_dict(self) -> dict:
-        return {"rss_start_mib": self.start_rss, "rss_peak_mib": self.peak_rss, "gpu_allocator_peak_mib": self.peak_gpu}
-
-
-def run_bench(name: str, argv: list[str], workdir: Path) -> dict:
-    """Import ``benchmarks/<name>.py`` and call its ``main(argv)``; its own JSON goes to ``workdir``."""
+def run_bench(name: str, argv: list[str], workdir: Path, figure: Path | None = None) -> dict:
+    """Import ``benchmarks/<name>.py`` and call its ``main(argv)``; its own JSON goes to ``workdir`` (its
+    figure, if it draws one and ``figure`` is given, there)."""
     import importlib
 
     module = importlib.import_module(name)
@@ -164,7 +124,7 @@ def run_bench(name: str, argv: list[str], workdir: Path) -> dict:
     t0 = time.perf_counter()
     with PeakMemory() as mem:
         try:
-            doc = module.main(argv + ["--out", str(out)])
+            doc = module.main(argv + ["--out", str(out)] + (["--figure", str(figure)] if figure else []))
             error = None
         except Exception as exc:  # one broken benchmark must not hide the others
             doc, error = None, f"{type(exc).__name__}: {exc}"
@@ -198,6 +158,11 @@ def summarise(runs: dict) -> list[dict]:
                          r, "<= 1.2", r <= 1.2, peak))
         rows.append(_row("harvest", "capture only / bare forward (s/s)", b["capture_only"], b["bare_forward"],
                          act["ratio_capture_over_bare"], "<= 1.10", act["ratio_capture_over_bare"] <= 1.10, peak))
+        rd = act.get("read_summary")
+        if rd:
+            rows.append(_row("read", "shuffled store read / plain copy of the same bytes, same run (GB/s / GB/s)",
+                             rd["shuffled_GB_per_s"], rd["plain_copy_GB_per_s"], rd["shuffled_over_plain_copy"], ">= 0.8",
+                             rd["shuffled_over_plain_copy"] >= 0.8, peak))
     tr = (runs.get("train") or {}).get("result")
     if tr:
         peak = runs["train"]["memory"]
@@ -231,6 +196,19 @@ def summarise(runs: dict) -> list[dict]:
                     r = rate(st) / rate("sae_lens")
                     rows.append(_row("train", f"{n} stacked vs SAELens one at a time", rate(st), rate("sae_lens"), r, ">= 2.0",
                                      r >= 2.0, libs[st].get("peak_gpu_mem_mib") or peak))
+            ttt = res.get("time_to_target") or {}
+            for label, per in (ttt.get("table") or {}).items():  # wall time to each explained-variance target
+                ours = (per.get("universality") or {}).get("wall_s")
+                for anchor in ("sparsify", "sae_lens"):
+                    theirs = (per.get(anchor) or {}).get("wall_s")
+                    anchor_goal = label.startswith("anchor") and anchor == "sparsify"
+                    r = ours / theirs if ours and theirs else None
+                    note = "" if ours and theirs else " (" + "; ".join(
+                        f"{who}: {(per.get(who) or {}).get('note', 'never reached')}" for who, t in
+                        (("universality", ours), (anchor, theirs)) if not t) + ")"
+                    rows.append(_row("train", f"time to EV {label} vs {anchor} (s/s){note}", ours, theirs, r,
+                                     "<= 0.8" if anchor_goal else "< 1 (informational)", (r <= 0.8) if anchor_goal and r else None,
+                                     libs["universality"].get("peak_gpu_mem_mib") or peak))
             if res.get("bf16_peak_flops"):
                 for name in ("universality", st, f"universality_stacked_compiled_x{n}"):
                     frac = libs.get(name, {}).get("fraction_of_bf16_peak")
@@ -300,6 +278,9 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {r['benchmark']} | {r['measure']} | {_fmt(r['ours'])} | {_fmt(r['anchor'])} | {_fmt(r['ratio'])} | "
                      f"{r['goal']} | {_fmt(r['met'])} | {_peak(r['peak_memory_mib'])} |")
     errors = {k: v["error"] for k, v in doc["benchmarks"].items() if v.get("error")}
+    fig = (doc["benchmarks"].get("train") or {}).get("figure")
+    if fig:
+        lines += ["", f"Training curves (explained variance against wall time and tokens, evaluation excluded): ![curves]({fig})"]
     lines += ["", "Anchors:", ""] + [f"- **{k}**: {v}" for k, v in ANCHORS.items() if k in doc["benchmarks"]]
     if errors:
         lines += ["", "Errors:", ""] + [f"- **{k}**: {v}" for k, v in errors.items()]
@@ -327,7 +308,10 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-all-") as tmp:
         for name in args.only:
             print(f"== {name}: {' '.join(PROFILES[args.profile][name])}", flush=True)
-            runs[name] = run_bench(name, list(PROFILES[args.profile][name]), Path(tmp))
+            figure = out_dir / f"{machine}-train-curves.png" if name == "train" else None
+            runs[name] = run_bench(name, list(PROFILES[args.profile][name]), Path(tmp), figure)
+            if figure and figure.is_file():
+                runs[name]["figure"] = figure.name
             print(f"== {name} done in {runs[name]['wall_s']:.0f}s" + (f" (error: {runs[name]['error']})" if runs[name]["error"] else ""), flush=True)
     device = torch.cuda.get_device_name(0) if (torch.cuda.is_available() and args.profile.startswith("gpu")) else \
         f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})"

@@ -18,7 +18,11 @@ second are per dictionary (``n * tokens / wall``).
 
 On CUDA it reports the useful-FLOP fraction of the GPU's bf16 dense peak (see :func:`useful_flops`)
 and the peak GPU memory of each run; every run is preceded by a short untimed warm-up run.
-Writes ``benchmarks/results/train-<machine>.json``.
+With ``--eval-every s`` (default 5) each single-dictionary run also records explained variance on
+the held-out rows every ``s`` steps with its clock paused, and the report gives the wall time and
+tokens each library needs to reach sparsify's final explained variance and the ``--targets``
+(``time_to_target``), and draws the curves (PNG next to the JSON).
+Writes ``benchmarks/results/train-<machine>.json`` (and ``.png``).
 
     python benchmarks/train.py --d-in 256 --d-sae 2048 --k 32 --batch 1024 --steps 100 --n-stack 4
 """
@@ -45,7 +49,7 @@ import torch  # noqa: E402
 from universality import synthetic as syn  # noqa: E402
 from universality.eval.metrics import explained_variance  # noqa: E402
 from universality.sae import sae_config  # noqa: E402
-from universality.train import RunConfig, TrainConfig, train_saes  # noqa: E402
+from universality.train import RunConfig, TrainConfig, Trainer  # noqa: E402
 from universality.io import atomic_write_text
 
 warnings.filterwarnings("ignore")
@@ -104,46 +108,127 @@ def reset_mem(device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def run_ours(batches, held, args, device, n=1, stack=False, compile=False):
+class Clock:
+    """Wall clock of one training run that can be paused (around the evaluations of a curve)."""
+
+    def __init__(self, device) -> None:
+        self.device = device
+        self.paused_s = 0.0
+        self.t0 = None
+
+    def start(self) -> None:
+        sync(self.device)
+        self.t0 = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Seconds since :meth:`start`, pauses excluded (synchronised on CUDA)."""
+        sync(self.device)
+        return time.perf_counter() - self.t0 - self.paused_s
+
+    def pause_for(self, fn):
+        """Run ``fn()`` with the clock stopped; returns its result."""
+        sync(self.device)
+        t = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            sync(self.device)
+            self.paused_s += time.perf_counter() - t
+
+
+class Curve:
+    """Explained variance on the held-out rows every ``every`` steps, with the clock paused around each
+    evaluation (so the wall times are training time only). Points: ``step``, ``tokens``, ``wall_s``,
+    ``explained_variance``."""
+
+    def __init__(self, held, every: int, batch: int, clock: Clock) -> None:
+        self.held, self.every, self.batch, self.clock = held, every, batch, clock
+        self.points: list[dict] = []
+
+    def due(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def record(self, step: int, reconstruct) -> None:
+        """Evaluate ``reconstruct(held)`` after ``step`` steps (clock paused)."""
+        wall = self.clock.elapsed()
+
+        def ev():
+            with torch.no_grad():
+                return float(explained_variance(self.held, reconstruct(self.held)))
+
+        self.points.append({"step": step, "tokens": step * self.batch, "wall_s": wall,
+                            "explained_variance": self.clock.pause_for(ev)})
+
+    def source(self, batches, reconstruct):
+        """``batches`` as an iterator that records a point before each due step (``reconstruct()`` gives
+        the reconstruction function of the dictionary as it is then)."""
+        for i, x in enumerate(batches):
+            if self.due(i):
+                self.record(i, reconstruct())
+            yield x
+
+
+def run_ours(batches, held, args, device, n=1, stack=False, compile=False, curve=None):
     cfgs = [TrainConfig(sae_config("topk", args.d_in, args.d_sae, k=args.k), lr=args.lr, seed=i, name=f"ours{i}") for i in range(n)]
     run = RunConfig(steps=len(batches), device=str(device), autocast=device.type == "cuda", stack=stack, compile=compile)
-    sync(device)
-    t = time.perf_counter()
-    saes = train_saes(batches, cfgs, run, progress=False)
-    sync(device)
-    wall = time.perf_counter() - t
+    clock = curve.clock if curve else Clock(device)
+    clock.start()
+    trainer = Trainer(cfgs, run)  # what train_saes(batches, cfgs, run) does, with a handle on the live dictionary
+    if curve:
+        def live():  # the trainer's dictionary works on normalised rows; explained variance is scale-free
+            sae, scale = trainer.saes["ours0"], trainer.scales.get("default", 1.0)
+            return lambda h: sae(h * scale) / scale
+        source = curve.source(batches, live)
+    else:
+        source = batches
+    saes = trainer.fit(source, progress=False)
+    wall = clock.elapsed()
     with torch.no_grad():
         ev = sum(explained_variance(held, sae(held)) for sae in saes.values()) / n
+    if curve:
+        curve.points.append({"step": len(batches), "tokens": len(batches) * args.batch, "wall_s": wall, "explained_variance": float(ev)})
     call = (f"train_saes(batches, [TrainConfig(sae_config('topk', {args.d_in}, {args.d_sae}, k={args.k}), lr={args.lr}, seed=i) "
             f"for i in range({n})], RunConfig(steps={len(batches)}, device='{device}', autocast={device.type == 'cuda'}, "
-            f"stack={stack}, compile={compile}))")
+            f"stack={stack}, compile={compile}))  # Adam(betas=(0.9, 0.999), eps=1e-8), AuxK, unit-norm decoder rows")
     return wall, ev, call
 
 
-def run_saelens(batches, held, args, device):
+def saelens_lr(args) -> float:
+    """SAELens' learning rate: ``--lr-saelens``, else its own default (``SAETrainerConfig.lr``, 3e-4)."""
+    if args.lr_saelens:
+        return args.lr_saelens
+    from sae_lens.config import SAETrainerConfig
+    import dataclasses
+    return next(f.default for f in dataclasses.fields(SAETrainerConfig) if f.name == "lr")
+
+
+def run_saelens(batches, held, args, device, curve=None):
     from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.config import SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
+    lr = saelens_lr(args)
     sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=args.d_in, d_sae=args.d_sae, k=args.k, device=str(device)))
     cfg = SAETrainerConfig(total_training_samples=len(batches) * args.batch, train_batch_size_samples=args.batch,
-                           lr=args.lr, lr_end=args.lr, device=str(device), autocast=device.type == "cuda")
-    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=iter(batches))
-    sync(device)
-    t = time.perf_counter()
+                           lr=lr, lr_end=lr, device=str(device), autocast=device.type == "cuda")
+    clock = curve.clock if curve else Clock(device)
+    source = curve.source(batches, lambda: sae) if curve else iter(batches)
+    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=source)
+    clock.start()
     trainer.fit()
-    sync(device)
-    wall = time.perf_counter() - t
+    wall = clock.elapsed()
     with torch.no_grad():
         ev = explained_variance(held, sae(held))
+    if curve:
+        curve.points.append({"step": len(batches), "tokens": len(batches) * args.batch, "wall_s": wall, "explained_variance": float(ev)})
     call = (f"SAETrainer(cfg=SAETrainerConfig(total_training_samples={len(batches) * args.batch}, "
-            f"train_batch_size_samples={args.batch}, lr={args.lr}, lr_end={args.lr}, device='{device}', autocast={device.type == 'cuda'}), "
+            f"train_batch_size_samples={args.batch}, lr={lr}, lr_end={lr}, device='{device}', autocast={device.type == 'cuda'}), "
             f"sae=TopKTrainingSAE(TopKTrainingSAEConfig(d_in={args.d_in}, d_sae={args.d_sae}, k={args.k})), "
-            f"data_provider=iter(batches)).fit()")
+            f"data_provider=iter(batches)).fit()  # its default optimiser: Adam(betas=(0.9, 0.999))")
     return wall, ev, call
 
 
-def run_sparsify(batches, held, args, device, n=1):
+def run_sparsify(batches, held, args, device, n=1, curve=None):
     from schedulefree import ScheduleFreeWrapper
     from sparsify import SparseCoder, SparseCoderConfig
     from sparsify.sign_sgd import SignSGD
@@ -154,9 +239,19 @@ def run_sparsify(batches, held, args, device, n=1):
     opts = [ScheduleFreeWrapper(SignSGD([dict(params=sae.parameters(), lr=lr)]), momentum=0.95) for sae in saes]
     for opt in opts:
         opt.train()
-    sync(device)
-    t = time.perf_counter()
-    for x in batches:
+
+    def evaluated(h):  # schedule-free: evaluate at the averaged weights (opt.eval()), then back to training
+        opts[0].eval()
+        try:
+            return saes[0](h).sae_out
+        finally:
+            opts[0].train()
+
+    clock = curve.clock if curve else Clock(device)
+    clock.start()
+    for step, x in enumerate(batches):
+        if curve and curve.due(step):
+            curve.record(step, evaluated)
         for sae, opt in zip(saes, opts):  # sparsify's trainer steps its hookpoints' coders in turn
             sae.set_decoder_norm_to_unit_norm()
             out = sae(x)
@@ -164,12 +259,13 @@ def run_sparsify(batches, held, args, device, n=1):
             sae.remove_gradient_parallel_to_decoder_directions()
             opt.step()
             opt.zero_grad()
-    sync(device)
-    wall = time.perf_counter() - t
+    wall = clock.elapsed()
     for opt in opts:
         opt.eval()
     with torch.no_grad():
         ev = sum(explained_variance(held, sae(held).sae_out) for sae in saes) / n
+    if curve:
+        curve.points.append({"step": len(batches), "tokens": len(batches) * args.batch, "wall_s": wall, "explained_variance": float(ev)})
     call = (f"{n} x SparseCoder({args.d_in}, SparseCoderConfig(num_latents={args.d_sae}, k={args.k})); "
             f"ScheduleFreeWrapper(SignSGD(lr={lr:.3g}), momentum=0.95); per batch and coder: set_decoder_norm_to_unit_norm(), "
             "sae(x).fvu.backward(), remove_gradient_parallel_to_decoder_directions(), opt.step()")
@@ -183,22 +279,99 @@ def version(name):
         return None
 
 
-def _timed_row(fn, batches, held, args, device, tokens, warm, previous=None, **kw):
-    """One timed run (after an untimed warm-up on CUDA); with ``previous`` keeps the faster of the two."""
+def _timed_row(fn, batches, held, args, device, tokens, warm, previous=None, curves=False, **kw):
+    """One timed run (after an untimed warm-up on CUDA); with ``previous`` keeps the faster of the two.
+    With ``curves`` the run records explained variance against wall time and tokens (:class:`Curve`)."""
     if previous is not None and "error" in previous:
         return previous
     try:
         if device.type == "cuda" and warm:  # untimed warm-up (cuBLAS handles, allocator, kernels)
             fn(batches[:3], held, args, device, **kw)
         reset_mem(device)
-        wall, ev, call = fn(batches, held, args, device, **kw)
+        curve = Curve(held, args.eval_every, args.batch, Clock(device)) if curves and args.eval_every > 0 else None
+        wall, ev, call = fn(batches, held, args, device, **({**kw, "curve": curve} if curve else kw))
         n = kw.get("n", 1)
         walls = (previous or {}).get("all_wall_s", []) + [wall]
-        row = {"wall_s": min(walls), "all_wall_s": walls, "tokens_per_s": n * tokens / min(walls), "explained_variance": ev,
+        row = {"wall_s": min(walls), "all_wall_s": walls, "tokens_per_s": n * tokens / min(walls), "explained_variance": float(ev),
                "call": call, "dictionaries": n, "peak_gpu_mem_mib": peak_mem(device)}
+        if previous is not None and wall > min(previous["all_wall_s"]):  # the faster run's quality, curve and call
+            row.update({k: previous[k] for k in ("explained_variance", "call", "curve", "eval_time_excluded_s") if k in previous})
+        elif curve:
+            row["curve"] = curve.points
+            row["eval_time_excluded_s"] = curve.clock.paused_s
     except Exception as exc:  # a missing optional package must not hide the other results
         row = {"error": f"{type(exc).__name__}: {exc}"}
     return row
+
+
+def time_to(curve: list[dict], target: float) -> dict:
+    """When ``curve`` reaches ``target`` explained variance for good: the first evaluated point from which every
+    later point is at or above it (``{wall_s, tokens, step}``; a curve that starts above the target, dips and
+    comes back counts from its return), plus ``first`` (the first point at or above it); nulls with a note
+    when the last point is below it."""
+    kept = None
+    for i in range(len(curve) - 1, -1, -1):
+        if curve[i]["explained_variance"] < target:
+            break
+        kept = curve[i]
+    first = next((pt for pt in curve if pt["explained_variance"] >= target), None)
+    if kept is None:
+        best = max(pt["explained_variance"] for pt in curve)
+        return {"wall_s": None, "tokens": None, "step": None,
+                "first": None if first is None else {"wall_s": first["wall_s"], "tokens": first["tokens"], "step": first["step"]},
+                "note": f"not reached by the end of the run ({curve[-1]['step']} steps; best explained variance {best:.4f}, "
+                        f"final {curve[-1]['explained_variance']:.4f})"}
+    return {"wall_s": kept["wall_s"], "tokens": kept["tokens"], "step": kept["step"],
+            "first": {"wall_s": first["wall_s"], "tokens": first["tokens"], "step": first["step"]}}
+
+
+def time_to_target(rows: dict, targets: list[float], anchor: str = "sparsify") -> dict | None:
+    """Wall time and tokens each library needs to reach the anchor's final explained variance and each fixed
+    target for good (:func:`time_to`; resolution ``eval_every`` steps)."""
+    curves = {name: row["curve"] for name, row in rows.items() if row.get("curve")}
+    if not curves:
+        return None
+    goals = {f"{t:g}": t for t in targets}
+    anchor_ev = curves[anchor][-1]["explained_variance"] if anchor in curves else None
+    if anchor_ev is not None:
+        goals = {f"anchor ({anchor} final, {anchor_ev:.4f})": anchor_ev, **goals}
+    table = {label: {name: time_to(c, t) for name, c in curves.items()} for label, t in goals.items()}
+    out = {"anchor": anchor, "anchor_final_explained_variance": anchor_ev, "targets": goals, "table": table}
+    if anchor_ev is not None:
+        label = next(iter(goals))
+        ours, theirs = table[label].get("universality", {}).get("wall_s"), table[label][anchor]["wall_s"]
+        out["ours_over_anchor_time_to_anchor_final_ev"] = ours / theirs if ours and theirs else None
+    return out
+
+
+def plot_curves(rows: dict, ttt: dict | None, path: Path, title: str) -> Path | None:
+    """Explained variance against wall time and against tokens, one line per library (PNG)."""
+    curves = {name: row["curve"] for name, row in rows.items() if row.get("curve")}
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for name, c in curves.items():
+        for ax, key in zip(axes, ("wall_s", "tokens")):
+            ax.plot([p[key] for p in c], [p["explained_variance"] for p in c], marker="o", ms=3, label=name)
+    for ax in axes:
+        for label, t in (ttt or {}).get("targets", {}).items():
+            ax.axhline(t, color="grey", lw=0.8, ls=":" if label.startswith("anchor") else "--")
+        ax.grid(alpha=0.3)
+    axes[0].set_xlabel("training wall time (s, evaluation excluded)")
+    axes[1].set_xlabel("tokens")
+    axes[0].set_ylabel("explained variance (held-out rows)")
+    axes[0].legend()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def run(args) -> dict:
@@ -226,8 +399,9 @@ def run(args) -> dict:
                 plan.append((f"universality_stacked_compiled_x{n}", run_ours, {"n": n, "stack": True, "compile": True}))
         for r in range(args.repeats):  # interleaved repeats, order reversed every other one; the fastest is kept
             for name, fn, kw in (plan if r % 2 == 0 else plan[::-1]):
-                rows[name] = _timed_row(fn, batches, held, args, device, tokens, warm=r == 0, previous=rows.get(name), **kw)
-                print(device, name, {k: v for k, v in rows[name].items() if k not in ("call", "all_wall_s")}, flush=True)
+                rows[name] = _timed_row(fn, batches, held, args, device, tokens, warm=r == 0, previous=rows.get(name),
+                                        curves=name in ("universality", "sae_lens", "sparsify"), **kw)
+                print(device, name, {k: v for k, v in rows[name].items() if k not in ("call", "all_wall_s", "curve")}, flush=True)
         rows = {name: rows[name] for name, _, _ in plan}
         ours = rows["universality"].get("tokens_per_s")
         for name in ("sae_lens", "sparsify"):
@@ -239,13 +413,19 @@ def run(args) -> dict:
             if "tokens_per_s" in row and name.startswith("universality"):
                 row["useful_flops_per_s"] = row["tokens_per_s"] * flops
                 row["fraction_of_bf16_peak"] = row["useful_flops_per_s"] / peak if peak else None
+        ttt = time_to_target(rows, args.targets)
+        if ttt:
+            for label, per in ttt["table"].items():
+                print(device, "time to", label, {k: (v["wall_s"], v["tokens"]) for k, v in per.items()}, flush=True)
         results.append({"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                        "tokens": tokens, "bf16_peak_flops": peak, "libraries": rows})
+                        "tokens": tokens, "bf16_peak_flops": peak, "libraries": rows, "time_to_target": ttt})
     return {
         "benchmark": "topk-sae-training",
         "config": {"d_in": args.d_in, "d_sae": args.d_sae, "k": args.k, "batch": args.batch, "steps": args.steps,
                    "n_stack": args.n_stack, "repeats": args.repeats, "unique_batches": args.unique_batches or args.steps, "dtype": "float32 (bf16 autocast on CUDA)", "lr_adam": args.lr, "threads": args.threads,
-                   "data": f"planted features: {args.n_features} features, {args.active} active, noise 0.05, E||x||^2 = d_in"},
+                   "data": f"planted features: {args.n_features} features, {args.active} active, noise 0.05, E||x||^2 = d_in",
+                   "lr_saelens": saelens_lr(args) if version("sae-lens") else None, "eval_every": args.eval_every,
+                   "targets": args.targets, "held_out_rows": 8192},
         "useful_flops_per_token_per_dictionary": flops,
         "useful_flops_formula": "6*d_in*d_sae + 6*k*d_in (dense-encoder forward, weight and input gradient; k-sparse decoder forward and both gradients)",
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "sae_lens": version("sae-lens"),
@@ -259,7 +439,13 @@ def run(args) -> dict:
                  "decoder norm and initialises decoder norms to 0.1; sparsify uses SignSGD (schedule-free) and no AuxK by "
                  "default; this project uses Adam, AuxK and unit-norm decoder rows. Wall time includes each library's "
                  "per-run setup (normalisation estimate, geometric median). SAELens trains one dictionary per trainer, so "
-                 "its per-dictionary rate for n dictionaries one at a time is its single-dictionary rate.",
+                 "its per-dictionary rate for n dictionaries one at a time is its single-dictionary rate. "
+                 "Curves (single dictionary, each library): explained variance on the 8192 held-out rows before every "
+                 "eval_every-th step and after the last, with the wall clock paused around each evaluation (also for "
+                 "wall_s and tokens_per_s of those rows; eval_time_excluded_s says how much was paused). Time to target: "
+                 "the first evaluated point from which the curve stays at or above the target (resolution eval_every "
+                 "steps; 'first' gives the first point at or above it), null with a note when the run ends below it; the anchor target is sparsify's final explained variance in the same run. Each library "
+                 "uses its own optimiser and learning rate (exact calls in 'call').",
     }
 
 
@@ -282,17 +468,33 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", default="cpu,cuda")
     p.add_argument("--machine", default=None)
     p.add_argument("--out", default=None)
+    p.add_argument("--lr-saelens", type=float, default=None, help="SAELens' learning rate (default: its own default, 3e-4)")
+    p.add_argument("--eval-every", type=int, default=5, help="evaluate on the held-out rows every this many steps (0: no curves)")
+    p.add_argument("--targets", type=float, nargs="*", default=[0.5, 0.7, 0.8], help="explained-variance targets")
+    p.add_argument("--figure", default=None, help="PNG of the curves (default: next to the JSON, same name)")
     return p
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
+    from bench_memory import PeakMemory
+
+    mem = PeakMemory().start()
     doc = run(args)
+    doc["memory"] = mem.stop().as_dict()
     root = Path(__file__).resolve().parents[1]
     out = Path(args.out) if args.out else root / "benchmarks" / "results" / f"train-{doc['machine']['name']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    fig = Path(args.figure) if args.figure else out.with_suffix(".png")
+    c = doc["config"]
+    for res in doc["results"]:
+        path = fig if len(doc["results"]) == 1 else fig.with_name(f"{fig.stem}-{res['device'].replace(':', '')}{fig.suffix}")
+        title = (f"TopK d_in {c['d_in']}, d_sae {c['d_sae']}, k {c['k']}, batch {c['batch']} on {res['device_name']} "
+                 f"({c['threads']} thread(s)); dashed: targets, dotted: sparsify's final EV")
+        drawn = plot_curves(res["libraries"], res.get("time_to_target"), path, title)
+        res["figure"] = os.path.relpath(drawn, out.parent) if drawn else None
     atomic_write_text(out, json.dumps(doc, indent=2) + "\n")
-    print("wrote", out)
+    print("wrote", out, "and", fig)
     return doc
 
 

@@ -15,6 +15,7 @@ from analysis import plots
 from analysis.studies.cards import findings_about, lineage_section
 from analysis.studies.common import A_SEED, B_SEED, CONTEXT_EXCESS, MIN_FIRES, AnalysisResult, context_excess, Codebook, dead_note, mppc_ci, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
 from universality.errors import ConfigError
+from universality.eval.transfer import random_like, transfer_metrics
 from universality.match import lineage
 from universality.study.pipeline import Cell
 
@@ -34,6 +35,29 @@ def _step(revision: str) -> int:
 
 
 EVENTS = ("birth", "continue", "death", "merge", "split")
+
+#: evaluation spans the transfer (splice) tests read: each pair costs a few forward passes per dictionary
+TRANSFER_SPANS = 8
+
+
+def transfer_to_final(ctx, model: str, revs: list[str], site: str) -> pd.DataFrame:
+    """Each checkpoint's SAE applied to the final model, and the final SAE applied to each checkpoint's
+    model (:func:`universality.eval.transfer.transfer_metrics`: explained variance, CE loss recovered
+    and KL, each against the native SAE of the model it is applied to (skyline) and a random dictionary
+    (floor)), on the first :data:`TRANSFER_SPANS` evaluation spans."""
+    tokens = ctx.eval_tokens(model)
+    ids, mask = tokens.input_ids[:TRANSFER_SPANS], tokens.attention_mask[:TRANSFER_SPANS]
+    final = revs[-1]
+    saes = {r: ctx.saes(Cell(model, r, "D"))[site][A_SEED] for r in revs}
+    floors = {r: random_like(saes[r], f"transfer floor {model}@{r} {site}") for r in revs}
+    rows, cache = [], {}  # the final model's reference passes and its native and floor scores are shared
+    for r in revs[:-1]:
+        for src, dst, direction in ((r, final, "checkpoint SAE -> final model"), (final, r, "final SAE -> checkpoint model")):
+            for row in transfer_metrics(ctx.adapter_at(model, dst), saes[src], saes[dst], site, ids, mask,
+                                        floor=floors[dst], cache=cache):
+                rows.append({"site": site, "revision": r, "step": _step(r), "direction": direction,
+                             "dictionary_from": src, "applied_to": dst, **row})
+    return pd.DataFrame(rows)
 
 
 def lineage_event_table(counts: pd.DataFrame, site: str, revs: list[str]) -> pd.DataFrame:
@@ -142,6 +166,26 @@ def run(ctx, figures_dir) -> AnalysisResult:
                                   after_step=ctx.injection["after_step"] if ctx.injection is not None else None)
             if sec is not None:
                 res.cards.append(sec)
+        transfer = transfer_to_final(ctx, model, revs, site)
+        res.tables[f"transfer_{site}"] = transfer
+        if len(transfer):
+            ce = transfer[transfer["metric"] == "ce_loss_recovered_zero"]
+            first = ce[ce["revision"] == revs[0]].set_index("direction")
+            res.findings.append(
+                f"{site}: spliced into the final model, the SAE of {revs[0]} recovers "
+                f"{first.loc['checkpoint SAE -> final model', 'transferred']:.3f} of the CE loss (zero ablation; the final "
+                f"model's own SAE {first.loc['checkpoint SAE -> final model', 'native']:.3f}, a random dictionary "
+                f"{first.loc['checkpoint SAE -> final model', 'floor']:.3f}); the final SAE in the {revs[0]} model recovers "
+                f"{first.loc['final SAE -> checkpoint model', 'transferred']:.3f} (native "
+                f"{first.loc['final SAE -> checkpoint model', 'native']:.3f}).")
+            ev = transfer[transfer["metric"].isin(["explained_variance", "ce_loss_recovered_zero"])].copy()
+            ev["curve"] = ev["direction"] + ", " + ev["metric"].str.replace("_", " ")
+            res.figures.append((f"Transfer to and from the final checkpoint, {site}: normalised = (transferred - random "
+                                "dictionary) / (native - random dictionary)",
+                                plots.series(ev, figures_dir / f"transfer_{site}.png", f"Dictionary transfer across checkpoints ({site})",
+                                             x="step", y="normalised", hue="curve", logx=True,
+                                             ylabel="normalised (1 = native SAE, 0 = random)",
+                                             xlabel="training step of the other checkpoint")))
     table = pd.DataFrame(rows)
     res.tables["similarity_to_final"] = table
     res.tidy += rows
@@ -178,7 +222,10 @@ def run(ctx, figures_dir) -> AnalysisResult:
                 "activations; features are compared with the final checkpoint's SAE by their activations on the "
                 "same evaluation text (MPPC, Wang et al. 2024). Floor: token-shuffled codes. Skyline: seed copies "
                 "of the final SAE. Lineage links features of consecutive checkpoints whose correlation exceeds "
-                f"{ctx.cfg.match.corr_threshold}.")
+                f"{ctx.cfg.match.corr_threshold}. Transfer (splice) tests apply each checkpoint's SAE to the final "
+                "model and the final SAE to each checkpoint's model, on the first "
+                f"{TRANSFER_SPANS} evaluation spans: explained variance, CE loss recovered and KL with the "
+                "reconstruction spliced in, against the native SAE (skyline) and a random dictionary (floor).")
     return res
 
 

@@ -3,15 +3,15 @@
 The round trip goes through the viewer's own reader: SAEDashboard's
 ``sae_dashboard/neuronpedia/neuronpedia_dashboard.py`` (``NeuronpediaDashboardBatch(**json)``, the
 class its runner builds these files with and its acceptance tests read them back with; it rejects
-unknown fields at every level), and, when the SAEDashboard source has it,
-``sae_dashboard/neuronpedia/neuronpedia_export.py`` (``export_neuronpedia_dashboards``: batch files
--> Neuronpedia's feature and activation rows). The reader is loaded from, in order:
+unknown fields at every level). (SAEDashboard's later ``neuronpedia_export.py``, batch files ->
+Neuronpedia's rows, is not in any PyPI release; it was checked by hand against these files.) The
+reader is loaded from, in order:
 
 * ``$UNIVERSALITY_SAE_DASHBOARD``: a ``sae_dashboard-*.whl`` or a source checkout of SAEDashboard;
 * an installed ``sae_dashboard`` package;
 * ``<repo>/.whl/sae_dashboard-*.whl`` (``pip download --no-deps sae-dashboard -d .whl``).
 
-Only those two modules are loaded (by file; they need numpy, and orjson, stubbed with ``json``
+Only that module is loaded (by file; they need numpy, and orjson, stubbed with ``json``
 when absent), never the package's heavy dependencies. Without any of them the reader tests skip and
 the format checks below still run. Everything is offline and takes well under a second.
 """
@@ -135,7 +135,7 @@ def _load(name: str, path: Path) -> types.ModuleType:
 
 @pytest.fixture(scope="module")
 def reader(tmp_path_factory):
-    """``types.SimpleNamespace(dashboard=<neuronpedia_dashboard>, export=<neuronpedia_export or None>, origin=...)``."""
+    """``types.SimpleNamespace(dashboard=<neuronpedia_dashboard>, origin=...)``."""
     found = _sae_dashboard_source()
     if found is None:
         pytest.skip("SAEDashboard's reader is not available: pip download --no-deps sae-dashboard -d .whl "
@@ -143,7 +143,7 @@ def reader(tmp_path_factory):
     kind, where = found
     folder = tmp_path_factory.mktemp("sae_dashboard")
     mods = {}
-    for stem in ("neuronpedia_dashboard", "neuronpedia_export"):
+    for stem in ("neuronpedia_dashboard",):
         member = f"{NP}{stem}.py"
         if kind == "wheel":
             with zipfile.ZipFile(where) as zf:
@@ -155,8 +155,7 @@ def reader(tmp_path_factory):
             mods[stem] = _load(f"_sd_{stem}", where / member)
     if "neuronpedia_dashboard" not in mods:
         pytest.skip(f"{where} has no {NP}neuronpedia_dashboard.py")
-    return types.SimpleNamespace(dashboard=mods["neuronpedia_dashboard"], export=mods.get("neuronpedia_export"),
-                                 origin=str(where))
+    return types.SimpleNamespace(dashboard=mods["neuronpedia_dashboard"], origin=str(where))
 
 
 def _fields(cls) -> set[str]:
@@ -208,50 +207,6 @@ def test_round_trip_through_sae_dashboard_reader(reader, tmp_path):
             assert [a.bin_min for a in feat.activations[:len(card.top)]] == [-1.0] * len(card.top)
             assert max(max(a.values) for a in feat.activations) == card.max_value
     assert seen == sorted(c.latent for c in cards.cards_a)
-
-
-def test_round_trip_into_neuronpedia_rows(reader, tmp_path):
-    """SAEDashboard's own batch -> Neuronpedia conversion (feature and activation rows)."""
-    if reader.export is None:
-        pytest.skip(f"{reader.origin} has no {NP}neuronpedia_export.py (added after sae-dashboard 0.8.0)")
-    cards = make_cards(range(5), seed=2, dead={3})
-    export_neuronpedia(cards, tmp_path / "np", "gpt2-small", "res-test", batch_size=2, n_prompts_total=40,
-                       n_tokens_in_prompt=128, dataset="local/store")
-    cfg = reader.export.NeuronpediaExportConfig(
-        saedashboard_output_dir=str(tmp_path / "np"), exports_dir=str(tmp_path / "out"), creator_name="t",
-        creator_id="t", release_id="r", release_title="r", url="", model_name="gpt2-small",
-        neuronpedia_source_set_id="res-test", neuronpedia_source_set_description="", hf_weights_repo_id="",
-        hf_weights_path="", hook_point="hook_resid_post", layer_num=6, prompts_huggingface_dataset_path="local/store",
-        n_prompts_total=40, n_tokens_in_prompt=128)
-    src = Path(reader.export.export_neuronpedia_dashboards(cfg))
-    assert src == tmp_path / "out" / "gpt2-small" / "6-res-test"
-
-    def rows(kind):
-        out = []
-        for p in sorted((src / kind).glob("*.jsonl.gz")):
-            out += [json.loads(line) for line in gzip.decompress(p.read_bytes()).decode().splitlines()]
-        return out
-
-    features, activations = rows("features"), rows("activations")
-    assert sorted(int(f["index"]) for f in features) == [0, 1, 2, 4]  # the dead latent is in skipped_indexes.json
-    for f in features:
-        card = cards.card(int(f["index"]))
-        assert f["layer"] == "6-res-test" and f["frac_nonzero"] == card.density
-        assert f["maxActApprox"] == card.max_value
-        assert f["freq_hist_data_bar_heights"] == list(card.hist_counts)
-        assert f["pos_str"] == [t for t, _ in card.promoted]
-        acts = [a for a in activations if a["index"] == f["index"]]
-        want = _examples(card)
-        assert len(acts) == len(want)
-        for a, (ctx, lo, hi, share) in zip(acts, want):
-            assert a["tokens"] == list(ctx.tokens) and a["values"] == list(ctx.values)
-            assert a["maxValue"] == max(ctx.values) and a["values"][a["maxValueTokenIndex"]] == a["maxValue"]
-            assert a["qualifyingTokenIndex"] == ctx.focus
-            assert (a["binMin"], a["binMax"], a["binContains"]) == pytest.approx((lo, hi, share))
-
-
-# ---------------------------------------------------------------------------------------------
-# the format without the reader: batching, dead latents, provenance, errors, atomicity
 
 
 def test_batching_and_layout(tmp_path):

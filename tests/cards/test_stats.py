@@ -129,3 +129,17 @@ def test_bad_input_is_refused_in_one_line():
     col = CardCollector(4)
     with pytest.raises(ConfigError, match="4 latents"):
         col.update(torch.zeros(3, 5), torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long))
+
+
+def test_identity_sums_stop_at_their_cap_and_say_on_how_many_tokens():
+    tok, ctx, g = _text(T=4000, vocab=200)
+    z = torch.rand(len(tok), 8, generator=g) * (torch.rand(len(tok), 8, generator=g) < 0.5)
+    capped = collect(Identity(8), tensor_chunks(z, tok, ctx, max_rows=500), CardOptions(identity_pairs=600))
+    full = collect(Identity(8), tensor_chunks(z, tok, ctx, max_rows=500), CardOptions())
+    assert full.identity_tokens == 4000
+    assert 0 < capped.identity_tokens < 4000 and capped.identity_tokens % 500 == 0
+    # everything else still reads the whole text
+    assert capped.fires.tolist() == full.fires.tolist() and capped.n_tokens == 4000
+    # top-token shares are shares of the mass the sums read
+    for f in range(8):
+        assert sum(s for _, s in capped.top_tokens[f]) <= 1.0 + 1e-9

@@ -82,6 +82,17 @@ def test_quickstart_tiny_end_to_end_and_cache(tmp_path, monkeypatch):
     lineage = pd.read_csv(tmp_path / "qs" / "tables" / "feature_evolution__lineage_events_blocks.1.hook_resid_post.csv")
     assert list(lineage["from_step"]) == sorted(lineage["from_step"]) and len(lineage) == 2
     assert (tmp_path / "qs" / "figures" / "lineage_events.png").is_file()
+    # transfer (splice) tests: both directions for each earlier checkpoint, every metric with floor and native
+    transfer = pd.read_csv(tmp_path / "qs" / "tables" / "feature_evolution__transfer_blocks.1.hook_resid_post.csv")
+    assert set(transfer["direction"]) == {"checkpoint SAE -> final model", "final SAE -> checkpoint model"}
+    assert len(transfer) == 2 * 2 * 4 and transfer[["transferred", "native", "floor"]].notna().all().all()
+    ev = transfer[transfer["metric"] == "explained_variance"]
+    assert (ev["native"] > ev["floor"]).all()  # an SAE beats a random dictionary on its own model
+    assert (tmp_path / "qs" / "figures" / "transfer_blocks.1.hook_resid_post.png").is_file()
+    # ablation agreement of matched pairs across architectures, with random-pair floor and seed skyline
+    ablation = pd.read_csv(tmp_path / "qs" / "tables" / "architecture_comparison__ablation_agreement_pythia_mamba.csv")
+    assert len(ablation) == 1 and ablation[["value", "floor", "skyline"]].notna().all().all()
+    assert ablation["n_pairs"].iloc[0] > 0 and ablation["skyline"].iloc[0] > ablation["floor"].iloc[0]
     for heading in ("## Findings", "## Setup", "## Feature evolution", "## Architectures compared", "## Subset generalisation"):
         assert heading in text, heading
     html = first.report_html.read_text()

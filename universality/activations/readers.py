@@ -15,15 +15,24 @@ batches an uninterrupted reader would have yielded. Without a shuffle buffer (``
 **Memory.** At most one group plus one partial batch is resident: ``max(shuffle_buffer,
 piece_rows) + batch_size`` rows, whatever the size of the store (``resident_rows`` records the
 largest count seen, for tests).
+
+**Copies.** A shuffled group that is one row range of one shard is not copied into a buffer: the
+range is mapped read-only (:class:`MappedRows`; the page cache is the shuffle buffer) and each
+batch is gathered once, straight out of it, into the batch tensor (page-locked when the batches go
+to a CUDA device, so the host-to-device copy is asynchronous and needs no staging copy). Other
+groups are read into a reused buffer and gathered from there; batches that cross a group boundary
+are gathered into one tensor, not concatenated. Unshuffled batches are views of the group buffer.
 """
 
 from __future__ import annotations
 
+import mmap
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -33,7 +42,7 @@ from universality.errors import ConfigError
 from universality.io import stable_hash
 from universality.sites import Site
 
-__all__ = ["DevicePrefetcher", "RowReader", "StoreReader"]
+__all__ = ["DevicePrefetcher", "MappedRows", "RowReader", "StoreReader"]
 
 _MIX = 0x9E3779B97F4A7C15
 
@@ -43,6 +52,76 @@ def _seed(*parts: int) -> int:
     for p in parts:
         h = (h * 1_000_003 + int(p) + _MIX) % (1 << 63)
     return h
+
+
+class MappedRows:
+    """``rows`` rows of one tensor of a file, mapped read-only (``mmap``): nothing is copied until rows
+    are gathered out of it (:func:`gather_rows`). The mapping lives as long as this object (and its
+    ``array``); the pages are the kernel's page cache, so they are resident only while mapped.
+
+    ``array`` is a ``(rows, row_bytes)`` uint8 view of the mapping; ``dtype`` and ``shape`` describe
+    the rows as a tensor.
+    """
+
+    __slots__ = ("array", "dtype", "shape")
+
+    def __init__(self, array: np.ndarray, dtype: torch.dtype, shape: tuple[int, ...]) -> None:
+        self.array, self.dtype, self.shape = array, dtype, tuple(shape)
+
+    @classmethod
+    def map(cls, fileno: int, start: int, rows: int, row_shape: tuple[int, ...], dtype: torch.dtype) -> "MappedRows":
+        """Map ``rows`` rows of ``row_shape``/``dtype`` starting at byte ``start`` of the open file ``fileno``
+        (read-only, pages read in at once where the platform can: one sequential read, not a fault per page)."""
+        row_bytes = _row_bytes(row_shape, dtype)
+        n_bytes = rows * row_bytes
+        aligned = start - start % mmap.ALLOCATIONGRANULARITY
+        if hasattr(mmap, "MAP_SHARED"):
+            m = mmap.mmap(fileno, start + n_bytes - aligned, offset=aligned, prot=mmap.PROT_READ,
+                          flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+        else:  # pragma: no cover - not POSIX
+            m = mmap.mmap(fileno, start + n_bytes - aligned, offset=aligned, access=mmap.ACCESS_READ)
+        array = np.frombuffer(m, dtype=np.uint8, count=n_bytes, offset=start - aligned).reshape(rows, row_bytes)
+        return cls(array, dtype, (rows, *row_shape))
+
+    def rows(self, lo: int, hi: int) -> Tensor:
+        """A copy of rows ``[lo, hi)`` as a tensor."""
+        return torch.from_numpy(self.array[lo:hi].copy()).view(self.dtype).view(hi - lo, *self.shape[1:])
+
+
+def _row_bytes(row_shape: Sequence[int], dtype: torch.dtype) -> int:
+    n = 1
+    for d in row_shape:
+        n *= int(d)
+    return n * torch.empty(0, dtype=dtype).element_size()
+
+
+def _rows_u8(t: Tensor | MappedRows) -> np.ndarray | None:
+    """Rows of ``t`` as a ``(rows, row_bytes)`` uint8 numpy array sharing its memory, or ``None`` (not
+    on the CPU, not contiguous, empty)."""
+    if isinstance(t, MappedRows):
+        return t.array
+    if t.device.type != "cpu" or t.dim() == 0 or t.numel() == 0 or not t.is_contiguous():
+        return None
+    return t.view(torch.uint8).view(t.shape[0], -1).numpy()
+
+
+def gather_rows(src: Tensor | MappedRows, index: Tensor, out: Tensor) -> None:
+    """``out[i] = src[index[i]]``: one copy per row, written straight into ``out`` (a contiguous slice
+    of a batch tensor). On the CPU this is ``numpy.take`` on the rows as bytes: single-threaded,
+    memcpy-bound, and far cheaper than a parallel ``index_select`` on a busy machine."""
+    a = _rows_u8(src)
+    o = _rows_u8(out) if a is not None else None
+    if a is not None and o is not None:
+        # indices are in range, so "clip" changes nothing; it lets numpy write into out unbuffered
+        np.take(a, index.numpy(), axis=0, out=o, mode="clip")
+    elif isinstance(src, MappedRows):
+        out.copy_(torch.from_numpy(np.take(src.array, index.numpy(), axis=0)).view(src.dtype).view(out.shape))
+    elif out.numel():
+        torch.index_select(src, 0, index.to(src.device), out=out)
+
+
+def _take_rows(t: Tensor | MappedRows, sl: slice) -> Tensor:
+    return t.rows(sl.start, sl.stop) if isinstance(t, MappedRows) else t[sl]
 
 
 class RowReader:
@@ -78,6 +157,9 @@ class RowReader:
         self.epoch, self.group, self.offset = 0, 0, 0
         self.rows_yielded = 0
         self.resident_rows = 0
+        #: gather shuffled batches into page-locked memory (None: when ``device`` is a CUDA device);
+        #: :class:`DevicePrefetcher` sets it when it sends the batches to a CUDA device itself
+        self.pin_output: bool | None = None
 
     # subclasses ------------------------------------------------------------
     def _load_group(self, epoch: int, group: int) -> dict[str, Tensor] | None:
@@ -113,8 +195,22 @@ class RowReader:
         self.rows_yielded = int(state.get("rows_yielded", 0))
 
     # iteration -------------------------------------------------------------
-    def _emit(self, parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        out = {s: (torch.cat([p[s] for p in parts]) if len(parts) > 1 else parts[0][s]) for s in parts[0]}
+    def _pinned(self) -> bool:
+        pin = self.pin_output if self.pin_output is not None else (self.device is not None and self.device.type == "cuda")
+        return bool(pin) and torch.cuda.is_available()
+
+    def _batch_tensor(self, t: Tensor | MappedRows) -> Tensor:
+        """An empty batch (``batch_size`` rows) for rows like ``t``'s, gathered into by :func:`gather_rows`."""
+        shape = (self.batch_size, *t.shape[1:])
+        if isinstance(t, Tensor) and t.device.type != "cpu":
+            return torch.empty(shape, dtype=t.dtype, device=t.device)
+        return torch.empty(shape, dtype=t.dtype, pin_memory=self._pinned())
+
+    def _emit(self, parts: list[dict[str, Tensor]], gathered: dict[str, Tensor] | None = None, rows: int = 0) -> dict[str, Tensor]:
+        if gathered is not None:  # shuffled: the batch tensors were filled in place
+            out = {s: (t if rows == t.shape[0] else t[:rows]) for s, t in gathered.items()}
+        else:
+            out = {s: (torch.cat([p[s] for p in parts]) if len(parts) > 1 else parts[0][s]) for s in parts[0]}
         if self.device is not None or self.dtype is not None:
             out = {
                 s: t.to(device=self.device or t.device, dtype=self.dtype if (self.dtype and t.is_floating_point()) else t.dtype, non_blocking=True)
@@ -123,7 +219,8 @@ class RowReader:
         return out
 
     def __iter__(self) -> Iterator[dict[str, Float[Tensor, "batch width"]]]:
-        parts: list[dict[str, Tensor]] = []
+        parts: list[dict[str, Tensor]] = []  # unshuffled: views of group buffers
+        gathered: dict[str, Tensor] | None = None  # shuffled: the batch being gathered into
         have = 0
         while self.epochs is None or self.epoch < self.epochs:
             data = self._load_group(self.epoch, self.group)
@@ -141,19 +238,25 @@ class RowReader:
             while self.offset < n:
                 take = min(self.batch_size - have, n - self.offset)
                 sl = slice(self.offset, self.offset + take)
-                # index_select, not t[idx]: advanced indexing is far slower on a busy CPU thread pool
-                parts.append({s: (t.index_select(0, perm[sl]) if perm is not None else t[sl]) for s, t in data.items()})
+                if perm is not None:  # one copy per row: from the group straight into the batch
+                    if gathered is None:
+                        gathered = {s: self._batch_tensor(t) for s, t in data.items()}
+                    index = perm[sl]
+                    for s, t in data.items():
+                        gather_rows(t, index, gathered[s][have : have + take])
+                else:
+                    parts.append({s: _take_rows(t, sl) for s, t in data.items()})
                 have += take
                 self.offset += take
                 if have == self.batch_size:
-                    batch = self._emit(parts)
-                    parts, have = [], 0
+                    batch = self._emit(parts, gathered, have)
+                    parts, gathered, have = [], None, 0
                     self.rows_yielded += self.batch_size
                     yield batch
             del data, perm
             self.group, self.offset = self.group + 1, 0
-        if parts and not self.drop_last:
-            batch = self._emit(parts)
+        if have and not self.drop_last:
+            batch = self._emit(parts, gathered, have)
             self.rows_yielded += have
             yield batch
 
@@ -192,6 +295,8 @@ class StoreReader(RowReader):
             for lo in range(0, int(shard["rows"]), self.piece_rows):
                 self._pieces.append((i, lo, min(lo + self.piece_rows, int(shard["rows"]))))
         self._buffers: dict[str, Tensor] = {}
+        #: map single-range shuffled groups instead of reading them into a buffer (see module doc)
+        self.map_files = True
         self._layout_epoch: int | None = None
         self._layout: list[list[tuple[int, int, int]]] = []
 
@@ -235,6 +340,12 @@ class StoreReader(RowReader):
         if group >= len(groups):
             return None
         pieces = groups[group]
+        if self.shuffle_buffer > 0 and self.map_files and len(pieces) == 1:
+            # one row range of one shard: map it, the batches are gathered straight out of the page cache
+            shard, lo, hi = pieces[0]
+            mapped = {k: self.store.map_rows(shard, k, lo, hi) for k in self._keys}
+            if all(m is not None for m in mapped.values()):
+                return {self._keys[k]: v for k, v in mapped.items()}
         total = sum(hi - lo for _, lo, hi in pieces)
         out: dict[str, Tensor] = {}
         for key in self._keys:  # each piece is read straight into its rows of the group buffer
@@ -297,6 +408,8 @@ class DevicePrefetcher:
         self.depth = depth
         self.dtype = dtype
         self.pin_memory = (self.device.type == "cuda") if pin_memory is None else bool(pin_memory and self.device.type == "cuda")
+        if self.pin_memory and hasattr(source, "pin_output") and getattr(source, "pin_output", None) is None:
+            source.pin_output = True  # a reader then gathers its batches into pinned memory: no second copy here
         self._state = source.state_dict() if hasattr(source, "state_dict") else None
         self._thread: threading.Thread | None = None
         self._stop: threading.Event | None = None

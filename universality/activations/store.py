@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from universality.activations.layout import ROW_FIELDS, acts_key
-from universality.activations.readers import StoreReader
+from universality.activations.readers import MappedRows, StoreReader
 from universality.errors import ArtifactError, ConfigError, UnknownSiteError
 from universality.io import read_json, verify_sha256
 from universality.progress import MIN_BYTES, progress_bar
@@ -299,6 +299,22 @@ class ActivationStore:
             got = fh.readinto(memoryview(view))
         if got != (hi - lo) * row_bytes:
             raise ArtifactError(f"{self._shard_path(shard)} is truncated", "re-harvest the store")
+
+    def map_rows(self, shard: int, key: str, lo: int, hi: int) -> MappedRows | None:
+        """Rows ``[lo, hi)`` of tensor ``key`` mapped read-only (no copy: see
+        :class:`~universality.activations.readers.MappedRows`); ``None`` when there are no bytes to map."""
+        dtype, shape, offset = self._header(shard)[key]
+        row_bytes = math.prod(shape[1:]) * torch.empty(0, dtype=dtype).element_size()
+        if hi <= lo or row_bytes == 0:
+            return None
+        start, path = offset + lo * row_bytes, self._shard_path(shard)
+        try:
+            with open(path, "rb") as fh:
+                if os.fstat(fh.fileno()).st_size < start + (hi - lo) * row_bytes:
+                    raise ArtifactError(f"{path} is truncated", "re-harvest the store")  # mapped, it would fault later
+                return MappedRows.map(fh.fileno(), start, hi - lo, tuple(shape[1:]), dtype)
+        except OSError as exc:
+            raise ArtifactError(f"cannot read {path} ({exc})", "the shard is missing or corrupt; re-harvest") from None
 
     def key_info(self, shard: int, key: str) -> tuple[torch.dtype, tuple[int, ...]]:
         if key not in self._header(shard):

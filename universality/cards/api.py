@@ -68,7 +68,7 @@ def dictionary_card_set(dictionary: Any, chunks: Iterable[Chunk], decode: Callab
     cards = feature_cards(stats, decode, lat, _logits(dictionary, unembed, site_is_residual, lat, options.n_logit))
     cs = CardSet(a=describe_dictionary(dictionary, path, label), text={**text, "n_tokens": stats.n_tokens}, cards_a=cards,
                  groups={"all live latents": tuple(f"a:{c.latent}" for c in cards)} if cards else {},
-                 meta={"options": options.__dict__.copy()})
+                 meta={"options": options.__dict__.copy(), "identity_tokens": stats.identity_tokens})
     return cs, stats
 
 
@@ -141,5 +141,6 @@ def match_card_set(dict_a: Any, dict_b: Any, pairs: np.ndarray, scores: np.ndarr
     return CardSet(a=meta_a, b=meta_b, text={**text, "n_tokens": sa.n_tokens}, cards_a=cards_a, cards_b=cards_b,
                    pairs=pcards, unmatched_a=tuple(unmatched_a), unmatched_b=tuple(unmatched_b),
                    groups={k: v for k, v in groups.items() if v},
-                   meta={"options": options.__dict__.copy(), "threshold": threshold, "n_pairs": len(pairs),
+                   meta={"options": options.__dict__.copy(), "identity_tokens": [sa.identity_tokens, sb.identity_tokens],
+                         "threshold": threshold, "n_pairs": len(pairs),
                          "shown_pairs": len(shown), "basis": "shared" if cos is not None else "different"})

@@ -52,7 +52,10 @@ class CardOptions:
     """What a card collects: ``n_top`` strongest examples, ``n_bands`` quantile bands of ``n_band``
     examples each (from a uniform sample of ``reservoir`` firings), windows of ``before`` tokens before
     and ``after`` after the firing token, the histogram, ``n_top_tokens`` tokens by activation mass,
-    ``n_logit`` promoted and suppressed tokens; ``seed`` fixes the random sample."""
+    ``n_logit`` promoted and suppressed tokens; ``seed`` fixes the random sample; ``identity_pairs``
+    caps the (token id, latent) sums behind the token identity share and the top tokens (16 bytes
+    each per half): once both halves hold that many, those two read no further tokens, and the card
+    set says on how many tokens they were estimated (``identity_tokens``)."""
 
     n_top: int = 12
     n_bands: int = 4
@@ -66,9 +69,10 @@ class CardOptions:
     n_top_tokens: int = 5
     n_logit: int = 8
     seed: int = 0
+    identity_pairs: int = 1 << 23
 
     def __post_init__(self) -> None:
-        for name in ("n_top", "n_bands", "n_band", "reservoir", "hist_bins", "n_top_tokens"):
+        for name in ("n_top", "n_bands", "n_band", "reservoir", "hist_bins", "n_top_tokens", "identity_pairs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"card option {name} must be >= 1, got {getattr(self, name)}", f"set {name} to e.g. 4")
         for name in ("before", "after", "n_logit"):
@@ -97,6 +101,7 @@ class CardStats:
     hist_counts: np.ndarray  # (n, bins)
     token_identity: np.ndarray
     top_tokens: list[list[tuple[int, float]]]  # per latent: (token id, share of mass)
+    identity_tokens: int  # tokens the token identity share and the top tokens were estimated on
     top: TopBuffer
     sample: TopBuffer
     options: CardOptions
@@ -120,6 +125,7 @@ class CardCollector:
         self.by_token = [SparseSum(), SparseSum()]
         self.token_count = [torch.zeros(0, dtype=torch.float64) for _ in range(2)]
         self.n_tokens = 0
+        self.identity_tokens = 0
         self.gen = torch.Generator().manual_seed(o.seed)
         self._log_lo = math.log10(o.hist_lo)
         self._log_step = (math.log10(o.hist_hi) - self._log_lo) / o.hist_bins
@@ -147,6 +153,10 @@ class CardCollector:
         self.max = torch.maximum(self.max, z.max(0).values.double().clamp_min(0))
         b = ((v.log10() - self._log_lo) / self._log_step).floor().long().clamp(0, self.o.hist_bins - 1)
         self.hist += torch.bincount(f * self.o.hist_bins + b, minlength=self.n * self.o.hist_bins)
+        if self._identity_full():
+            self.n_tokens += B
+            return
+        self.identity_tokens += B
         vocab = int(token_ids.max()) + 1 if B else 0
         half = context % 2
         grow = vocab - self.token_count[0].numel()
@@ -162,6 +172,9 @@ class CardCollector:
             sel = half[r] == h
             self.by_token[h].add(token_ids[r[sel]] * self.n + f[sel], v[sel])
         self.n_tokens += B
+
+    def _identity_full(self) -> bool:
+        return len(self.by_token[0].keys) + len(self.by_token[1].keys) >= self.o.identity_pairs
 
     # ------------------------------------------------------------------ results
     def _identity(self) -> np.ndarray:
@@ -203,7 +216,7 @@ class CardCollector:
         starts[1:] = torch.cumsum(torch.bincount(lat_s, minlength=n), 0)
         rank = torch.arange(len(order)) - starts[lat_s]
         keep = order[rank < k]
-        total = self.sums
+        total = torch.zeros(n, dtype=torch.float64).index_add_(0, lat, mass)  # mass on the tokens these sums read
         for t, f, m in zip(tok[keep].tolist(), lat[keep].tolist(), mass[keep].tolist()):
             out[f].append((t, m / float(total[f]) if total[f] > 0 else 0.0))
         return out
@@ -213,4 +226,4 @@ class CardCollector:
         return CardStats(
             n_tokens=self.n_tokens, fires=self.fires.numpy(), sums=self.sums.numpy(), max_value=self.max.numpy(),
             hist_counts=self.hist.view(self.n, self.o.hist_bins).numpy(), token_identity=self._identity(),
-            top_tokens=self._top_tokens(), top=self.top, sample=self.sample, options=self.o)
+            top_tokens=self._top_tokens(), identity_tokens=self.identity_tokens, top=self.top, sample=self.sample, options=self.o)
