@@ -7,20 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.eval.test_downstream import _models
 from universality.errors import MatchError
 from universality.eval.ablation import ablation_effects, agreement_rows, check_same_tokens, pair_agreement
 from universality.sae import make_sae, sae_config
 
 SITE = "blocks.0.hook_resid_post"
-
-
-@pytest.fixture(scope="module")
-def adapter(tmp_path_factory):
-    models = _models()
-    from models.testing import make_tiny_model
-
-    return models.load(make_tiny_model("gpt2", tmp_path_factory.mktemp("tiny_ablation")))
 
 
 @pytest.fixture(scope="module")

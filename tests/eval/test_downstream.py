@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -13,26 +9,6 @@ from universality.eval.downstream import ce_loss_recovered, kl_divergence, next_
 from universality.sae import sae_config, make_sae
 
 SITE = "blocks.0.hook_resid_post"
-
-
-def _models():
-    """The top-level ``models`` package; a ``tests/models`` folder on sys.path can shadow it as a
-    namespace package when pytest runs without the repository root on sys.path."""
-    mod = sys.modules.get("models")
-    if mod is None or not hasattr(mod, "load"):
-        for name in [n for n in sys.modules if n == "models" or n.startswith("models.")]:
-            del sys.modules[name]
-        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-        mod = importlib.import_module("models")
-    return mod
-
-
-@pytest.fixture(scope="module")
-def adapter(tmp_path_factory):
-    models = _models()
-    from models.testing import make_tiny_model
-
-    return models.load(make_tiny_model("gpt2", tmp_path_factory.mktemp("tiny")))
 
 
 def identity_sae(d: int):

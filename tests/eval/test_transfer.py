@@ -7,19 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.eval.test_downstream import _models, identity_sae
+from tests.eval.test_downstream import identity_sae
 from universality.errors import MatchError
 from universality.eval.transfer import OTHER_RUN_NOTE, check_same_run, random_like, transfer_metrics, transfer_series
 
 SITE = "blocks.0.hook_resid_post"
-
-
-@pytest.fixture(scope="module")
-def adapter(tmp_path_factory):
-    models = _models()
-    from models.testing import make_tiny_model
-
-    return models.load(make_tiny_model("gpt2", tmp_path_factory.mktemp("tiny_transfer")))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from universality.cards.build import encode_rows, feature_cards
+from universality.cards.build import collect, encode_rows, feature_cards
 from universality.cards.card import CardSet
 from universality.cards.logits import Unembedding, logit_effects
 from universality.cards.pairs import PairCollector, pair_cards, same_basis
@@ -58,12 +58,7 @@ def dictionary_card_set(dictionary: Any, chunks: Iterable[Chunk], decode: Callab
                         unembed: Unembedding | None = None, site_is_residual: bool = False, label: str | None = None,
                         path: str | None = None, total_rows: int | None = None) -> tuple[CardSet, CardStats]:
     """Cards of ``latents`` (default: every live one) of ``dictionary`` over ``chunks`` in one pass."""
-    col = CardCollector(int(dictionary.d_sae), options)
-    with progress_bar(desc=f"cards {label or ''}".strip(), total=total_rows, unit="tok", leave=False) as bar:
-        for x, tok, ctx in chunks:
-            col.update(encode_rows(dictionary, x), tok, ctx)
-            bar.update(len(tok))
-    stats = col.finish()
+    stats = collect(dictionary, chunks, options, total_rows, desc=f"cards {label or ''}".strip())
     lat = [int(i) for i in (np.nonzero(stats.fires > 0)[0] if latents is None else latents)]
     cards = feature_cards(stats, decode, lat, _logits(dictionary, unembed, site_is_residual, lat, options.n_logit))
     cs = CardSet(a=describe_dictionary(dictionary, path, label), text={**text, "n_tokens": stats.n_tokens}, cards_a=cards,
