@@ -23,6 +23,7 @@ ANALYSES: dict[str, str] = {
     "architecture_comparison": "analysis.studies.architecture_comparison",
     "subset_generalization": "analysis.studies.subset_generalization",
     "layer_flow": "analysis.studies.layer_flow",
+    "causal_links": "analysis.studies.causal_links",
     "moe_experts": "analysis.studies.moe_experts",
 }
 

@@ -58,6 +58,14 @@ def test_layer_flow_runs(tmp_path):
     assert len(mppc) == 10  # 5 sites -> 10 unordered pairs
     assert (mppc["skyline"] > mppc["floor"]).all()
     assert "decoder mmcs" in set(tidy["metric"])
+    links = tidy[tidy["analysis"] == "causal_links"]
+    share = links[links["metric"] == "strongest link share"]
+    assert len(share) == 7  # resid_post0 -> 4 later sites, resid_pre1 -> 3
+    assert ((share["value"] > 0) & (share["value"] <= 1 + 1e-9) & (share["floor"] >= 0)).all()
+    assert "weight flow agreement" in set(links["metric"])
+    parts = pd.read_csv(out.root / "tables" / "causal_links__new_feature_attribution.csv")
+    assert parts.loc[parts["part"] == "rest", "contribution"].abs().max() < 1e-4  # the residual split is exact
+    assert (out.root / "figures" / "causal_links_heatmap.png").is_file()
 
 
 def test_moe_experts_runs(tmp_path):
