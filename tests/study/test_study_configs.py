@@ -3,6 +3,7 @@
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
@@ -66,6 +67,20 @@ def test_layer_flow_runs(tmp_path):
     parts = pd.read_csv(out.root / "tables" / "causal_links__new_feature_attribution.csv")
     assert parts.loc[parts["part"] == "rest", "contribution"].abs().max() < 1e-4  # the residual split is exact
     assert (out.root / "figures" / "causal_links_heatmap.png").is_file()
+    # sparse code maps for every forward pair, each with a matching-only row on the same floor and skyline
+    cm, mo = (tidy[tidy["metric"] == m].set_index("comparison") for m in ("code map EV", "matching-only EV"))
+    assert len(cm) == len(mo) == 10 and set(cm.index) == set(mo.index)
+    assert np.isfinite(cm[["value", "floor", "skyline"]].to_numpy()).all() and np.isfinite(mo["value"]).all()
+    assert (cm["floor"] < 0.1).all() and (mo["floor"] == cm["floor"]).all()
+    # the seed skyline maps between two SAEs on the same activations: above the shuffled floor (tiny, barely
+    # trained SAEs here, so the margins are small; about 0.14 to 0.7 against floors of -0.1 to 0)
+    assert (cm["skyline"] > cm["floor"] + 0.05).all()
+    # resid_post of block 0 and resid_pre of block 1 are the same activations: a known positive
+    same = cm.loc["blocks.0.hook_resid_post -> blocks.1.hook_resid_pre"]
+    assert same["value"] > same["floor"] + 0.1
+    maps = pd.read_csv(out.root / "tables" / "layer_flow__code_maps.csv")
+    assert len(maps) == 10 and maps["agreement"].between(0, 1).all() and maps["density"].between(0, 1).all()
+    assert any("code map" in f for f in out.report_md.read_text().splitlines())
 
 
 def test_moe_experts_runs(tmp_path):

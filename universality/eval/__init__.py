@@ -1,6 +1,7 @@
 """Evaluation of SAEs: reconstruction/sparsity metrics (:mod:`.metrics`), downstream splicing
-(:mod:`.downstream`: CE loss recovered, KL) and post-processing (:mod:`.postprocess`: pruning,
-decoder fine-tuning against feature suppression)."""
+(:mod:`.downstream`: CE loss recovered, KL), post-processing (:mod:`.postprocess`: pruning,
+decoder fine-tuning against feature suppression) and sparse code maps between dictionaries
+(:mod:`.codemap`)."""
 
 from __future__ import annotations
 
