@@ -21,6 +21,7 @@ from universality.data.packing import Packer, PackingConfig, to_batch
 from universality.data.sources import as_documents
 from universality.data.subsets import Subset
 from universality.sites import Site
+from universality.zoo.lineage import lineage_of
 
 __all__ = ["LiveReader"]
 
@@ -71,9 +72,12 @@ class LiveReader(RowReader):
 
     def provenance(self) -> dict[str, Any]:
         """The adapter's ``name`` and ``revision``, the documents' name and (for a
-        :class:`~universality.data.subsets.Subset`) its hash."""
-        return {"model": getattr(self.adapter, "name", None), "revision": getattr(self.adapter, "revision", None),
-                "dataset": self.dataset_name, "subset_hash": self.subset_hash}
+        :class:`~universality.data.subsets.Subset`) its hash, and for a zoo model its ``lineage``
+        (:func:`universality.zoo.lineage_of`: a base run and its fine-tunes share one)."""
+        name = getattr(self.adapter, "name", None)
+        return {"model": name, "revision": getattr(self.adapter, "revision", None),
+                "dataset": self.dataset_name, "subset_hash": self.subset_hash,
+                "lineage": lineage_of(name) if isinstance(name, str) else None}
 
     def _contexts_of(self, epoch: int, group: int):
         if self._stream is None or self._stream[0] != epoch or self._stream[1] != group:

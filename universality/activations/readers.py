@@ -41,6 +41,7 @@ from universality.activations.layout import ROW_FIELDS, acts_key
 from universality.errors import ConfigError
 from universality.io import stable_hash
 from universality.sites import Site
+from universality.zoo.lineage import lineage_of
 
 __all__ = ["DevicePrefetcher", "MappedRows", "RowReader", "StoreReader"]
 
@@ -304,14 +305,16 @@ class StoreReader(RowReader):
         return super()._fingerprint() | {"store": self.store.manifest.get("key"), "rows": self.store.n_rows, "piece_rows": self.piece_rows}
 
     def provenance(self) -> dict[str, Any]:
-        """The store manifest's ``model``, ``revision``, ``dataset`` (its name) and ``subset_hash``. The store's
+        """The store manifest's ``model``, ``revision``, ``dataset`` (its name) and ``subset_hash`` (and the zoo
+        ``lineage`` of that model, when its folder is a zoo run). The store's
         own key is left out: it hashes where the model was loaded from, so two identical runs in different
         folders would record different artifacts (the study determinism test)."""
         m = self.store.manifest
         dataset = m.get("dataset")
-        return {"model": m.get("model"), "revision": m.get("revision"),
+        model = m.get("model")
+        return {"model": model, "revision": m.get("revision"),
                 "dataset": dataset.get("name") if isinstance(dataset, Mapping) else dataset,
-                "subset_hash": m.get("subset_hash")}
+                "subset_hash": m.get("subset_hash"), "lineage": lineage_of(model) if isinstance(model, str) else None}
 
     def _groups(self, epoch: int) -> list[list[tuple[int, int, int]]]:
         if self._layout_epoch == epoch:

@@ -13,6 +13,8 @@ dictionary of the same configuration (seeded from the pair, never the native's i
 floor, and ``normalised = (transferred - floor) / (native - floor)`` (KL: lower is better, so the
 same formula reads "share of the gap to native closed").
 
+A fine-tune continues its base's weights, so a base run and its fine-tunes form one lineage and
+transfers between them are like-for-like too (dictionaries whose meta carries the same ``lineage``).
 Across independently trained models (another seed, other data from scratch, another architecture)
 the activation bases are unrelated, so a transferred dictionary means nothing: :func:`check_same_run`
 refuses such a pair unless ``allow_other_runs=True``, and then every row says so in its ``note``.
@@ -48,16 +50,30 @@ def _run_of(meta: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def check_same_run(meta_a: dict[str, Any], meta_b: dict[str, Any], allow_other_runs: bool = False) -> str:
-    """``""`` when both dictionaries come from checkpoints of one training run (same recorded model,
-    any revision), else :data:`OTHER_RUN_NOTE` when ``allow_other_runs``; raises otherwise."""
-    ra, rb = _run_of(meta_a), _run_of(meta_b)
-    if ra[0] is not None and ra == rb:
-        return ""
+    """``""`` when both dictionaries come from models of one lineage, else :data:`OTHER_RUN_NOTE` when
+    ``allow_other_runs``; raises otherwise.
+
+    When both metas carry ``lineage`` (the zoo lineage id the activation readers record for zoo
+    models, :func:`universality.zoo.lineage_of`; set it by hand for other models), equal ids decide:
+    checkpoints of one run, and a base run with its fine-tunes (:func:`universality.zoo.finetune_lm`,
+    the base-versus-fine-tune setting of Kissane et al. 2024), pass; different ids (another seed or
+    other data trained from scratch) are refused. Otherwise both must record the same ``model`` and
+    ``family`` (checkpoints of one run, any revision)."""
+    la, lb = meta_a.get("lineage"), meta_b.get("lineage")
+    if la is not None and lb is not None:
+        if la == lb:
+            return ""
+        what = f"different lineages ({la!r} vs {lb!r}), not from one training run or its fine-tunes"
+    else:
+        ra, rb = _run_of(meta_a), _run_of(meta_b)
+        if ra[0] is not None and ra == rb:
+            return ""
+        what = f"different models ({ra[0]!r} vs {rb[0]!r}), not from checkpoints of one training run"
     if allow_other_runs:
         return OTHER_RUN_NOTE
-    raise MatchError(f"the dictionaries come from different models ({ra[0]!r} vs {rb[0]!r}), not from checkpoints of "
-                     "one training run, so their activation bases are unrelated",
-                     "transfer between checkpoints of one run, or pass allow_other_runs=True to report it with a warning")
+    raise MatchError(f"the dictionaries come from {what}, so their activation bases are unrelated",
+                     "transfer between checkpoints of one run (or a run and its fine-tunes), or pass "
+                     "allow_other_runs=True to report it with a warning")
 
 
 def random_like(sae: Any, salt: str) -> Any:

@@ -6,6 +6,8 @@ Public API (imported lazily, so ``import universality.zoo`` stays cheap):
   (``configs/zoo/*.yaml``).
 - :func:`train_tokenizer` - the one byte-level BPE a zoo shares.
 - :func:`train_lm` - train a model and write ``<out>/step{N}/`` checkpoints + ``<out>/zoo.json``.
+- :func:`finetune_lm` - continue a run from one of its checkpoints on other data (base versus fine-tune).
+- :func:`lineage_of` - the lineage id of a run (a base and its fine-tunes share one).
 - :func:`read_manifest`, :func:`text_loss` - read a finished run; score a model on texts.
 - :func:`planted_corpus`, :class:`InjectSpec` - planted positives: a text family only in D \\ D',
   or introduced only after a given step.
@@ -28,6 +30,9 @@ _LAZY = {
     "tokenizer_hash": "universality.zoo.tokenizer",
     "train_lm": "universality.zoo.train",
     "read_manifest": "universality.zoo.train",
+    "finetune_lm": "universality.zoo.finetune",
+    "default_finetune_lr": "universality.zoo.finetune",
+    "lineage_of": "universality.zoo.lineage",
     "text_loss": "universality.zoo.loss",
     "planted_corpus": "universality.zoo.planted",
     "PlantedCorpus": "universality.zoo.planted",
