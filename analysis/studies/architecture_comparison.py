@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from analysis import plots
+from analysis.studies.ablation import ablation_row
 from analysis.studies.cards import pair_section
 from analysis.studies.common import (
     A_SEED,
@@ -39,7 +40,6 @@ from analysis.studies.common import (
 )
 from universality.data import align_span_tokens
 from universality.errors import ConfigError
-from universality.eval.ablation import ablation_effects, agreement_rows
 from universality.match import encode_codes, match
 from universality.study.pipeline import Cell
 
@@ -144,7 +144,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
             for r in corr.itertuples()))
         if same_tokens[(ma, mb)]:  # next-token effects compare position by position: one tokenizer
             last = corr.iloc[-1]  # the deepest site of ma and its corresponding site: one forward pass per latent
-            ablation = [_ablation_row(ctx, ma, ra_, last.site_a, mb, rb_, last.best_site_b)]
+            ablation = [ablation_row(ctx, NAME, (ma, ra_, last.site_a), (mb, rb_, last.best_site_b))]
             res.tables[f"ablation_agreement_{ma}_{mb}"] = pd.DataFrame(ablation)
             rows += ablation
             res.findings.append(f"{ma} -> {mb}: matched features ablated in their own models change the next-token "
@@ -174,47 +174,6 @@ def run(ctx, figures_dir) -> AnalysisResult:
                 "(value_meaning: lower is closer; its skyline columns are the same distance between SAE seeds and "
                 "between model seeds).")
     return res
-
-
-#: matched pairs (best scores first) and evaluation spans of the ablation agreement (at the deepest site of
-#: model a and its corresponding site of b): one forward pass per latent
-ABLATION_PAIRS, ABLATION_SPANS = 12, 8
-
-
-def _ablation_row(ctx, ma: str, ra_: str, sa: str, mb: str, rb_: str, sb: str) -> dict:
-    """Ablation agreement (:mod:`universality.eval.ablation`) of the :data:`ABLATION_PAIRS` best matched
-    pairs (Hungarian on activation correlation) between SAE_A (seed A_SEED) at ``sa`` and SAE_B (B_SEED)
-    at ``sb``; floor: random pairs; skyline: the best matched pairs between two SAE seeds of ``ma``."""
-    tokens = ctx.eval_tokens(ma)
-    ids, mask = tokens.input_ids[:ABLATION_SPANS], tokens.attention_mask[:ABLATION_SPANS]
-    book = Codebook(ctx)
-
-    def best_pairs(cell_a, site_a, seed_a, cell_b, site_b, seed_b):
-        xa, xb = book.acts(cell_a.model, cell_a.revision, site_a), book.acts(cell_b.model, cell_b.revision, site_b)
-        tok = book.token_ids(cell_a.model, cell_a.revision)
-        r = match(ctx.saes(cell_a)[site_a][seed_a], ctx.saes(cell_b)[site_b][seed_b], method="hungarian",
-                  view="activations", activations=(xa, xb), token_ids=(tok, tok))
-        top = r.pairs[(-r.scores).argsort(kind="stable")[:ABLATION_PAIRS]]
-        return [int(i) for i in top[:, 0]], [int(j) for j in top[:, 1]]
-
-    cA, cB = Cell(ma, ra_, "D"), Cell(mb, rb_, "D")
-    la, lb = best_pairs(cA, sa, A_SEED, cB, sb, B_SEED)
-    ea = ablation_effects(ctx.adapter_at(ma, ra_), ctx.saes(cA)[sa][A_SEED], sa, la, ids, mask, progress=False)
-    eb = ablation_effects(ctx.adapter_at(mb, rb_), ctx.saes(cB)[sb][B_SEED], sb, lb, ids, mask, progress=False)
-    s0, s1 = best_pairs(cA, sa, A_SEED, cA, sa, B_SEED)
-    sky_a = ablation_effects(ctx.adapter_at(ma, ra_), ctx.saes(cA)[sa][A_SEED], sa, s0, ids, mask, progress=False)
-    sky_b = ablation_effects(ctx.adapter_at(ma, ra_), ctx.saes(cA)[sa][B_SEED], sa, s1, ids, mask, progress=False)
-    got = agreement_rows(ea, eb, sky_a, sky_b, seed=ctx.cfg.seed)
-    floor, sky, value = got["floor"], got["skyline"], got["value"]
-    gap = sky - floor
-    return {"analysis": NAME, "comparison": f"{ma}:{sa} vs {mb}:{sb}", "metric": "ablation agreement",
-            "value": value, "floor": floor, "skyline": sky,
-            "normalised": (value - floor) / gap if abs(gap) > 1e-6 else float("nan"),
-            "model_a": ma, "site_a": sa, "model_b": mb, "site_b": sb, "n_pairs": got["n_pairs"],
-            "value_meaning": (f"mean over the {ABLATION_PAIRS} best matched pairs of the correlation of the change in "
-                              "next-token log-probability when each latent is ablated in its own model"),
-            "note": (f"floor: random pairs of the same latents; skyline: the {ABLATION_PAIRS} best matched pairs "
-                     f"between two SAE seeds of {ma}, both ablated in {ma}; {ABLATION_SPANS} evaluation spans")}
 
 
 def one_way(ma: str, mb: str) -> str:

@@ -30,7 +30,7 @@ NAME = "causal_links"
 #: source latents per source site (most frequent on the evaluation text), evaluation spans per pass,
 #: new features attributed at the last residual site
 N_SOURCES, LINK_SPANS, N_NEW = 24, 8, 12
-LINKS = LinkConfig(batch_features=8, min_share=0.05, top_k=8)
+LINKS = LinkConfig(batch_features=None, min_share=0.05, top_k=8)
 
 
 def _digest(*saes) -> str:
@@ -45,7 +45,7 @@ def _cached_links(ctx, model: str, rev: str, source: str, src_sae, targets: dict
                   what: str) -> LinkGraph:
     key = {"stage": "links", **ctx._model_key(model, rev), "spans": ctx.eval_spans.hash, "n_spans": LINK_SPANS,
            "source": source, "targets": sorted(targets), "latents": latents, "what": what,
-           "weights": _digest(src_sae, *targets.values()), "config": [LINKS.batch_features, LINKS.min_share, LINKS.top_k]}
+           "weights": _digest(src_sae, *targets.values()), "config": [LINKS.min_share, LINKS.top_k]}
 
     def build(tmp) -> None:
         g = causal_links(ctx.adapter_at(model, rev), (source, src_sae), targets, ids, mask, latents=latents, cfg=LINKS,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis import plots
+from analysis.studies.ablation import ablation_row
 from analysis.studies.cards import findings_about, lineage_section
 from analysis.studies.common import A_SEED, B_SEED, CONTEXT_EXCESS, MIN_FIRES, AnalysisResult, context_excess, Codebook, dead_note, mppc_ci, norm_row, per_feature_mppc, shuffled_floor, skyline_interval
 from universality.errors import ConfigError
@@ -99,7 +100,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
     final = revs[-1]
     book = Codebook(ctx)
     res = AnalysisResult(NAME, f"Feature evolution over training ({model})")
-    rows, dist, heat_rows = [], [], []
+    rows, dist, heat_rows, ablation_rows = [], [], [], []
     for site in [s.name for s in ctx.sites_of(model)]:
         final_cell = Cell(model, final, "D")
         seeds = range(len(ctx.cfg.sae.seeds))
@@ -166,6 +167,16 @@ def run(ctx, figures_dir) -> AnalysisResult:
                                   after_step=ctx.injection["after_step"] if ctx.injection is not None else None)
             if sec is not None:
                 res.cards.append(sec)
+        agreement = [ablation_row(ctx, NAME, (model, r, site), (model, revs[-1], site), revision=r, step=_step(r))
+                     for r in revs[:-1]]
+        if agreement:
+            agree = pd.DataFrame(agreement)
+            res.tables[f"ablation_agreement_{site}"] = agree
+            ablation_rows += agreement
+            res.findings.append(f"{site}: matched features of each checkpoint and the final one, ablated in their own "
+                                "model, change the next-token log-probabilities alike: " + "; ".join(
+                                    f"{a['revision']} {a['value']:.3f} (random pairs {a['floor']:.3f}, SAE seeds "
+                                    f"{a['skyline']:.3f})" for a in agreement) + ".")
         transfer = transfer_to_final(ctx, model, revs, site)
         res.tables[f"transfer_{site}"] = transfer
         if len(transfer):
@@ -188,7 +199,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
                                              xlabel="training step of the other checkpoint")))
     table = pd.DataFrame(rows)
     res.tables["similarity_to_final"] = table
-    res.tidy += rows
+    res.tidy += rows + ablation_rows
     for site, grp in table.groupby("site"):
         first = grp.iloc[0]
         last_nonfinal = grp.iloc[-1]
@@ -201,6 +212,17 @@ def run(ctx, figures_dir) -> AnalysisResult:
         res.figures.append((f"MPPC of each checkpoint's SAE to the final SAE, {site}",
                             plots.series(grp, figures_dir / f"evolution_{site}.png", f"Similarity to the final checkpoint ({site})",
                                          x="step", y="value", logx=True, bands=band, ylabel="MPPC (checkpoint -> final)")))
+    if ablation_rows:
+        agree = pd.DataFrame(ablation_rows)
+        agree["curve"] = "matched pairs, " + agree["site_a"]
+        floors = agree.assign(curve="random pairs (floor), " + agree["site_a"], value=agree["floor"])
+        skies = agree.assign(curve="SAE seeds (skyline), " + agree["site_a"], value=agree["skyline"])
+        res.figures.append(("Ablation agreement of matched features, each checkpoint vs the final one",
+                            plots.series(pd.concat([agree, floors, skies], ignore_index=True),
+                                         figures_dir / "evolution_ablation_agreement.png",
+                                         "Ablation agreement with the final checkpoint", x="step", y="value", hue="curve",
+                                         logx=True, ylabel="correlation of ablation effects",
+                                         xlabel="training step of the checkpoint")))
     heat = pd.DataFrame(heat_rows)
     for site, grp in heat.groupby("site"):
         mat = grp.pivot(index="a", columns="b", values="mppc").loc[revs, revs]
@@ -225,7 +247,10 @@ def run(ctx, figures_dir) -> AnalysisResult:
                 f"{ctx.cfg.match.corr_threshold}. Transfer (splice) tests apply each checkpoint's SAE to the final "
                 "model and the final SAE to each checkpoint's model, on the first "
                 f"{TRANSFER_SPANS} evaluation spans: explained variance, CE loss recovered and KL with the "
-                "reconstruction spliced in, against the native SAE (skyline) and a random dictionary (floor).")
+                "reconstruction spliced in, against the native SAE (skyline) and a random dictionary (floor). "
+                "Ablation agreement: the best matched pairs between each checkpoint's SAE and the final SAE, each "
+                "latent ablated in its own checkpoint, correlate their effects on the next-token log-probabilities "
+                "(floor: random pairs; skyline: two SAE seeds of the checkpoint).")
     return res
 
 

@@ -74,3 +74,31 @@ def test_other_tokenizers_are_refused():
     check_same_tokens(Tok({"a": 0}), Tok({"a": 0}))
     with pytest.raises(MatchError, match="different tokenizers"):
         check_same_tokens(Tok({"a": 0}), Tok({"b": 0}))
+
+
+def test_blocks_of_latents_give_the_same_effects_as_one_at_a_time(adapter, batch):
+    sae = _sae(adapter.d_model)
+    one = ablation_effects(adapter, sae, SITE, range(7), *batch, progress=False, batch_features=1)
+    many = ablation_effects(adapter, sae, SITE, range(7), *batch, progress=False, batch_features=3)
+    torch.testing.assert_close(one, many, atol=1e-9, rtol=0)
+
+
+def test_compare_reports_ablation_agreement_with_floor_and_skyline(adapter, batch):
+    from universality.eval.ablation import AblationInputs
+    from universality.match import compare
+
+    ids, mask = batch
+    x = adapter.capture(ids, [SITE])[SITE].reshape(-1, adapter.d_model).float()
+    sae = _sae(adapter.d_model)
+    perm = torch.randperm(12, generator=torch.Generator().manual_seed(5))
+    inputs = AblationInputs(adapter, SITE, adapter, SITE, ids, mask, n_pairs=6, batch_features=4)
+    own = compare(sae, _permuted(sae, perm), activations=x, skyline=_sae(adapter.d_model, seed=7), n_perm=0, n_boot=0,
+                  ablation=inputs)
+    row = own.set_index("metric").loc["ablation_agreement"]
+    assert row["value"] == pytest.approx(1.0) and row["floor"] < 0.9 and np.isfinite(row["skyline_a"])
+    assert row["source"].startswith("Cunningham")
+    other = compare(sae, _sae(adapter.d_model, seed=21), activations=x, n_perm=0, n_boot=0, ablation=inputs)
+    unrelated = other.set_index("metric").loc["ablation_agreement"]
+    assert unrelated["value"] < row["value"] and "no skyline" in unrelated["note"]
+    no_acts = compare(sae, sae, n_perm=0, ablation=inputs).set_index("metric").loc["ablation_agreement"]
+    assert np.isnan(no_acts["value"]) and "needs activations" in no_acts["note"]

@@ -110,8 +110,11 @@ def test_quickstart_tiny_end_to_end_and_cache(tmp_path, monkeypatch):
     assert across["note"].str.contains("model-seed skyline not computed").all()
     assert "study.model_seed_skyline=true" in text and "was not computed" in text
     assert ((mppc["value"] >= -1) & (mppc["value"] <= 1)).all()
-    evo = tidy[tidy["analysis"] == "feature_evolution"]
+    evo = tidy[(tidy["analysis"] == "feature_evolution") & (tidy["metric"] == "mppc")]
     assert list(evo["revision"]) == ["step0", "step8"]  # each earlier checkpoint against the final one
+    agree = tidy[(tidy["analysis"] == "feature_evolution") & (tidy["metric"] == "ablation agreement")]
+    assert sorted(agree["revision"]) == ["step0", "step8"]
+    assert agree[["value", "floor", "skyline"]].apply(lambda c: c.between(-1, 1)).all().all()
     assert (evo["n_seeds"] == 3).all() and (evo["skyline_lo"] <= evo["skyline_hi"]).all()
     figures = list((tmp_path / "qs" / "figures").glob("*.png"))
     assert len(figures) >= 6

@@ -13,6 +13,7 @@ sets (floor) and matched pairs between two SAE seeds of one model (skyline, :fun
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,11 +22,29 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from universality.errors import MatchError
+from universality.errors import ConfigError, MatchError
 from universality.progress import progress_bar
 from universality.sites import Site, as_site
 
-__all__ = ["ablation_effects", "pair_agreement", "agreement_rows", "check_same_tokens"]
+__all__ = ["ablation_effects", "pair_agreement", "agreement_rows", "check_same_tokens", "AblationInputs", "best_pairs", "features_per_pass", "PASS_TOKENS"]
+
+
+#: tokens per forward pass that blocks of latents aim for when ``batch_features`` is left to choose
+#: (``benchmarks/links.py``: on the CPU, repeating a batch past ~1k tokens per pass is slower than
+#: one latent per pass, since activations fall out of cache; a GPU keeps gaining up to far larger passes)
+PASS_TOKENS = {"cpu": 1024, "cuda": 65536}
+
+
+def features_per_pass(requested: int | None, batch_tokens: int, device: Any) -> int:
+    """``requested`` latents per forward pass, or (``None``) as many as keep a pass near
+    :data:`PASS_TOKENS` tokens on ``device`` (at least 1, at most 64)."""
+    if requested is not None:
+        if not isinstance(requested, int) or isinstance(requested, bool) or requested < 1:
+            raise ConfigError(f"batch_features must be a positive integer or None, got {requested!r}",
+                              "pass e.g. 16, or None to choose from the batch size")
+        return requested
+    budget = PASS_TOKENS["cuda" if torch.device(device).type == "cuda" else "cpu"]
+    return int(max(1, min(64, budget // max(1, int(batch_tokens)))))
 
 
 def _next_logp(logits: Tensor, input_ids: Tensor, mask: Tensor) -> Tensor:
@@ -36,23 +55,38 @@ def _next_logp(logits: Tensor, input_ids: Tensor, mask: Tensor) -> Tensor:
 
 @torch.no_grad()
 def ablation_effects(adapter: Any, sae: Any, site: str | Site, latents: Sequence[int], input_ids: Int[Tensor, "batch pos"],
-                     attention_mask: Int[Tensor, "batch pos"] | None = None, progress: bool = True
-                     ) -> Float[Tensor, "n positions"]:
-    """Change of ``log p(next token)`` at each predicted position when each of ``latents`` is ablated."""
+                     attention_mask: Int[Tensor, "batch pos"] | None = None, progress: bool = True,
+                     batch_features: int | None = None) -> Float[Tensor, "n positions"]:
+    """Change of ``log p(next token)`` at each predicted position when each of ``latents`` is ablated.
+
+    ``batch_features`` latents run in one forward pass: the batch is repeated once per latent of a
+    block and each copy ablates its own latent (the results do not depend on it); ``None`` chooses
+    :func:`features_per_pass`."""
+    batch_features = features_per_pass(batch_features, input_ids.numel(), getattr(adapter, "device", "cpu"))
     s = as_site(site)
     am = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
     mask = am[:, :-1].bool() & am[:, 1:].bool()
     base = _next_logp(adapter.forward(input_ids, attention_mask=am), input_ids, mask)
+    latents = [int(f) for f in latents]
     out = torch.zeros(len(latents), base.numel(), dtype=torch.float64)
     W = sae.W_dec.detach()
-    for row, f in enumerate(progress_bar(list(latents), "ablate latents", progress=progress, work=len(latents) * 1e5)):
-        def remove(x: Tensor, f: int = int(f)) -> Tensor:
-            flat = x.reshape(-1, x.shape[-1]).to(W.dtype).to(W.device)
-            z = sae.encode(flat)[:, f:f + 1]
-            return (flat - z * W[f]).to(x.dtype).to(x.device).reshape(x.shape)
+    blocks = [latents[i:i + batch_features] for i in range(0, len(latents), batch_features)]
+    done = 0
+    for block in progress_bar(blocks, "ablate latents", progress=progress, work=len(latents) * 1e5):
+        k = len(block)
+        rows = torch.tensor(block, device=W.device)
 
-        logits = adapter.forward(input_ids, attention_mask=am, replace={s: remove})
-        out[row] = _next_logp(logits, input_ids, mask) - base
+        def remove(x: Tensor, rows: Tensor = rows, k: int = k) -> Tensor:
+            flat = x.reshape(k, -1, x.shape[-1]).to(W.dtype).to(W.device)
+            z = sae.encode(flat.reshape(-1, flat.shape[-1])).reshape(k, flat.shape[1], -1)
+            zf = z.gather(2, rows[:, None, None].expand(k, flat.shape[1], 1))
+            return (flat - zf * W[rows][:, None, :]).to(x.dtype).to(x.device).reshape(x.shape)
+
+        logits = adapter.forward(input_ids.repeat(k, 1), attention_mask=am.repeat(k, 1), replace={s: remove})
+        ids_k, mask_k = input_ids.repeat(k, 1), mask.repeat(k, 1)
+        got = _next_logp(logits, ids_k, mask_k).reshape(k, -1)
+        out[done:done + k] = got - base
+        done += k
     return out
 
 
@@ -96,3 +130,35 @@ def agreement_rows(effects_a: Tensor, effects_b: Tensor, sky_a: Tensor | None = 
             "floor": float(np.nanmean(rand)) if rand else float("nan"),
             "skyline": float(np.nanmean(sky)) if sky is not None and np.isfinite(sky).any() else float("nan"),
             "n_pairs": int(np.isfinite(per_pair).sum())}
+
+
+@dataclass(frozen=True)
+class AblationInputs:
+    """What the ``ablation_agreement`` row of :func:`universality.match.compare` needs besides the two
+    dictionaries: the model and site each one reads (``adapter_a``/``site_a``, ``adapter_b``/``site_b``;
+    one tokenizer), the evaluation tokens, how many of the best matched pairs to ablate and how many
+    latents share one forward pass."""
+
+    adapter_a: Any
+    site_a: str
+    adapter_b: Any
+    site_b: str
+    input_ids: Tensor
+    attention_mask: Tensor | None = None
+    n_pairs: int = 12
+    batch_features: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n_pairs, int) or self.n_pairs < 2:
+            raise ConfigError(f"AblationInputs.n_pairs must be an integer >= 2, got {self.n_pairs!r}", "pass e.g. n_pairs=12")
+
+    def effects(self, side: str, sae: Any, latents: Sequence[int]) -> Tensor:
+        adapter, site = (self.adapter_a, self.site_a) if side == "a" else (self.adapter_b, self.site_b)
+        return ablation_effects(adapter, sae, site, latents, self.input_ids, self.attention_mask, progress=False,
+                                batch_features=self.batch_features)
+
+
+def best_pairs(result: Any, n: int) -> tuple[list[int], list[int]]:
+    """The ``n`` highest-scoring pairs of a :class:`~universality.match.result.MatchResult` as two latent lists."""
+    top = result.pairs[(-np.asarray(result.scores)).argsort(kind="stable")[:n]]
+    return [int(i) for i in top[:, 0]], [int(j) for j in top[:, 1]]

@@ -40,6 +40,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from universality.errors import ConfigError
+from universality.eval.ablation import features_per_pass
 from universality.io import stable_hash
 from universality.progress import progress_bar
 from universality.sites import Site, as_site
@@ -53,18 +54,19 @@ COMPONENT_HOOKS = ("hook_attn_out", "hook_mlp_out", "hook_mixer_out")
 
 @dataclass(frozen=True)
 class LinkConfig:
-    """``batch_features``: source latents ablated per forward pass (the batch is repeated that often);
+    """``batch_features``: source latents ablated per forward pass (the batch is repeated that often;
+    ``None``: :func:`~universality.eval.ablation.features_per_pass` chooses from the batch size);
     ``min_share``: the smallest ``|share|`` kept as an edge; ``top_k``: at most this many edges per source
     latent and target site (strongest first)."""
 
-    batch_features: int = 16
+    batch_features: int | None = None
     min_share: float = 0.05
     top_k: int = 8
 
     def __post_init__(self) -> None:
-        if not isinstance(self.batch_features, int) or self.batch_features < 1:
-            raise ConfigError(f"LinkConfig.batch_features must be a positive integer, got {self.batch_features!r}",
-                              "set batch_features to e.g. 16")
+        if self.batch_features is not None and (not isinstance(self.batch_features, int) or self.batch_features < 1):
+            raise ConfigError(f"LinkConfig.batch_features must be a positive integer or None, got {self.batch_features!r}",
+                              "set batch_features to e.g. 16, or None to choose from the batch size")
         if not (isinstance(self.min_share, (int, float)) and 0 <= self.min_share < 1):
             raise ConfigError(f"LinkConfig.min_share must be in [0, 1), got {self.min_share!r}", "set min_share to e.g. 0.05")
         if not isinstance(self.top_k, int) or self.top_k < 1:
@@ -153,7 +155,8 @@ def causal_links(adapter: Any, source: tuple[str | Site, Any], targets: Mapping[
     if bad:
         raise ConfigError(f"latents {bad[:5]} are outside the source dictionary's {d_sae} latents", "pass latent indices in range")
     shares = {s.name: torch.zeros(len(latents), v.shape[1], dtype=torch.float64) for s, v in clean.items()}
-    blocks = [latents[i:i + cfg.batch_features] for i in range(0, len(latents), cfg.batch_features)]
+    per_pass = features_per_pass(cfg.batch_features, input_ids.numel(), getattr(adapter, "device", "cpu"))
+    blocks = [latents[i:i + per_pass] for i in range(0, len(latents), per_pass)]
     done = 0
     for block in progress_bar(blocks, f"links from {s_site.name}", progress=progress, work=len(latents) * 1e5):
         k = len(block)

@@ -134,6 +134,8 @@ _SOURCES = {
     "linear_cka": "Kornblith et al. 2019 (linear CKA of codes)",
     "svcca": "Lan et al. 2024 / Raghu et al. 2017 (decoder rows of activation-matched pairs)",
     "rsa": "Lan et al. 2024 / Kriegeskorte et al. 2008 (Spearman of within-space cosines)",
+    "ablation_agreement": "Cunningham et al. 2023 (ablation effects of features); pairs: Hungarian on activation "
+                          "correlation; Pearson correlation of the next-token log-probability changes",
 }
 
 Row = dict[str, Any]
@@ -688,6 +690,7 @@ def compare(
     seed: int = 0,
     n_boot: int = N_BOOT,
     boot_block: int | None = None,
+    ablation: Any = None,
 ) -> pd.DataFrame:
     """All summary metrics of ``a`` vs ``b`` with their baselines.
 
@@ -715,6 +718,11 @@ def compare(
         boot_block: tokens per bootstrap block (default
             :func:`~universality.match.intervals.default_block`: 64, the quickstart context length); pass
             the context length of the activations.
+        ablation: an :class:`~universality.eval.ablation.AblationInputs` (each dictionary's model and site,
+            evaluation tokens of one tokenizer) adds the ``ablation_agreement`` row (:func:`ablation_rows`):
+            the best Hungarian pairs on activation correlation are ablated in their own models and their
+            effects on the next-token log-probabilities correlated; floor: random pairs; skyline: the same
+            between ``a`` and its second seed (``skyline``). Needs ``activations``.
 
     Returns:
         one row per metric (and direction, threshold) with the columns :data:`COLUMNS` (the last five:
@@ -737,6 +745,8 @@ def compare(
     if activations is not None:
         rows += activation_rows(d, activations, token_ids, corr_threshold=corr_threshold, n_perm=n_perm,
                                 nulls=nulls, n_boot=n_boot, boot_block=boot_block, seed=seed)
+    if ablation is not None:
+        rows += ablation_rows(d, activations, token_ids, ablation, seed=seed)
     if same_dictionary(a, b, d.Da, d.Db):
         for r in rows:
             r["note"] = with_note(r["note"], SELF_NOTE)
@@ -744,6 +754,35 @@ def compare(
         for r in rows:
             r["note"] = with_note(r["note"], extra)
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def ablation_rows(d: Dictionaries, activations: Any, token_ids: Any, inputs: Any, seed: int = 0) -> list[Row]:
+    """The ``ablation_agreement`` row (see :func:`compare`'s ``ablation``)."""
+    # import cost: the model-side evaluation loads only when an ablation row is asked for
+    from universality.eval.ablation import agreement_rows, best_pairs, check_same_tokens
+    from universality.match.api import match
+
+    if activations is None:
+        return [missing_row("ablation_agreement", "model", "a<->b", "needs activations (the pairs are matched on them)")]
+    check_same_tokens(inputs.adapter_a.tokenizer, inputs.adapter_b.tokenizer)
+    xa, xb = as_pair(activations)
+    ta, tb = as_pair(token_ids) if token_ids is not None else (None, None)
+    la, lb = best_pairs(match(d.a, d.b, method="hungarian", view="activations", activations=(xa, xb),
+                              token_ids=None if ta is None else (ta, tb)), inputs.n_pairs)
+    sky_a = sky_b = None
+    if d.sky_a is not None:
+        s0, s1 = best_pairs(match(d.a, d.sky_a, method="hungarian", view="activations", activations=(xa, xa),
+                                  token_ids=None if ta is None else (ta, ta)), inputs.n_pairs)
+        sky_a, sky_b = inputs.effects("a", d.a, s0), inputs.effects("a", d.sky_a, s1)
+    got = agreement_rows(inputs.effects("a", d.a, la), inputs.effects("b", d.b, lb), sky_a, sky_b, seed=seed)
+    sky = got["skyline"]
+    norm = (got["value"] - got["floor"]) / (sky - got["floor"]) if np.isfinite(sky) and abs(sky - got["floor"]) > 1e-9 else np.nan
+    row = missing_row("ablation_agreement", "model", "a<->b",
+                      f"{got['n_pairs']} of the {inputs.n_pairs} best pairs change the log-probabilities; floor: random "
+                      "pairs of the same latents" + ("" if d.sky_a is not None else
+                                                     "; no skyline: pass skyline= (a's second seed)"))
+    row.update(value=got["value"], floor=got["floor"], skyline_a=sky, normalised=norm)
+    return [row]
 
 
 def initialisation_notes(d: Dictionaries) -> list[str]:
