@@ -5,15 +5,18 @@ Used by the architecture comparison (corresponding sites of two models) and by f
 correlation between SAE seed A of one cell and seed B of the other (so the two never share an
 initialisation) are ablated in their own models on :data:`ABLATION_SPANS` evaluation spans. Floor:
 random pairs of the same latents; skyline: the best pairs between two SAE seeds of the first cell.
+The effects are cached like the other stages (``cache/ablation-<hash>``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from analysis.studies.common import A_SEED, B_SEED, Codebook
+from analysis.studies.common import A_SEED, B_SEED, Codebook, weights_digest
 from universality.eval.ablation import ablation_effects, agreement_rows
+from universality.io import load_tensors, save_tensors
 from universality.match import match
+from universality.progress import model_label
 from universality.study.pipeline import Cell
 
 __all__ = ["ABLATION_PAIRS", "ABLATION_SPANS", "ablation_row"]
@@ -38,8 +41,16 @@ def ablation_row(ctx, analysis: str, a: tuple[str, str, str], b: tuple[str, str,
         return [int(i) for i in top[:, 0]], [int(j) for j in top[:, 1]]
 
     def effects(cell, site, seed, latents):
-        return ablation_effects(ctx.adapter_at(cell.model, cell.revision), ctx.saes(cell)[site][seed], site, latents,
-                                ids, mask, progress=False)
+        sae = ctx.saes(cell)[site][seed]
+        key = {"stage": "ablation", **ctx._model_key(cell.model, cell.revision), "spans": ctx.eval_spans.hash,
+               "n_spans": ABLATION_SPANS, "site": site, "latents": latents, "weights": weights_digest(sae)}
+
+        def build(tmp) -> None:
+            got = ablation_effects(ctx.adapter_at(cell.model, cell.revision), sae, site, latents, ids, mask, progress=False)
+            save_tensors(tmp / "effects.safetensors", {"effects": got.contiguous()})
+
+        rec = ctx.cache.run("ablation", key, build, label=f"{model_label(cell.model, cell.revision)} {site}")
+        return load_tensors(rec.path / "effects.safetensors")["effects"]
 
     cA, cB = Cell(ma, ra_, "D"), Cell(mb, rb_, "D")
     la, lb = best_pairs(cA, sa, A_SEED, cB, sb, B_SEED)

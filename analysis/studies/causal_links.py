@@ -14,14 +14,11 @@ The link graphs are cached like the other stages (``cache/links-<hash>``: shares
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pandas as pd
-import torch
 
 from analysis import plots
-from analysis.studies.common import A_SEED, AnalysisResult, Codebook, norm_row, per_feature_mppc
+from analysis.studies.common import A_SEED, AnalysisResult, Codebook, norm_row, per_feature_mppc, weights_digest
 from universality.eval.links import LinkConfig, LinkGraph, causal_links, edge_table, component_attribution, decoder_flow, flow_agreement, random_directions
 from universality.io import load_tensors, save_tensors, write_json
 from universality.study.pipeline import Cell
@@ -33,19 +30,11 @@ N_SOURCES, LINK_SPANS, N_NEW = 24, 8, 12
 LINKS = LinkConfig(batch_features=None, min_share=0.05, top_k=8)
 
 
-def _digest(*saes) -> str:
-    h = hashlib.sha256()
-    for sae in saes:
-        for t in (sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec):
-            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def _cached_links(ctx, model: str, rev: str, source: str, src_sae, targets: dict, latents: list[int], ids, mask,
                   what: str) -> LinkGraph:
     key = {"stage": "links", **ctx._model_key(model, rev), "spans": ctx.eval_spans.hash, "n_spans": LINK_SPANS,
            "source": source, "targets": sorted(targets), "latents": latents, "what": what,
-           "weights": _digest(src_sae, *targets.values()), "config": [LINKS.min_share, LINKS.top_k]}
+           "weights": weights_digest(src_sae, *targets.values()), "config": [LINKS.min_share, LINKS.top_k]}
 
     def build(tmp) -> None:
         g = causal_links(ctx.adapter_at(model, rev), (source, src_sae), targets, ids, mask, latents=latents, cfg=LINKS,

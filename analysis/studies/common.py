@@ -19,6 +19,8 @@ is where that is not a similarity (a Gromov-Wasserstein distance: lower is close
 
 from __future__ import annotations
 
+import hashlib
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +60,7 @@ SKYLINES_TEXT = (f"normalised_sae_seed = (value - floor) / (skyline_sae_seed - f
 
 __all__ = ["A_SEED", "B_SEED", "SPECIFIC_MASS", "MIN_FIRES", "CONTEXT_EXCESS", "MPPC_MEANING", "SAE_SEED", "MODEL_SEED",
            "SKYLINES_TEXT", "mass_share", "context_excess", "AnalysisResult", "Codebook", "Interval", "ModelSeedSkyline",
-           "per_feature_mppc", "skyline_interval", "shuffled_floor", "dead_note", "seed_copy_codes",
+           "per_feature_mppc", "weights_digest", "skyline_interval", "shuffled_floor", "dead_note", "seed_copy_codes",
            "model_seed_skyline", "mean_skyline", "skylines_text", "norm_row", "SMALL_N", "count_or_share"]
 
 
@@ -110,6 +112,15 @@ class Codebook:
             sae = self.ctx.saes(cell)[site][seed_index]
             self._codes[key] = encode_codes(sae, self.acts(*src, site), token_ids=self.token_ids(*src))
         return self._codes[key]
+
+
+def weights_digest(*saes: Any) -> str:
+    """A short SHA-256 of the dictionaries' weights: part of the cache key of a stage computed from them."""
+    h = hashlib.sha256()
+    for sae in saes:
+        for t in (sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec):
+            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def per_feature_mppc(ca: FeatureCodes, cb: FeatureCodes, live_only: bool = True) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,7 @@ instead. Conventions follow SAELens' evaluation (Bloom et al.) and Gao et al. 20
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,8 @@ from torch import Tensor
 from universality.errors import DataError
 from universality.sites import Site, as_site
 
-__all__ = ["next_token_ce", "kl_divergence", "ce_loss_recovered", "sae_replacement", "splice_metrics"]
+__all__ = ["next_token_ce", "kl_divergence", "ce_loss_recovered", "sae_replacement", "splice_metrics", "splice_reference",
+           "splice_scores", "SpliceReference"]
 
 
 def _positions(input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
@@ -80,6 +82,62 @@ def sae_replacement(sae) -> Callable[[Tensor], Tensor]:
     return fn
 
 
+@dataclass(frozen=True)
+class SpliceReference:
+    """What every dictionary spliced into one model at one site is scored against, computed once:
+    the clean logits and CE, and per ablation its CE and KL; ``acts`` holds the site's activations
+    over the real tokens, ``(n_tokens, d)``."""
+
+    site: Site
+    clean: Tensor
+    ce_clean: float
+    ce_ablated: dict[str, float]
+    kl_ablated: dict[str, float]
+    acts: Tensor
+
+
+@torch.no_grad()
+def splice_reference(adapter, site: str | Site, input_ids: Int[Tensor, "batch pos"],
+                     attention_mask: Int[Tensor, "batch pos"] | None = None,
+                     ablations: Sequence[str] = ("zero", "mean")) -> SpliceReference:
+    """The reference passes of :func:`splice_metrics` (clean, and each ablation). The mean ablation
+    replaces every position by the mean activation of the site over the real (unpadded) tokens."""
+    unknown = set(ablations) - {"zero", "mean"}
+    if unknown:
+        raise DataError(f"unknown ablations {sorted(unknown)}", "use 'zero' and/or 'mean'")
+    site = as_site(site)
+    clean = adapter.forward(input_ids, attention_mask=attention_mask)
+    act = adapter.capture(input_ids, [site], attention_mask=attention_mask)[site.name]
+    m = attention_mask.bool().to(act.device) if attention_mask is not None else torch.ones(act.shape[:2], dtype=torch.bool, device=act.device)
+    acts = act[m]
+    ce_abl, kl_abl = {}, {}
+    for kind in ablations:
+        if kind == "zero":
+            fn = torch.zeros_like
+        else:
+            mean_D = acts.double().mean(dim=0).to(act.dtype)
+
+            def fn(a: Tensor, mean_D: Tensor = mean_D) -> Tensor:
+                return mean_D.to(a.device, a.dtype).expand_as(a).clone()
+
+        ablated = adapter.forward(input_ids, attention_mask=attention_mask, replace={site: fn})
+        ce_abl[kind] = next_token_ce(ablated, input_ids, attention_mask)
+        kl_abl[kind] = kl_divergence(clean, ablated, input_ids, attention_mask)
+    return SpliceReference(site, clean, next_token_ce(clean, input_ids, attention_mask), ce_abl, kl_abl, acts)
+
+
+@torch.no_grad()
+def splice_scores(adapter, ref: SpliceReference, sae, input_ids: Int[Tensor, "batch pos"],
+                  attention_mask: Int[Tensor, "batch pos"] | None = None) -> dict[str, float]:
+    """``ce_sae``, ``kl_sae`` and CE loss recovered per ablation of ``ref`` for ``sae`` spliced in."""
+    spliced = adapter.forward(input_ids, attention_mask=attention_mask, replace={ref.site: sae_replacement(sae)})
+    out = {"ce_sae": next_token_ce(spliced, input_ids, attention_mask),
+           "kl_sae": kl_divergence(ref.clean, spliced, input_ids, attention_mask)}
+    for kind, ce_abl in ref.ce_ablated.items():
+        out[f"ce_loss_recovered_{kind}"] = ce_loss_recovered(ref.ce_clean, out["ce_sae"], ce_abl)
+    return out
+
+
 @torch.no_grad()
 def splice_metrics(
     adapter,
@@ -89,36 +147,17 @@ def splice_metrics(
     attention_mask: Int[Tensor, "batch pos"] | None = None,
     ablations: Sequence[str] = ("zero", "mean"),
 ) -> dict[str, float]:
-    """Clean, SAE-spliced and ablated CE, CE loss recovered per ablation, and KL to the clean logits.
+    """Clean, SAE-spliced and ablated CE, CE loss recovered per ablation, and KL to the clean logits
+    (:func:`splice_reference` then :func:`splice_scores`).
 
     The mean ablation replaces every position by the mean activation of the site over the real
     (unpadded) tokens of this batch.
     """
-    unknown = set(ablations) - {"zero", "mean"}
-    if unknown:
-        raise DataError(f"unknown ablations {sorted(unknown)}", "use 'zero' and/or 'mean'")
-    site = as_site(site)
-    clean = adapter.forward(input_ids, attention_mask=attention_mask)
-    spliced = adapter.forward(input_ids, attention_mask=attention_mask, replace={site: sae_replacement(sae)})
-    out = {
-        "ce_clean": next_token_ce(clean, input_ids, attention_mask),
-        "ce_sae": next_token_ce(spliced, input_ids, attention_mask),
-        "kl_sae": kl_divergence(clean, spliced, input_ids, attention_mask),
-    }
+    ref = splice_reference(adapter, site, input_ids, attention_mask, ablations)
+    got = splice_scores(adapter, ref, sae, input_ids, attention_mask)
+    out = {"ce_clean": ref.ce_clean, "ce_sae": got["ce_sae"], "kl_sae": got["kl_sae"]}
     for kind in ablations:
-        if kind == "zero":
-            fn = torch.zeros_like
-        else:
-            act = adapter.capture(input_ids, [site], attention_mask=attention_mask)[site.name]
-            m = attention_mask.bool().to(act.device) if attention_mask is not None else torch.ones(act.shape[:2], dtype=torch.bool, device=act.device)
-            mean_D = act[m].double().mean(dim=0).to(act.dtype)
-
-            def fn(a: Tensor, mean_D: Tensor = mean_D) -> Tensor:
-                return mean_D.to(a.device, a.dtype).expand_as(a).clone()
-
-        ablated = adapter.forward(input_ids, attention_mask=attention_mask, replace={site: fn})
-        ce_abl = next_token_ce(ablated, input_ids, attention_mask)
-        out[f"ce_{kind}_ablation"] = ce_abl
-        out[f"ce_loss_recovered_{kind}"] = ce_loss_recovered(out["ce_clean"], out["ce_sae"], ce_abl)
-        out[f"kl_{kind}_ablation"] = kl_divergence(clean, ablated, input_ids, attention_mask)
+        out[f"ce_{kind}_ablation"] = ref.ce_ablated[kind]
+        out[f"ce_loss_recovered_{kind}"] = got[f"ce_loss_recovered_{kind}"]
+        out[f"kl_{kind}_ablation"] = ref.kl_ablated[kind]
     return out

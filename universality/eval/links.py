@@ -32,7 +32,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -140,7 +139,7 @@ def causal_links(adapter: Any, source: tuple[str | Site, Any], targets: Mapping[
         return keep
 
     def codes(sae: Any, x: Tensor, copies: int) -> Tensor:
-        flat = x.reshape(copies, -1, x.shape[-1])[:, valid]
+        flat = x.reshape(copies, -1, x.shape[-1])[:, valid.to(x.device)]
         z = sae.encode(flat.reshape(-1, flat.shape[-1]).to(sae.W_dec.dtype).to(sae.W_dec.device))
         return z.reshape(copies, int(valid.sum()), -1).double().cpu()
 
@@ -284,13 +283,13 @@ def component_attribution(adapter: Any, target: tuple[str | Site, Any], base_sit
     adapter.forward(input_ids, attention_mask=am, replace={s: recorder(s) for s in [b_site, t_site, *parts]})
 
     def flat(s: Site) -> Tensor:
-        return seen[s].reshape(-1, seen[s].shape[-1])[valid].double().cpu()
+        return seen[s].reshape(-1, seen[s].shape[-1]).double().cpu()[valid.cpu()]
 
     We = sae.W_enc.detach().double().cpu()[:, list(latents)]
     bias = (sae.b_enc.detach().double().cpu()[list(latents)] - sae.b_dec.detach().double().cpu() @ We)
     x_t = flat(t_site)
     pre = x_t @ We + bias
-    fires = sae.encode(x_t.to(sae.W_dec.dtype)).detach().double()[:, list(latents)] > 0
+    fires = sae.encode(x_t.to(sae.W_dec.device, sae.W_dec.dtype)).detach().double().cpu()[:, list(latents)] > 0
     contrib = {"base": flat(b_site) @ We, **{s.name: flat(s) @ We for s in parts}}
     contrib["bias"] = bias.expand_as(pre)
     explained = sum(contrib.values())

@@ -31,7 +31,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from universality.errors import MatchError
-from universality.eval.downstream import ce_loss_recovered, kl_divergence, next_token_ce, sae_replacement
+from universality.eval.downstream import SpliceReference, splice_reference, splice_scores
 from universality.eval.metrics import explained_variance
 from universality.io import stable_hash
 from universality.progress import progress_bar
@@ -89,32 +89,12 @@ def random_like(sae: Any, salt: str) -> Any:
 
 
 @torch.no_grad()
-def _reference(adapter: Any, site: Site, input_ids: Tensor, attention_mask: Tensor | None) -> dict[str, Any]:
-    """What every dictionary on ``adapter`` is scored against: the site's activations (real tokens), the
-    clean logits and CE, and the CE of the zero and mean ablations (one set of forward passes)."""
-    acts = adapter.capture(input_ids, [site], attention_mask=attention_mask)[site.name]
-    mask = attention_mask.bool() if attention_mask is not None else torch.ones(acts.shape[:2], dtype=torch.bool)
-    x = acts[mask.to(acts.device)].float()
-    clean = adapter.forward(input_ids, attention_mask=attention_mask)
-    mean = x.double().mean(0).to(acts.dtype)
-    ablations = {"zero": torch.zeros_like, "mean": lambda a: mean.to(a.device, a.dtype).expand_as(a).clone()}
-    ce_abl = {k: next_token_ce(adapter.forward(input_ids, attention_mask=attention_mask, replace={site: fn}),
-                               input_ids, attention_mask) for k, fn in ablations.items()}
-    return {"x": x, "clean": clean, "ce_clean": next_token_ce(clean, input_ids, attention_mask), "ce_abl": ce_abl}
-
-
-@torch.no_grad()
-def _scores(adapter: Any, ref: dict[str, Any], sae: Any, site: Site, input_ids: Tensor,
-            attention_mask: Tensor | None) -> dict[str, float]:
-    """Explained variance, CE loss recovered (zero, mean) and KL of ``sae`` spliced into ``adapter``
-    (the conventions of :mod:`universality.eval.downstream`)."""
-    x = ref["x"]
-    spliced = adapter.forward(input_ids, attention_mask=attention_mask, replace={site: sae_replacement(sae)})
-    ce = next_token_ce(spliced, input_ids, attention_mask)
+def _scores(adapter: Any, ref: SpliceReference, sae: Any, input_ids: Tensor, attention_mask: Tensor | None) -> dict[str, float]:
+    """Explained variance of the site's activations, CE loss recovered (zero, mean) and KL of ``sae``
+    spliced into ``adapter`` (:func:`universality.eval.downstream.splice_scores`)."""
+    x = ref.acts.float()
     out = {"explained_variance": explained_variance(x, sae(x.to(sae.W_dec.dtype)).to(x.dtype))}
-    for kind, ce_abl in ref["ce_abl"].items():
-        out[f"ce_loss_recovered_{kind}"] = ce_loss_recovered(ref["ce_clean"], ce, ce_abl)
-    out["kl_sae"] = kl_divergence(ref["clean"], spliced, input_ids, attention_mask)
+    out.update(splice_scores(adapter, ref, sae, input_ids, attention_mask))
     return out
 
 
@@ -135,13 +115,13 @@ def transfer_metrics(adapter_b: Any, sae_a: Any, sae_b: Any, site: str | Site, i
     cache = {} if cache is None else cache
     ref_key = ("reference", id(adapter_b), s)
     if ref_key not in cache:
-        cache[ref_key] = _reference(adapter_b, s, input_ids, attention_mask)
+        cache[ref_key] = splice_reference(adapter_b, s, input_ids, attention_mask)
     floor = floor if floor is not None else random_like(sae_b, f"{sae_a.meta.get('revision')}->{sae_b.meta.get('revision')}")
     got = {}
     for name, d in (("transferred", sae_a), ("native", sae_b), ("floor", floor)):
         key = ("scores", id(adapter_b), id(d), s)
         if key not in cache:
-            cache[key] = _scores(adapter_b, cache[ref_key], d, s, input_ids, attention_mask)
+            cache[key] = _scores(adapter_b, cache[ref_key], d, input_ids, attention_mask)
         got[name] = cache[key]
     rows = []
     for metric in METRICS:
