@@ -41,22 +41,24 @@ def ablation_row(ctx, analysis: str, a: tuple[str, str, str], b: tuple[str, str,
         return [int(i) for i in top[:, 0]], [int(j) for j in top[:, 1]]
 
     def effects(cell, site, seed, latents):
-        sae = ctx.saes(cell)[site][seed]
-        key = {"stage": "ablation", **ctx._model_key(cell.model, cell.revision), "spans": ctx.eval_spans.hash,
-               "n_spans": ABLATION_SPANS, "site": site, "latents": latents, "weights": weights_digest(sae)}
-
-        def build(tmp) -> None:
-            got = ablation_effects(ctx.adapter_at(cell.model, cell.revision), sae, site, latents, ids, mask, progress=False)
-            save_tensors(tmp / "effects.safetensors", {"effects": got.contiguous()})
-
-        rec = ctx.cache.run("ablation", key, build, label=f"{model_label(cell.model, cell.revision)} {site}")
-        return load_tensors(rec.path / "effects.safetensors")["effects"]
+        return ablation_effects(ctx.adapter_at(cell.model, cell.revision), ctx.saes(cell)[site][seed], site, latents,
+                                ids, mask, progress=False)
 
     cA, cB = Cell(ma, ra_, "D"), Cell(mb, rb_, "D")
     la, lb = best_pairs(cA, sa, A_SEED, cB, sb, B_SEED)
     s0, s1 = best_pairs(cA, sa, A_SEED, cA, sa, B_SEED)
-    got = agreement_rows(effects(cA, sa, A_SEED, la), effects(cB, sb, B_SEED, lb),
-                         effects(cA, sa, A_SEED, s0), effects(cA, sa, B_SEED, s1), seed=ctx.cfg.seed)
+    key = {"stage": "ablation", "a": ctx._model_key(ma, ra_), "b": ctx._model_key(mb, rb_), "sites": [sa, sb],
+           "spans": ctx.eval_spans.hash, "n_spans": ABLATION_SPANS, "pairs": [la, lb], "seed_pairs": [s0, s1],
+           "weights": weights_digest(ctx.saes(cA)[sa][A_SEED], ctx.saes(cB)[sb][B_SEED], ctx.saes(cA)[sa][B_SEED])}
+
+    def build(tmp) -> None:
+        got = {"a": effects(cA, sa, A_SEED, la), "b": effects(cB, sb, B_SEED, lb),
+               "sky_a": effects(cA, sa, A_SEED, s0), "sky_b": effects(cA, sa, B_SEED, s1)}
+        save_tensors(tmp / "effects.safetensors", {k: v.contiguous() for k, v in got.items()})
+
+    rec = ctx.cache.run("ablation", key, build, label=f"{model_label(ma, ra_)}:{sa} vs {model_label(mb, rb_)}:{sb}")
+    e = load_tensors(rec.path / "effects.safetensors")
+    got = agreement_rows(e["a"], e["b"], e["sky_a"], e["sky_b"], seed=ctx.cfg.seed)
     floor, sky, value = got["floor"], got["skyline"], got["value"]
     gap = sky - floor
     label_a, label_b = (f"{ma}:{sa}", f"{mb}:{sb}") if ma != mb else (f"{ra_}:{sa}", f"{rb_}:{sb}")
