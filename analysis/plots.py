@@ -21,11 +21,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.collections import PathCollection  # noqa: E402
+from matplotlib.container import BarContainer  # noqa: E402
 
 from universality.errors import DataError  # noqa: E402
 from universality.io import atomic_write_bytes  # noqa: E402
 
-__all__ = ["similarity_distributions", "heatmap", "threshold_curves", "series", "plotted_points"]
+__all__ = ["similarity_distributions", "heatmap", "threshold_curves", "series", "width_splitting", "plotted_points"]
 
 _PALETTE = {"observed": "#1f77b4", "floor": "#999999", "skyline": "#2ca02c"}
 
@@ -46,6 +47,9 @@ def plotted_points(fig: plt.Figure) -> int:
             else:
                 n += sum(1 for p in coll.get_paths() if len(p.vertices) and np.isfinite(p.vertices).all())
         n += len(ax.get_images())
+        for container in ax.containers:
+            if isinstance(container, BarContainer):
+                n += sum(1 for bar in container.patches if np.isfinite(bar.get_height()))
     return n
 
 
@@ -139,4 +143,26 @@ def series(df: pd.DataFrame, path: str | Path, title: str, x: str, y: str, hue: 
     ax.set(title=title, xlabel=xlabel or x, ylabel=ylabel or y)
     if bands or hue:
         ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def width_splitting(counts: pd.DataFrame, children: pd.DataFrame, path: str | Path, title: str) -> Path:
+    """Feature splitting across widths: counts of stay / split / vanish / new per width step (left) and the
+    number of children per split parent (right).
+
+    ``counts``: columns ``step``, ``event``, ``count`` (steps in width order); ``children``: columns ``step``,
+    ``n_children``, ``parents`` (may be empty when nothing split; the right panel then says so).
+    """
+    _require(counts, ["step", "event", "count"], "width_splitting")
+    steps = list(dict.fromkeys(counts["step"]))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(9.0, 2.2 * len(steps) + 6), 4.2),
+                                      gridspec_kw={"width_ratios": [3, 2]})
+    sns.barplot(data=counts, x="step", y="count", hue="event", order=steps, ax=left)
+    left.set(title=title, xlabel="width step (small -> large)", ylabel="latents")
+    left.tick_params(axis="x", labelrotation=20)
+    if len(children):
+        sns.barplot(data=children, x="n_children", y="parents", hue="step", hue_order=[s for s in steps if s in set(children["step"])], ax=right)
+    else:
+        right.text(0.5, 0.5, "no split parent", ha="center", va="center", transform=right.transAxes)
+    right.set(title="children per split parent", xlabel="children", ylabel="split parents")
     return _save(fig, path)

@@ -25,6 +25,7 @@ ANALYSES: dict[str, str] = {
     "layer_flow": "analysis.studies.layer_flow",
     "causal_links": "analysis.studies.causal_links",
     "moe_experts": "analysis.studies.moe_experts",
+    "feature_splitting": "analysis.studies.feature_splitting",
 }
 
 

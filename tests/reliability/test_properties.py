@@ -253,7 +253,8 @@ def study_dicts(draw):
                 "warmup_steps": draw(ints(0)), "sparsity_warmup_steps": draw(ints(0)),
                 "dead_window": draw(st.none() | ints(1)), "init_rows": draw(ints(1)),
                 "shuffle_buffer": draw(st.none() | ints(1)),
-                "seeds": draw(st.lists(ints(0), min_size=2, max_size=4, unique=True))},
+                "seeds": draw(st.lists(ints(0), min_size=2, max_size=4, unique=True)),
+                "expansions": sorted(draw(st.lists(st.integers(1, 64), min_size=2, max_size=4, unique=True)))},
         "match": {"thresholds": draw(st.lists(nums(0.0, 1.0), min_size=1, max_size=5)), "n_perm": draw(ints(0)),
                   "gw_max": draw(ints(8)), "corr_threshold": draw(nums(0.0, 1.0))},
         "device": draw(st.sampled_from(["cpu", "cuda", "cuda:0", "cuda:3"])),
@@ -335,6 +336,8 @@ STUDY_INVALID = {
     ("sae", "jumprelu", "bandwidth"): _not_num(0.0, math.inf) | st.just(0.0),  # > 0, however small
     ("sae", "seeds"): st.one_of(st.integers(), st.text(max_size=3), st.lists(st.integers(0, 5), max_size=1),
                                 st.just([1, 1]), st.just([0, -1]), st.just([0, 1.5]), st.just([True, 0])),
+    ("sae", "expansions"): st.one_of(st.integers(), st.text(max_size=3), st.just([4, 2]), st.just([2, 2]),
+                                     st.just([0, 2]), st.just([1.5, 2]), st.just([True, 2])),
     ("match", "thresholds"): st.one_of(st.just([]), st.integers(), st.text(max_size=3),
                                        st.lists(_not_num(0.0, 1.0), min_size=1, max_size=2)),
     ("match", "n_perm"): _not_int(0),

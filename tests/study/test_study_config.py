@@ -49,6 +49,9 @@ BASE = {"name": "s", "analyses": ["layer_flow"], "models": [{"name": "m", "zoo":
         ({"models": [{"name": "m"}]}, "exactly one of zoo"),
         ({"models": [{"name": "m", "zoo": "tiny_gpt2", "data": "E"}]}, "data must be D or D_prime"),
         ({"sae": {"seeds": [0]}}, "at least 2 distinct"),
+        ({"sae": {"expansions": [4, 2]}}, "ascending"),
+        ({"sae": {"expansions": [2, 0]}}, "integers >= 1"),
+        ({"analyses": ["feature_splitting"]}, "at least two widths"),
         ({"sae": {"lr": -1}}, "sae.lr"),
         ({"sae": {"widht": 3}}, "unknown key"),
         ({"harvest": {"train_tokens": 0}}, "train_tokens"),
@@ -82,3 +85,25 @@ def test_the_card_switch_does_not_change_the_config_hash():
     assert config_hash(dataclasses.replace(cfg, seed=cfg.seed + 1)) != config_hash(cfg)
     with pytest.raises(ConfigError, match="cards"):
         dataclasses.replace(cfg, cards="yes")
+
+
+def test_empty_expansions_keep_the_config_hash_and_no_width_changes_the_sae_stage_key():
+    """``sae.expansions`` came later: a study without extra widths hashes as before (no such key), and the
+    widths never enter the cache key of the study's own dictionaries."""
+    import dataclasses
+
+    from universality.io import stable_hash
+    from universality.study.record import OUTPUT_ONLY, config_hash
+
+    cfg = _compose("quickstart")
+    old = cfg.to_dict()
+    for key in OUTPUT_ONLY:
+        old.pop(key)
+    del old["sae"]["expansions"]
+    assert config_hash(cfg) == stable_hash(old)
+    wide = dataclasses.replace(cfg, sae=dataclasses.replace(cfg.sae, expansions=(2, 4)))
+    assert config_hash(wide) != config_hash(cfg)
+    assert wide.sae.selected() == cfg.sae.selected() and "expansions" not in cfg.sae.selected()
+    assert wide.sae.at_expansion(2).selected()["expansion"] == 2
+    split = _compose("feature_splitting")
+    assert split.sae.expansions == (2, 4, 8, 16) and "feature_splitting" in split.analyses

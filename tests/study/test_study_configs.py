@@ -83,6 +83,24 @@ def test_layer_flow_runs(tmp_path):
     assert any("code map" in f for f in out.report_md.read_text().splitlines())
 
 
+def test_feature_splitting_runs(tmp_path):
+    cfg = shrink(load("feature_splitting"), tmp_path / "feature_splitting")
+    cfg = dataclasses.replace(cfg, sae=dataclasses.replace(cfg.sae, seeds=(0, 1), expansions=(1, 2)))
+    out = run_study(cfg, progress=False)
+    tidy = pd.read_csv(out.results_csv)
+    counts = pd.read_csv(out.root / "tables" / "feature_splitting__lineage_counts.csv").set_index("step")
+    # one width step (2x is the study's own expansion, reused) plus the seed control at the smallest width
+    assert list(counts.index) == ["1x->2x", "1x s0->1x s1 (seed control)"]
+    parents = counts[["stays", "splits", "vanishes", "unresolved", "dead_parents"]].sum(axis=1)
+    assert list(parents) == [32, 32]  # every narrower latent (d_model 32 at 1x) gets one status
+    share = tidy[tidy["metric"] == "split share"]
+    assert len(share) == 1 and share["value"].between(0, 1).all() and share["floor"].between(0, 1).all()
+    rec = pd.read_csv(out.root / "tables" / "feature_splitting__recovery.csv")
+    assert list(rec["n_latents"]) == [32, 64]
+    assert rec["recovered"].between(0, 1).all() and (rec["recovered"] >= rec["floor_recovered"]).all()
+    assert (out.root / "figures" / "feature_splitting_blocks.1.hook_resid_post.png").is_file()
+
+
 def test_moe_experts_runs(tmp_path):
     out, tidy = _run("moe_experts", tmp_path)
     table = pd.read_csv(out.root / "tables" / "moe_experts__feature_experts.csv")

@@ -2,8 +2,9 @@
 
 Public entry points: :func:`match` (one method, one view -> :class:`MatchResult`), :func:`compare`
 (every summary metric with floor, skyline and normalised value -> ``pandas.DataFrame``) and
-:func:`lineage` (events and chains across an ordered series). Submodules hold the parts:
-``views``, ``similarity``, ``assignment``, ``transport``, ``summary``, ``baselines``, ``lineage``,
+:func:`lineage` (events and chains across an ordered series) and :func:`width_lineage` (feature splitting
+across dictionary widths). Submodules hold the parts:
+``views``, ``similarity``, ``assignment``, ``transport``, ``summary``, ``baselines``, ``lineage``, ``splitting``,
 ``worlds`` (paired synthetic worlds).
 """
 
@@ -17,6 +18,7 @@ from universality.match.api import METHODS, match
 from universality.match.compare import compare
 from universality.match.lineage import Lineage, lineage
 from universality.match.result import MatchResult
+from universality.match.splitting import WidthLineage, width_lineage, width_recovery
 from universality.match.views import VIEWS, FeatureCodes, codes_from_dense, encode_codes, token_fingerprint
 
 __all__ = [
@@ -31,6 +33,9 @@ __all__ = [
     "lineage",
     "match",
     "token_fingerprint",
+    "WidthLineage",
+    "width_lineage",
+    "width_recovery",
 ]
 
 

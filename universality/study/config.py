@@ -314,6 +314,11 @@ class SAESpec:
     1,000 and 20 batches); ``init_rows`` rows for the geometric-median initialisation of ``b_dec``
     (at most the store's rows); ``shuffle_buffer`` rows in the reader's shuffle buffer (``None``:
     8 batches).
+
+    ``expansions``: extra widths (expansion factors, ascending) at which the ``feature_splitting`` analysis
+    trains the same dictionaries (one stage per width, cached like the main one). Empty by default; it
+    changes no other stage, so it is left out of :meth:`selected` and, when empty, out of the study's
+    config hash (folders made before it existed stay valid).
     """
 
     architecture: str = "topk"
@@ -327,6 +332,7 @@ class SAESpec:
     dead_window: int | None = None
     init_rows: int = 4096
     shuffle_buffer: int | None = None
+    expansions: tuple[int, ...] = ()
     topk: TopKOptions = TopKOptions()
     batchtopk: BatchTopKOptions = BatchTopKOptions()
     relu: ReLUOptions = ReLUOptions()
@@ -350,6 +356,12 @@ class SAESpec:
             raise ConfigError(f"sae.seeds must hold at least 2 distinct integers >= 0 (the skyline), got {list(seeds)}",
                               "use e.g. seeds: [0, 1, 2]")
         object.__setattr__(self, "seeds", seeds)
+        widths = _seq("sae", "expansions", self.expansions)
+        if (not all(isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in widths)
+                or list(widths) != sorted(set(widths))):
+            raise ConfigError(f"sae.expansions must be distinct integers >= 1 in ascending order, got {list(widths)}",
+                              "use e.g. expansions: [2, 4, 8, 16]")
+        object.__setattr__(self, "expansions", widths)
         for arch, cls in BUILTIN_OPTIONS.items():
             if not isinstance(getattr(self, arch), cls):
                 raise ConfigError(f"study.sae.{arch} must be a {cls.__name__}", "build the study with study_from_dict")
@@ -365,7 +377,8 @@ class SAESpec:
 
     def selected(self) -> dict[str, Any]:
         """The fields that matter: the shared ones and the selected architecture's block (cache keys, reports)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in BUILTIN_OPTIONS}
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in BUILTIN_OPTIONS and f.name != "expansions"}
         out[self.architecture] = dataclasses.asdict(self.options)
         out["seeds"] = list(self.seeds)
         return out
@@ -374,6 +387,10 @@ class SAESpec:
         """One phrase for reports: ``topk (k=8), 4x expansion``."""
         opts = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(self.options).items())
         return f"{self.architecture} ({opts}), {self.expansion}x expansion"
+
+    def at_expansion(self, expansion: int) -> SAESpec:
+        """This spec with ``expansion`` replaced (the dictionaries of one width of ``expansions``)."""
+        return dataclasses.replace(self, expansion=int(expansion))
 
     def effective_warmup(self) -> int:
         return min(self.warmup_steps, self.steps // 10)
@@ -473,6 +490,9 @@ class StudyConfig:
             raise ConfigError(f"study.device must be cpu or cuda[:N], got {self.device!r}", "fix study.device")
         for key, value in (("analyses", analyses), ("models", models), ("sites", sites)):
             object.__setattr__(self, key, value)
+        if "feature_splitting" in analyses and len(self.sae.expansions) < 2:
+            raise ConfigError(f"feature_splitting needs at least two widths in study.sae.expansions, got {list(self.sae.expansions)}",
+                              "set e.g. study.sae.expansions=[2,4,8,16]")
         check_bool("study", "model_seed_skyline", self.model_seed_skyline)
         check_bool("study", "cards", self.cards)
         if self.model_seed_skyline:

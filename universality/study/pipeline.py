@@ -11,6 +11,7 @@ Analyses (``analysis.studies``) ask for what they need; nothing else is built.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ class StudyContext:
         self.root = Path(root or cfg.out_dir)
         self.cache = StageCache(self.root)
         self._adapters: dict[tuple[str, str | None], Any] = {}
-        self._saes: dict[Cell, dict[str, list[Any]]] = {}
+        self._saes: dict[Cell | tuple[Cell, int], dict[str, list[Any]]] = {}
         self._eval: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ data
@@ -139,6 +140,17 @@ class StudyContext:
         if cell not in self._saes:
             self._saes[cell] = stages.train_cell(self.cfg, self.cache, cell, self.store(cell), self.subset(cell.data).hash)
         return self._saes[cell]
+
+    def saes_at(self, cell: Cell, expansion: int) -> dict[str, list[Any]]:
+        """``{site: [SAE per seed]}`` for ``cell`` at another width: the study's dictionaries with
+        ``sae.expansion`` set to ``expansion`` (their own cached stage; the study's own width reuses :meth:`saes`)."""
+        if expansion == self.cfg.sae.expansion:
+            return self.saes(cell)
+        key = (cell, int(expansion))
+        if key not in self._saes:
+            cfg = dataclasses.replace(self.cfg, sae=self.cfg.sae.at_expansion(expansion))
+            self._saes[key] = stages.train_cell(cfg, self.cache, cell, self.store(cell), self.subset(cell.data).hash)
+        return self._saes[key]
 
     # ------------------------------------------------------ shared eval text
     @cached_property

@@ -43,10 +43,13 @@ OUTPUT_ONLY = ("out_dir", "cards")
 
 def config_hash(cfg: StudyConfig) -> str:
     """Hash of everything in ``cfg`` that changes results (all fields but ``out_dir`` and ``cards``, which
-    only adds the card page: a folder made before it existed, or with it off, takes the same config)."""
+    only adds the card page: a folder made before it existed, or with it off, takes the same config;
+    ``sae.expansions`` counts only when it is not empty)."""
     doc = cfg.to_dict()
     for key in OUTPUT_ONLY:
         doc.pop(key, None)
+    if not doc["sae"].get("expansions"):  # added later: a study without extra widths keeps its old hash
+        doc["sae"].pop("expansions", None)
     return stable_hash(doc)
 
 
