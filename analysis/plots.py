@@ -6,6 +6,7 @@
 
 Every figure must draw data: :func:`_save` refuses one whose axes hold no data point (:func:`plotted_points`).
 - :func:`series` - a metric along an ordered axis (training steps, layers) with baseline bands.
+- :func:`group_projection` - a feature group (manifold) in its 2-D plane, coloured by the largest latent.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from matplotlib.container import BarContainer  # noqa: E402
 from universality.errors import DataError  # noqa: E402
 from universality.io import atomic_write_bytes  # noqa: E402
 
-__all__ = ["similarity_distributions", "heatmap", "threshold_curves", "series", "width_splitting", "plotted_points"]
+__all__ = ["similarity_distributions", "heatmap", "threshold_curves", "series", "width_splitting", "group_projection",
+           "plotted_points"]
 
 _PALETTE = {"observed": "#1f77b4", "floor": "#999999", "skyline": "#2ca02c"}
 
@@ -165,4 +167,19 @@ def width_splitting(counts: pd.DataFrame, children: pd.DataFrame, path: str | Pa
     else:
         right.text(0.5, 0.5, "no split parent", ha="center", va="center", transform=right.transAxes)
     right.set(title="children per split parent", xlabel="children", ylabel="split parents")
+    return _save(fig, path)
+
+
+def group_projection(df: pd.DataFrame, path: str | Path, title: str) -> Path:
+    """Scatter of a feature group's reconstructions in its 2-D plane, coloured by the latent with the
+    largest code (``universality.match.manifolds.project_group(...).frame()``: columns ``x, y, latent``)."""
+    _require(df, ["x", "y", "latent"], "group_projection")
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    data = df.assign(latent=df["latent"].astype(str))
+    sns.scatterplot(data=data, x="x", y="y", hue="latent", s=8, linewidth=0, alpha=0.7, ax=ax)
+    ax.axhline(0, color="#999999", lw=0.5)
+    ax.axvline(0, color="#999999", lw=0.5)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set(title=title, xlabel="plane axis 1 (whitened)", ylabel="plane axis 2 (whitened)")
+    ax.legend(title="largest latent", fontsize=7, markerscale=2, loc="best")
     return _save(fig, path)

@@ -5,7 +5,8 @@ Public entry points: :func:`match` (one method, one view -> :class:`MatchResult`
 :func:`lineage` (events and chains across an ordered series) and :func:`width_lineage` (feature splitting
 across dictionary widths). Submodules hold the parts:
 ``views``, ``similarity``, ``assignment``, ``transport``, ``summary``, ``baselines``, ``lineage``, ``splitting``,
-``worlds`` (paired synthetic worlds).
+``worlds`` (paired synthetic worlds), ``manifolds`` (feature groups, irreducibility, group matching) and
+``circle_world`` (paired worlds with a planted circular family).
 """
 
 from __future__ import annotations
