@@ -7,6 +7,8 @@
 Every figure must draw data: :func:`_save` refuses one whose axes hold no data point (:func:`plotted_points`).
 - :func:`series` - a metric along an ordered axis (training steps, layers) with baseline bands.
 - :func:`group_projection` - a feature group (manifold) in its 2-D plane, coloured by the largest latent.
+- :func:`relative_norm_histogram` - a crosscoder's relative decoder norms (Lindsey et al. 2024), with the
+  shared / exclusive bands shaded.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from universality.errors import DataError  # noqa: E402
 from universality.io import atomic_write_bytes  # noqa: E402
 
 __all__ = ["similarity_distributions", "heatmap", "threshold_curves", "series", "width_splitting", "group_projection",
-           "plotted_points"]
+           "relative_norm_histogram", "plotted_points"]
 
 _PALETTE = {"observed": "#1f77b4", "floor": "#999999", "skyline": "#2ca02c"}
 
@@ -182,4 +184,21 @@ def group_projection(df: pd.DataFrame, path: str | Path, title: str) -> Path:
     ax.set_aspect("equal", adjustable="datalim")
     ax.set(title=title, xlabel="plane axis 1 (whitened)", ylabel="plane axis 2 (whitened)")
     ax.legend(title="largest latent", fontsize=7, markerscale=2, loc="best")
+    return _save(fig, path)
+
+
+def relative_norm_histogram(df: pd.DataFrame, path: str | Path, title: str, x: str = "relative_norm",
+                            hue: str | None = None, shared: tuple[float, float] = (0.3, 0.7),
+                            exclusive: float = 0.9, bins: int = 40) -> Path:
+    """Histogram of the two-source relative decoder norm ``||d^B|| / (||d^A|| + ||d^B||)`` of live latents
+    (one row per latent), with the shared band and the two exclusive bands shaded."""
+    _require(df, [x] + ([hue] if hue else []), "relative_norm_histogram")
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    sns.histplot(data=df, x=x, hue=hue, bins=bins, binrange=(0.0, 1.0), ax=ax)
+    sns.rugplot(data=df, x=x, hue=hue, ax=ax, legend=False)  # one tick per latent (the bars are patches, not counted as data)
+    ax.axvspan(*shared, color="#2ca02c", alpha=0.12, label="shared")
+    ax.axvspan(0.0, 1.0 - exclusive, color="#d62728", alpha=0.12, label="exclusive")
+    ax.axvspan(exclusive, 1.0, color="#d62728", alpha=0.12)
+    ax.set(title=title, xlabel="relative decoder norm (source B)", ylabel="latents", xlim=(0.0, 1.0))
+    ax.legend(fontsize="small")
     return _save(fig, path)

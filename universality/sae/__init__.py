@@ -3,7 +3,8 @@
 ``SAE.load(path)`` dispatches on ``cfg.json["architecture"]``; :func:`make_sae` builds a fresh
 one from an architecture's config (:func:`sae_config` builds the right class by name;
 :mod:`universality.sae.config` lists each architecture's fields). Architectures: ``relu`` (L1,
-optionally tied), ``topk``, ``batchtopk``, ``jumprelu``, ``gated``. :class:`StackedSAE` holds many
+optionally tied), ``topk``, ``batchtopk``, ``jumprelu``, ``gated``, ``crosscoder`` (one dictionary over
+several sources, :mod:`universality.sae.crosscoder`; analysis in :mod:`universality.crosscoder`). :class:`StackedSAE` holds many
 same-shape TopK/BatchTopK dictionaries as one batched module (the trainer's
 ``RunConfig(stack=True)`` fast path).
 
@@ -25,6 +26,8 @@ __all__ = [
     "ReLUConfig",
     "JumpReLUConfig",
     "GatedConfig",
+    "CrosscoderConfig",
+    "crosscoder_config",
     "config_class",
     "sae_config",
     "SAEOutput",
@@ -48,6 +51,8 @@ _LAZY = {
     "make_sae": "universality.sae.registry",
     "register": "universality.sae.registry",
     "load_pretrained": "universality.sae.formats",
+    "CrosscoderConfig": "universality.sae.crosscoder_config",
+    "crosscoder_config": "universality.sae.crosscoder_config",
     **{name: "universality.sae.config" for name in ("SAEConfig", "TopKConfig", "BatchTopKConfig", "ReLUConfig",
                                                     "JumpReLUConfig", "GatedConfig", "config_class", "sae_config")},
 }

@@ -135,7 +135,8 @@ class SAEConfig:
     """The shape every dictionary has; an architecture's config class adds its own fields.
 
     Class attributes (not fields) give the behaviour of architectures without the option:
-    ``decoder_norm = "unit"``, ``tied = False``, ``uses_penalty = False``.
+    ``decoder_norm = "unit"``, ``tied = False``, ``uses_penalty = False``, ``default_remedy = "none"``
+    (the dead-latent remedy ``TrainConfig(remedy="auto")`` picks: AuxK for TopK and BatchTopK).
     """
 
     d_in: int
@@ -148,6 +149,8 @@ class SAEConfig:
     decoder_norm: ClassVar[str] = "unit"
     tied: ClassVar[bool] = False
     uses_penalty: ClassVar[bool] = False
+    #: the dead-latent remedy of ``TrainConfig(remedy="auto")``
+    default_remedy: ClassVar[str] = "none"
 
     def __post_init__(self) -> None:
         if not self.architecture:
@@ -191,6 +194,7 @@ def _check_k(cfg: Any) -> None:
 @dataclass(frozen=True)
 class TopKConfig(TopKOptions, SAEConfig):
     architecture: str = field(default="topk", init=False)
+    default_remedy: ClassVar[str] = "auxk"
 
     def __post_init__(self) -> None:
         SAEConfig.__post_init__(self)
@@ -201,6 +205,7 @@ class TopKConfig(TopKOptions, SAEConfig):
 @dataclass(frozen=True)
 class BatchTopKConfig(BatchTopKOptions, SAEConfig):
     architecture: str = field(default="batchtopk", init=False)
+    default_remedy: ClassVar[str] = "auxk"
 
     def __post_init__(self) -> None:
         SAEConfig.__post_init__(self)

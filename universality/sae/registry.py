@@ -25,6 +25,7 @@ _BUILTIN: dict[str, str] = {
     "batchtopk": "universality.sae.batchtopk",
     "jumprelu": "universality.sae.jumprelu",
     "gated": "universality.sae.gated",
+    "crosscoder": "universality.sae.crosscoder",
 }
 _REGISTRY: dict[str, type[SAE]] = {}
 

@@ -16,8 +16,8 @@ from universality.train.tracking import check_log_to
 __all__ = ["TrainConfig", "RunConfig", "REMEDIES", "DEAD_WINDOW_FRACTION", "MAX_DEAD_WINDOW", "register_configs"]
 
 #: Dead-latent remedies: AuxK (Gao et al. 2024), resampling (Bricken et al. 2023), ghost grads
-#: (Anthropic, "Circuits Updates - January 2024"), or none. ``"auto"`` = AuxK for TopK and
-#: BatchTopK, none otherwise.
+#: (Anthropic, "Circuits Updates - January 2024"), or none. ``"auto"`` = AuxK for TopK,
+#: BatchTopK and BatchTopK crosscoders, none otherwise (``SAEConfig.default_remedy``).
 REMEDIES = ("auto", "none", "auxk", "resample", "ghost")
 
 #: The automatic dead-latent window (``RunConfig(dead_window=0)``): this fraction of the run's tokens,
@@ -88,7 +88,7 @@ class TrainConfig:
     def effective_remedy(self) -> str:
         if self.remedy != "auto":
             return self.remedy
-        return "auxk" if self.sae.architecture in ("topk", "batchtopk") else "none"
+        return self.sae.default_remedy  # AuxK for TopK, BatchTopK and BatchTopK crosscoders
 
     @property
     def key(self) -> str:

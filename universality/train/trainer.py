@@ -42,7 +42,7 @@ from universality.train.schedules import lr_factor, warmup_factor
 from universality.train.stacked_step import StackedGroup, group_keys
 from universality.train.tracking import LOG_EVERY, NullTracker, Tracker, make_tracker, require_trackers
 
-__all__ = ["Trainer", "train_saes", "as_site_batch", "source_provenance"]
+__all__ = ["Trainer", "train_saes", "as_site_batch", "source_provenance", "per_source_explained_variance"]
 
 
 def source_provenance(source: Any) -> dict[str, Any]:
@@ -99,7 +99,8 @@ class Trainer:
         # an automatic window (dead_window=0) is fixed from the first batch; until then the cap holds
         provisional = run.dead_window or MAX_DEAD_WINDOW
         self.trackers = {k: FiringTracker(c.sae.d_sae, provisional, self.device) for k, c in self.configs.items()}
-        self.scales: dict[str, float] = {}
+        self.scales: dict[str, float | list[float]] = {}  # a list (one per source) for a crosscoder's site
+        self._site_widths = _joint_sites(configs)
         self.step = 0
         self.tokens = 0
         self.generator = torch.Generator().manual_seed(run.seed)
@@ -203,16 +204,36 @@ class Trainer:
             cfg = self.configs[key]
             x = self._rows(batch, cfg)[: self.run.init_rows]
             if cfg.site not in self.scales:
-                msq = float(x.double().pow(2).sum(dim=1).mean())
-                if not math.isfinite(msq) or msq <= 0:
-                    raise DataError(f"site {cfg.site!r}: first batch has mean squared norm {msq}", "check the activation source")
-                self.scales[cfg.site] = math.sqrt(cfg.sae.d_in / msq) if self.run.normalize else 1.0
-                medians[cfg.site] = geometric_median(x * self.scales[cfg.site])
+                self.scales[cfg.site] = self._first_scale(cfg, x)
+                medians[cfg.site] = geometric_median(self._scaled(cfg, x))
             sae = self.saes[key]
             sae.input_scale = self.scales[cfg.site]
             sae.b_dec.copy_(medians[cfg.site].to(sae.b_dec.dtype))
         for group in self.stacks:
             group.pull_(self.saes)
+
+    def _first_scale(self, cfg: TrainConfig, x: Tensor) -> float | list[float]:
+        """The normalisation of ``cfg.site`` from its first rows: ``E||s x||^2 = d_in``; for a crosscoder
+        one factor per source, each giving its source the mean squared norm ``d_in / N``."""
+        widths = self._site_widths.get(cfg.site)
+        blocks = x.split(list(widths), dim=1) if widths else [x]
+        target = cfg.sae.d_in / len(blocks)
+        scales = []
+        for i, block in enumerate(blocks):
+            msq = float(block.double().pow(2).sum(dim=1).mean())
+            if not math.isfinite(msq) or msq <= 0:
+                where = f" (source {i})" if widths else ""
+                raise DataError(f"site {cfg.site!r}{where}: first batch has mean squared norm {msq}", "check the activation source")
+            scales.append(math.sqrt(target / msq) if self.run.normalize else 1.0)
+        return scales if widths else scales[0]
+
+    def _scaled(self, cfg: TrainConfig, x_raw: Tensor) -> Tensor:
+        """Raw rows times the site's normalisation (per source for a crosscoder)."""
+        scale = self.scales[cfg.site]
+        if isinstance(scale, list):
+            widths = torch.tensor(self._site_widths[cfg.site], device=x_raw.device)
+            return x_raw * torch.tensor(scale, dtype=x_raw.dtype, device=x_raw.device).repeat_interleave(widths)
+        return x_raw * scale
 
     def _rows(self, batch: Mapping[str, Tensor], cfg: TrainConfig) -> Tensor:
         if cfg.site not in batch:
@@ -242,7 +263,7 @@ class Trainer:
     def train_step(self, key: str, x_raw: Tensor) -> dict[str, float]:
         """One optimiser step of dictionary ``key`` on raw rows ``x_raw``; returns the loss terms."""
         cfg, sae, opt, tracker = self.configs[key], self.saes[key], self.optims[key], self.trackers[key]
-        x = x_raw * self.scales[cfg.site]
+        x = self._scaled(cfg, x_raw)
         remedy = cfg.effective_remedy
         with self._autocast():
             out = self._forward_train(key, sae, x)
@@ -392,13 +413,16 @@ class Trainer:
         for key in self.keys:
             cfg, sae = self.configs[key], self.saes[key]
             stats = ReconstructionStats()
-            x = self._rows(batch, cfg) * self.scales[cfg.site]
+            x = self._scaled(cfg, self._rows(batch, cfg))
             was = sae.training
             sae.eval()
             z = sae.encode(x)
-            stats.update(x, sae.decode(z), z)
+            x_hat = sae.decode(z)
+            stats.update(x, x_hat, z)
             sae.train(was)
             out[key] = stats.summary()
+            if cfg.site in self._site_widths:  # a crosscoder: the explained variance of each source
+                out[key]["explained_variance_per_source"] = per_source_explained_variance(x, x_hat, self._site_widths[cfg.site])
         return out
 
     # ------------------------------------------------------------------ experiment tracking (RunConfig.log_to)
@@ -447,6 +471,10 @@ class Trainer:
                         source_exhausted=self.source_exhausted, init=dict(self.init_records[key]))
             meta["normalisation"] = {"method": "mean_squared_norm" if self.run.normalize else "none",
                                      "target_mean_squared_norm": cfg.sae.d_in, "scale": self.scales.get(cfg.site, 1.0)}
+            if cfg.site in self._site_widths:
+                n = len(self._site_widths[cfg.site])
+                meta["normalisation"].update(method="mean_squared_norm_per_source" if self.run.normalize else "none",
+                                             target_mean_squared_norm=[cfg.sae.d_in / n] * n)
             metrics: dict[str, Any] = dict(self.eval_metrics.get(key, {}))
             density = self.trackers[key].density()
             metrics["dead_fraction_window"] = float(self.trackers[key].dead_mask().double().mean())
@@ -505,7 +533,7 @@ class Trainer:
             opt_t = {k: v.to(self.device) if not k.endswith("/step") else v for k, v in ckpt.split_prefix(tensors, f"opt/{i}").items()}
             unflatten_optimizer_state(self.optims[key], opt_t, doc["optimizers"][key])
             self.trackers[key].load_state({k: v.to(self.device) for k, v in ckpt.split_prefix(tensors, f"tracker/{i}").items()}, doc["tracker_tokens"][key])
-        self.scales = {k: float(v) for k, v in doc["scales"].items()}
+        self.scales = {k: [float(u) for u in v] if isinstance(v, list) else float(v) for k, v in doc["scales"].items()}
         for key in self.keys:
             self.saes[key].input_scale = self.scales.get(self.configs[key].site, 1.0)
         self.step = int(doc["step"])
@@ -531,7 +559,7 @@ class Trainer:
 
     def _stacked_steps(self, batch: Mapping[str, Tensor]) -> None:
         for group in self.stacks:
-            xs = [self._rows(batch, self.configs[k]) * self.scales[self.configs[k].site] for k in group.keys]
+            xs = [self._scaled(self.configs[k], self._rows(batch, self.configs[k])) for k in group.keys]
             self.last_losses.update(group.step(xs, self.step))
 
     def _push_stacks(self) -> None:
@@ -553,6 +581,30 @@ class Trainer:
             group.pull_(self.saes)
             flat = {k: v.to(self.device) if not k.endswith("/step") else v for k, v in ckpt.split_prefix(tensors, f"stackopt/{g}").items()}
             group.load_optimizer_state(flat, metas[g])
+
+
+def _joint_sites(configs: Sequence[TrainConfig]) -> dict[str, tuple[int, ...]]:
+    """``{site: source widths}`` of the sites crosscoders read; a site read by a crosscoder and by an SAE,
+    or by crosscoders of other source widths, is refused (its normalisation would be ambiguous)."""
+    widths: dict[str, tuple[int, ...] | None] = {}
+    for c in configs:
+        w = getattr(c.sae, "source_widths", None)
+        w = tuple(w) if w else None
+        if c.site in widths and widths[c.site] != w:
+            raise ConfigError(f"site {c.site!r} is read by dictionaries with different source layouts ({widths[c.site]} and {w})",
+                              "give each crosscoder layout its own site (an SAE reads one source, a crosscoder the concatenation)")
+        widths[c.site] = w
+    return {site: w for site, w in widths.items() if w is not None}
+
+
+def per_source_explained_variance(x: Tensor, x_hat: Tensor, widths: Sequence[int]) -> list[float]:
+    """``1 - sum||x_s - x_hat_s||^2 / sum||x_s - mean(x_s)||^2`` for each source block ``s``."""
+    out = []
+    for xs, hs in zip(x.split(list(widths), dim=1), x_hat.split(list(widths), dim=1)):
+        xs, hs = xs.double(), hs.double()
+        total = float((xs - xs.mean(dim=0)).pow(2).sum())
+        out.append(1.0 - float((xs - hs).pow(2).sum()) / total if total > 0 else float("nan"))
+    return out
 
 
 def train_saes(
