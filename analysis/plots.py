@@ -3,12 +3,13 @@
 - :func:`similarity_distributions` - per-feature similarity against floor and skyline.
 - :func:`heatmap` - checkpoint-by-checkpoint or layer-by-layer similarity.
 - :func:`threshold_curves` - shared fraction against the matching threshold (activation correlation).
-
-Every figure must draw data: :func:`_save` refuses one whose axes hold no data point (:func:`plotted_points`).
 - :func:`series` - a metric along an ordered axis (training steps, layers) with baseline bands.
+- :func:`width_splitting` - stay / split / vanish / new counts per width step, and children per split parent.
 - :func:`group_projection` - a feature group (manifold) in its 2-D plane, coloured by the largest latent.
 - :func:`relative_norm_histogram` - a crosscoder's relative decoder norms (Lindsey et al. 2024), with the
   shared / exclusive bands shaded.
+
+Every figure must draw data: :func:`_save` refuses one whose axes hold no data point (:func:`plotted_points`).
 """
 
 from __future__ import annotations
