@@ -24,6 +24,7 @@ ANALYSES: dict[str, str] = {
     "subset_generalization": "analysis.studies.subset_generalization",
     "layer_flow": "analysis.studies.layer_flow",
     "causal_links": "analysis.studies.causal_links",
+    "feature_manifolds": "analysis.studies.feature_manifolds",
     "moe_experts": "analysis.studies.moe_experts",
     "feature_splitting": "analysis.studies.feature_splitting",
 }

@@ -64,6 +64,8 @@ __all__ = [
     "span",
     "subspace_similarity",
     "code_similarity",
+    "code_similarity_fn",
+    "code_basis",
     "random_group_floor",
     "match_groups",
 ]
@@ -211,9 +213,11 @@ def project_group(W_dec: Float[Tensor, "n d"], codes: Float[Tensor, "T n"], grou
     if len(R) < 3:
         raise DataError(f"group {tuple(g)} fires on {len(R)} token(s)", "pass more tokens")
     C = R - R.mean(0)
-    _, s, Vt = np.linalg.svd(C, full_matrices=False)
-    explained = float((s[:2] ** 2).sum() / max((s**2).sum(), 1e-300))
-    P = R @ Vt[:2].T
+    evals, vecs = np.linalg.eigh(C.T @ C)  # principal axes from the d x d scatter matrix (cheaper than an SVD of C)
+    order = np.argsort(evals)[::-1]
+    lam = np.clip(evals[order], 0.0, None)
+    explained = float(lam[:2].sum() / max(lam.sum(), 1e-300))
+    P = R @ vecs[:, order[:2]]
     if P.shape[1] < 2:
         P = np.column_stack([P, np.zeros(len(P))])
     evals, evecs = np.linalg.eigh(np.cov(P.T) + 1e-12 * np.eye(2))
@@ -324,25 +328,54 @@ def subspace_similarity(rows_a: Float[Tensor, "k d"], rows_b: Float[Tensor, "m d
     return float(cos.sum() / max(Sa.shape[1], Sb.shape[1]))
 
 
+def code_basis(codes: Float[Tensor, "T k"], tol: float = 1e-6) -> Float[np.ndarray, "T r"]:
+    """Orthonormal basis of the centred code columns (directions whose singular value is below ``tol``
+    of the largest dropped), from the ``k x k`` Gram matrix: ``O(T k^2)``, so a group's basis is cheap
+    even on many tokens."""
+    X = codes.detach().double().cpu().numpy()
+    X = X - X.mean(0)
+    evals, V = np.linalg.eigh(X.T @ X)
+    sv = np.sqrt(np.clip(evals, 0.0, None))
+    if sv.size == 0 or sv.max() == 0:
+        return np.zeros((X.shape[0], 0))
+    keep = sv > tol * sv.max()
+    return (X @ V[:, keep]) / sv[keep]
+
+
+def _canonical(Qa: np.ndarray, Qb: np.ndarray) -> float:
+    if Qa.shape[1] == 0 or Qb.shape[1] == 0:
+        return 0.0
+    rho = np.linalg.svd(Qa.T @ Qb, compute_uv=False)
+    return float(np.clip(rho, 0.0, 1.0).mean())
+
+
 def code_similarity(codes_a: Float[Tensor, "T k"], codes_b: Float[Tensor, "T m"], tol: float = 1e-6) -> float:
     """Mean canonical correlation between two groups' codes on the same ``T`` tokens (works across bases,
     widths and models): the singular values of ``Q_a^T Q_b`` with ``Q`` orthonormal bases of the centred
-    code columns (directions below ``tol`` of the largest singular value dropped), averaged over
-    ``min(rank_a, rank_b)``; 0 when either group never varies."""
+    code columns (:func:`code_basis`), averaged over ``min(rank_a, rank_b)``; 0 when either group never
+    varies."""
     if codes_a.ndim != 2 or codes_b.ndim != 2 or codes_a.shape[0] != codes_b.shape[0]:
         raise DataError(f"codes {tuple(codes_a.shape)} and {tuple(codes_b.shape)} are not on the same tokens",
                         "encode both dictionaries on the same token set")
-    bases = []
-    for c in (codes_a, codes_b):
-        X = c.detach().double().numpy()
-        X = X - X.mean(0)
-        Uc, s, _ = np.linalg.svd(X, full_matrices=False)
-        keep = s > tol * (s.max() if s.size else 0.0)
-        bases.append(Uc[:, keep])
-    if bases[0].shape[1] == 0 or bases[1].shape[1] == 0:
-        return 0.0
-    rho = np.linalg.svd(bases[0].T @ bases[1], compute_uv=False)
-    return float(np.clip(rho, 0.0, 1.0).mean())
+    return _canonical(code_basis(codes_a, tol), code_basis(codes_b, tol))
+
+
+def code_similarity_fn(codes_a: Float[Tensor, "T n_a"], codes_b: Float[Tensor, "T n_b"],
+                       tol: float = 1e-6) -> Callable[[Sequence[int], Sequence[int]], float]:
+    """``similarity(group_a, group_b)`` = :func:`code_similarity` of the two groups' columns, with each
+    group's basis computed once (for :func:`match_groups`, which scores every pair and many random groups)."""
+    if codes_a.ndim != 2 or codes_b.ndim != 2 or codes_a.shape[0] != codes_b.shape[0]:
+        raise DataError(f"codes {tuple(codes_a.shape)} and {tuple(codes_b.shape)} are not on the same tokens",
+                        "encode both dictionaries on the same token set")
+    cache: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
+
+    def basis(side: int, g: Sequence[int]) -> np.ndarray:
+        key = (side, tuple(g))
+        if key not in cache:
+            cache[key] = code_basis((codes_a, codes_b)[side][:, list(g)], tol)
+        return cache[key]
+
+    return lambda g, h: _canonical(basis(0, g), basis(1, h))
 
 
 Similarity = Callable[[Group, Group], float]
