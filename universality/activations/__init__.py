@@ -5,6 +5,8 @@
 - :class:`StoreReader` / :class:`LiveReader` - ``dict[site -> (batch, width)]`` batches through a
   bounded shuffle buffer, with ``state_dict()`` / ``load_state_dict()``.
 - :class:`DevicePrefetcher` - reads ahead in a thread, pins and copies batches to the GPU on a side stream.
+- :func:`aligned_stores` / :func:`aligned_live` - several sources in one row order, same tokens checked
+  (:mod:`universality.activations.aligned`; crosscoders over models or checkpoints).
 - :func:`span_activations` - text-token rows of shared evaluation spans (for cross-model matching).
 """
 
@@ -19,16 +21,21 @@ from universality.activations.harvest import (
     span_activations,
 )
 from universality.activations.live import LiveReader
+from universality.activations.aligned import AlignedLiveReader, AlignedStoreReader, aligned_live, aligned_stores
 from universality.activations.readers import DevicePrefetcher, RowReader, StoreReader
 from universality.activations.store import ActivationStore
 
 __all__ = [
     "ActivationStore",
+    "AlignedLiveReader",
+    "AlignedStoreReader",
     "DevicePrefetcher",
     "HarvestConfig",
     "LiveReader",
     "RowReader",
     "StoreReader",
+    "aligned_live",
+    "aligned_stores",
     "capture_rows",
     "check_sites",
     "harvest",

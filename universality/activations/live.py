@@ -79,7 +79,9 @@ class LiveReader(RowReader):
                 "dataset": self.dataset_name, "subset_hash": self.subset_hash,
                 "lineage": lineage_of(name) if isinstance(name, str) else None}
 
-    def _contexts_of(self, epoch: int, group: int):
+    def contexts_of(self, epoch: int, group: int) -> list:
+        """The packed contexts of group ``group`` of epoch ``epoch`` (``(context_len, 5)`` arrays; the packer
+        continues where the last call stopped, or re-packs from the start to get there)."""
         if self._stream is None or self._stream[0] != epoch or self._stream[1] != group:
             packer = self._packer_cls(self.adapter.tokenizer, self.packing)
             it = packer.contexts(self.documents)
@@ -92,7 +94,7 @@ class LiveReader(RowReader):
 
     @torch.no_grad()
     def _load_group(self, epoch: int, group: int) -> dict[str, Tensor] | None:
-        contexts = self._contexts_of(epoch, group)
+        contexts = self.contexts_of(epoch, group)
         if not contexts:
             return None
         parts: list[dict[str, Tensor]] = []

@@ -43,7 +43,7 @@ from universality.io import stable_hash
 from universality.sites import Site
 from universality.zoo.lineage import lineage_of
 
-__all__ = ["DevicePrefetcher", "MappedRows", "RowReader", "StoreReader"]
+__all__ = ["DevicePrefetcher", "MappedRows", "RowReader", "StoreReader", "plan_groups", "store_provenance"]
 
 _MIX = 0x9E3779B97F4A7C15
 
@@ -123,6 +123,36 @@ def gather_rows(src: Tensor | MappedRows, index: Tensor, out: Tensor) -> None:
 
 def _take_rows(t: Tensor | MappedRows, sl: slice) -> Tensor:
     return t.rows(sl.start, sl.stop) if isinstance(t, MappedRows) else t[sl]
+
+
+def plan_groups(pieces: Sequence[tuple[int, int, int]], shuffle_buffer: int, seed: int, epoch: int) -> list[list[tuple[int, int, int]]]:
+    """The groups of one epoch: row ranges ``(shard, lo, hi)`` in an order permuted by ``(seed, epoch)``,
+    packed greedily into groups of at most ``shuffle_buffer`` rows (one range per group unshuffled)."""
+    if shuffle_buffer <= 0:
+        return [[p] for p in pieces]
+    g = torch.Generator().manual_seed(_seed(seed, epoch, 1 << 20))
+    groups, current, rows = [], [], 0
+    for p in (pieces[i] for i in torch.randperm(len(pieces), generator=g).tolist()):
+        n = p[2] - p[1]
+        if current and rows + n > shuffle_buffer:
+            groups.append(current)
+            current, rows = [], 0
+        current.append(p)
+        rows += n
+    if current:
+        groups.append(current)
+    return groups
+
+
+def store_provenance(store) -> dict[str, Any]:
+    """A store manifest's ``model``, ``revision``, ``dataset`` (its name), ``subset_hash`` and the zoo ``lineage``
+    of that model (see :meth:`StoreReader.provenance`)."""
+    m = store.manifest
+    dataset = m.get("dataset")
+    model = m.get("model")
+    return {"model": model, "revision": m.get("revision"),
+            "dataset": dataset.get("name") if isinstance(dataset, Mapping) else dataset,
+            "subset_hash": m.get("subset_hash"), "lineage": lineage_of(model) if isinstance(model, str) else None}
 
 
 class RowReader:
@@ -309,32 +339,12 @@ class StoreReader(RowReader):
         ``lineage`` of that model, when its folder is a zoo run). The store's
         own key is left out: it hashes where the model was loaded from, so two identical runs in different
         folders would record different artifacts (the study determinism test)."""
-        m = self.store.manifest
-        dataset = m.get("dataset")
-        model = m.get("model")
-        return {"model": model, "revision": m.get("revision"),
-                "dataset": dataset.get("name") if isinstance(dataset, Mapping) else dataset,
-                "subset_hash": m.get("subset_hash"), "lineage": lineage_of(model) if isinstance(model, str) else None}
+        return store_provenance(self.store)
 
     def _groups(self, epoch: int) -> list[list[tuple[int, int, int]]]:
         if self._layout_epoch == epoch:
             return self._layout
-        pieces = self._pieces
-        if self.shuffle_buffer > 0:
-            g = torch.Generator().manual_seed(_seed(self.seed, epoch, 1 << 20))
-            pieces = [pieces[i] for i in torch.randperm(len(pieces), generator=g).tolist()]
-            groups, current, rows = [], [], 0
-            for p in pieces:
-                n = p[2] - p[1]
-                if current and rows + n > self.shuffle_buffer:
-                    groups.append(current)
-                    current, rows = [], 0
-                current.append(p)
-                rows += n
-            if current:
-                groups.append(current)
-        else:
-            groups = [[p] for p in pieces]
+        groups = plan_groups(self._pieces, self.shuffle_buffer, self.seed, epoch)
         self._layout_epoch, self._layout = epoch, groups
         return groups
 

@@ -3,7 +3,9 @@
 A crosscoder reads ``[x_1, ..., x_N]`` as one site. ``JointSource(stream, sites=[...])`` concatenates
 sites of one stream's batches (layers of one model, or the paired sites of a synthetic world);
 ``JointSource([stream_a, stream_b], sites=[...])`` takes site ``i`` from stream ``i`` (two models, two
-checkpoints, each read by its own activation reader over the same tokens). Listing one site twice
+checkpoints, each read by its own activation reader over the same tokens); ``JointSource.aligned(reader)``
+takes every source of an aligned reader (:mod:`universality.activations.aligned`: several stores or
+models in one row order, token ids checked). Listing one site twice
 gives the "everything shared" anchor (a source crossed with a copy of itself).
 
 ``provenance()`` returns ``{"sources": [...]}`` (each source's model, revision, dataset and subset hash
@@ -37,6 +39,12 @@ class JointSource:
             raise ConfigError(f"{len(self.streams)} streams for {len(sites)} sites", "give one stream per site, or one stream for all")
         self.sites, self.name = sites, name
 
+    @classmethod
+    def aligned(cls, reader, name: str = "joint") -> "JointSource":
+        """The sources of an aligned reader (:func:`universality.activations.aligned_stores` /
+        :func:`~universality.activations.aligned_live`), concatenated in order."""
+        return cls(reader, sites=list(reader.names), name=name)
+
     def _stream_of(self, i: int) -> int:
         return i if len(self.streams) > 1 else 0
 
@@ -64,9 +72,12 @@ class JointSource:
     def provenance(self) -> dict[str, Any]:
         sources = []
         for i, site in enumerate(self.sites):
-            get = getattr(self.streams[self._stream_of(i)], "provenance", None)
+            stream = self.streams[self._stream_of(i)]
+            own = getattr(stream, "source_provenance", None)  # an aligned reader knows each source's origin
+            get = (lambda: own(site)) if callable(own) else getattr(stream, "provenance", None)
             prov = dict(get()) if callable(get) else {}
             prov.pop("sources", None)
+            site = prov.pop("site", None) or site  # an aligned reader names the site behind its source key
             sources.append({**{k: v for k, v in prov.items() if v is not None}, "site": site, "index": i})
         return {"sources": sources}
 
