@@ -10,10 +10,12 @@ per span), decoded with the model's own tokenizer; residual sites get direct log
   worst pairs, unmatched latents of each side, plus the analysis's own groups (planted positives).
 - :func:`lineage_section`: chains of a checkpoint series as strips of cards, with the groups
   "longest chains", "born late" and the planted passage features.
+- :func:`dictionary_section`: cards of chosen latents of one dictionary, in named groups (feature manifolds).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +31,8 @@ from universality.cards.text import context_bounds, tensor_chunks, token_decoder
 from universality.match import match
 from universality.study.pipeline import Cell
 
-__all__ = ["CardSection", "SHOWN", "eval_rows", "pair_section", "lineage_section", "planted_items", "findings_about"]
+__all__ = ["CardSection", "SHOWN", "eval_rows", "pair_section", "lineage_section", "dictionary_section", "planted_items",
+           "findings_about"]
 
 #: items per group on a study's card page (best matches, worst matches, unmatched, chains ...)
 SHOWN = 24
@@ -138,6 +141,25 @@ def lineage_section(ctx: Any, title: str, model: str, site: str, revs: list[str]
                  meta={"revisions": list(revs), "after_step": after_step,
                        "chains_total": int(len(chains)), "chains_shown": len(shown)})
     return CardSection(title, cs, findings)
+
+
+def dictionary_section(ctx: Any, title: str, cell: Cell, seed: int, site: str, groups: dict[str, list[int]],
+                       findings: tuple[int, ...] = ()) -> CardSection | None:
+    """Feature cards of SAE seed ``seed`` of ``cell`` at ``site``, one group per entry of ``groups``
+    (name -> latents), e.g. the latents of one feature manifold; None when no group has a latent."""
+    latents = sorted({int(i) for g in groups.values() for i in g})
+    if not latents:
+        return None
+    x, tok, spans = eval_rows(ctx, cell.model, cell.revision, site)
+    residual = _is_residual(ctx, cell.model, site)
+    cs, _ = dictionary_card_set(ctx.saes(cell)[site][seed], tensor_chunks(x, tok, spans),
+                                token_decoder(ctx.adapter(cell.model).tokenizer), {**_text(ctx, cell.model), "site": site},
+                                CardOptions(seed=ctx.cfg.seed), latents=latents,
+                                unembed=unembedding(ctx.adapter_at(cell.model, cell.revision)) if residual else None,
+                                site_is_residual=residual, label=f"{cell.model}@{cell.revision} ({site})")
+    shown = {c.latent for c in cs.cards_a}
+    named = {name: tuple(f"a:{i}" for i in g if int(i) in shown) for name, g in groups.items()}
+    return CardSection(title, dataclasses.replace(cs, groups={k: v for k, v in named.items() if v}), findings)
 
 
 def findings_about(findings: list[str], prefix: str) -> tuple[int, ...]:

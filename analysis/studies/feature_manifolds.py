@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from analysis import plots
+from analysis.studies.cards import dictionary_section
 from analysis.studies.common import A_SEED, B_SEED, AnalysisResult, Codebook, norm_row
 from universality.errors import DataError
 from universality.match.manifolds import (GroupingConfig, code_similarity_fn, group_features, irreducibility,
@@ -85,15 +86,15 @@ def run(ctx, figures_dir) -> AnalysisResult:
             match_tables.append(t)
             skylines[(model, site)] = got[0]
             rows.append(norm_row(NAME, f"{model}: SAE seed {A_SEED} vs {B_SEED}", "group match", got[0], got[1], got[0],
-                                 site_a=site, site_b=site, n_pairs=got[4], above_floor_p95=got[3],
+                                 site_a=site, site_b=site, models=model, n_pairs=got[4], above_floor_p95=got[3],
                                  note="skyline row: the same model's groups found by two SAE seeds"))
     # across models that read the same tokens (the shared evaluation spans, one tokenizer)
+    skipped: list[str] = []
     names = [m.name for m in ctx.cfg.models]
     for i, ma in enumerate(names):
         for mb in names[i + 1:]:
             if not torch.equal(book.token_ids(ma, finals[ma]), book.token_ids(mb, finals[mb])):
-                res.findings.append(f"{ma} vs {mb}: other tokens on the evaluation text, so their groups are not "
-                                    "matched here (code similarity needs the same tokens).")
+                skipped.append(f"{ma} vs {mb}")
                 continue
             for site in [s.name for s in ctx.sites_of(ma)]:
                 if (mb, site, A_SEED) not in groups:
@@ -105,7 +106,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
                 match_tables.append(t)
                 sky = np.nanmean([skylines.get((ma, site), np.nan), skylines.get((mb, site), np.nan)])
                 rows.append(norm_row(NAME, f"{ma} vs {mb}", "group match", got[0], got[1], float(sky), site_a=site,
-                                     site_b=site, n_pairs=got[4], above_floor_p95=got[3],
+                                     site_b=site, models=f"{ma},{mb}", n_pairs=got[4], above_floor_p95=got[3],
                                      note="mean canonical correlation of matched groups' codes; floor: random groups of "
                                           "the partner's size; skyline: the two models' SAE-seed group matches"))
     # a middle checkpoint of a series against the last
@@ -124,7 +125,8 @@ def run(ctx, figures_dir) -> AnalysisResult:
                 continue
             match_tables.append(t)
             rows.append(norm_row(NAME, f"{spec.name}: {mid} vs {revs[-1]}", "group match", got[0], got[1],
-                                 skylines.get((spec.name, site), np.nan), site_a=site, site_b=site, n_pairs=got[4],
+                                 skylines.get((spec.name, site), np.nan), site_a=site, site_b=site, models=spec.name,
+                                 n_pairs=got[4],
                                  above_floor_p95=got[3], note="a middle checkpoint's groups against the final model's"))
     if match_tables:
         res.tables["group_matches"] = pd.concat(match_tables, ignore_index=True).assign(
@@ -133,6 +135,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
     table = pd.DataFrame(rows)
     res.tables["group_match_summary"] = table
     res.tidy += rows
+    tags: list[set[tuple[str, str]]] = [set() for _ in res.findings]  # (model, site) behind each finding
     if len(groups_table):
         best = groups_table.sort_values("irreducibility", ascending=False, na_position="last").iloc[0]
         res.findings.append(
@@ -140,6 +143,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
             f"{best['model']}:{best['site']} latents [{best['group']}] (irreducibility {best['irreducibility']:.2f}: "
             f"separability {best['separability']:.2f}, mixture {best['mixture']:.2f}; median over groups "
             f"{groups_table['irreducibility'].median():.2f}).")
+        tags.append({(best["model"], best["site"])})
         cell = Cell(best["model"], best["revision"], ctx.cfg.model(best["model"]).data)
         sae = ctx.saes(cell)[best["site"]][A_SEED]
         members = [int(v) for v in best["group"].split()]
@@ -148,12 +152,39 @@ def run(ctx, figures_dir) -> AnalysisResult:
                             plots.group_projection(proj.frame(), figures_dir / "manifold_top_group.png",
                                                    f"{best['model']}:{best['site']} latents {best['group']}")))
     for r in table.itertuples():
+        tags.append({(m, r.site_a) for m in r.models.split(",")})
         res.findings.append(f"Groups {r.comparison} at {r.site_a}: matched similarity {r.value:.3f} against random "
                             f"groups {r.floor:.3f} (seed skyline {r.skyline:.3f}; {r.above_floor_p95:.0%} of {r.n_pairs} "
                             "pairs above the floor's 95th percentile).")
-    res.text = ("Latents are grouped by decoder cosine and co-firing; each group is tested for irreducibility "
+    if ctx.cfg.cards:
+        res.cards += _sections(ctx, groups_table, tags)
+    res.text = ((f"Not matched (other tokens on the evaluation text; code similarity needs the same tokens): "
+                 f"{', '.join(skipped)}. " if skipped else "") + "Latents are grouped by decoder cosine and co-firing; each group is tested for irreducibility "
                 "(Engels et al. 2024): separability (min over rotations of the normalised mutual information of its "
                 "two plane coordinates) and mixture (share of points near two lines); score = min(separability, "
                 "1 - mixture). Groups are matched one-to-one by the mean canonical correlation of their codes on "
                 "the same tokens; floor: random groups of the partner's size; skyline: the same model's two SAE seeds.")
     return res
+
+
+#: irreducible groups shown as cards per dictionary
+CARD_GROUPS = 4
+
+
+def _sections(ctx, groups_table: pd.DataFrame, tags: list[set[tuple[str, str]]]) -> list:
+    """One card section per (model, site): its :data:`CARD_GROUPS` most irreducible groups, each a group of
+    cards; it backs the findings tagged with that dictionary."""
+    out = []
+    if not len(groups_table):
+        return out
+    for (model, site), part in groups_table.groupby(["model", "site"], sort=False):
+        top = part.sort_values("irreducibility", ascending=False, na_position="last").head(CARD_GROUPS)
+        named = {f"group {r.group} (irreducibility {r.irreducibility:.2f})": [int(v) for v in r.group.split()]
+                 for r in top.itertuples()}
+        findings = tuple(i for i, t in enumerate(tags) if (model, site) in t)
+        rev = top["revision"].iloc[0]
+        sec = dictionary_section(ctx, f"{model}:{site} feature groups (manifolds)", Cell(model, rev, ctx.cfg.model(model).data),
+                                 A_SEED, site, named, findings)
+        if sec is not None:
+            out.append(sec)
+    return out

@@ -98,7 +98,12 @@ def test_quickstart_tiny_end_to_end_and_cache(tmp_path, monkeypatch):
     html = first.report_html.read_text()
     assert html.count("data:image/png;base64,") >= 6
     tidy = pd.read_csv(first.results_csv)
-    assert set(tidy["analysis"]) == {"feature_evolution", "architecture_comparison", "subset_generalization"}
+    assert set(tidy["analysis"]) == {"feature_evolution", "architecture_comparison", "subset_generalization",
+                                     "feature_manifolds"}
+    groups = tidy[(tidy["analysis"] == "feature_manifolds") & (tidy["metric"] == "group match")]
+    assert len(groups) and groups[["value", "floor"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert groups["comparison"].str.contains("pythia vs mamba").any()  # one tokenizer: matched across architectures
+    assert any(t.startswith("Feature manifolds") and ": pythia:" in t and "feature groups" in t for t in sections), sections
     mppc = tidy[tidy["metric"] == "mppc"]
     within = mppc["analysis"] == "feature_evolution"  # one model: the SAE-seed skyline only
     assert mppc["floor"].notna().all() and mppc.loc[within, "skyline"].notna().all()
