@@ -6,6 +6,8 @@
 - :func:`series` - a metric along an ordered axis (training steps, layers) with baseline bands.
 - :func:`width_splitting` - stay / split / vanish / new counts per width step, and children per split parent.
 - :func:`group_projection` - a feature group (manifold) in its 2-D plane, coloured by the largest latent.
+- :func:`found_fractions` - share of a reference dictionary's features found by each control, bars per view,
+  with floor and skyline markers.
 - :func:`relative_norm_histogram` - a crosscoder's relative decoder norms (Lindsey et al. 2024), with the
   shared / exclusive bands shaded.
 
@@ -31,7 +33,7 @@ from universality.errors import DataError  # noqa: E402
 from universality.io import atomic_write_bytes  # noqa: E402
 
 __all__ = ["similarity_distributions", "heatmap", "threshold_curves", "series", "width_splitting", "group_projection",
-           "relative_norm_histogram", "plotted_points"]
+           "relative_norm_histogram", "found_fractions", "plotted_points"]
 
 _PALETTE = {"observed": "#1f77b4", "floor": "#999999", "skyline": "#2ca02c"}
 
@@ -202,4 +204,29 @@ def relative_norm_histogram(df: pd.DataFrame, path: str | Path, title: str, x: s
     ax.axvspan(exclusive, 1.0, color="#d62728", alpha=0.12)
     ax.set(title=title, xlabel="relative decoder norm (source B)", ylabel="latents", xlim=(0.0, 1.0))
     ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def found_fractions(df: pd.DataFrame, path: str | Path, title: str, ylabel: str = "share of features found") -> Path:
+    """Bars of ``found`` per ``control`` (``hue`` = ``view``), with each bar's ``floor`` (grey) and ``skyline``
+    (green) drawn as short horizontal markers over it.
+
+    Columns: ``control``, ``view``, ``found``, ``floor``, ``skyline``.
+    """
+    _require(df, ["control", "view", "found", "floor", "skyline"], "found_fractions")
+    order = list(dict.fromkeys(df["control"]))
+    views = list(dict.fromkeys(df["view"]))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(order) * max(1, len(views)) + 2), 4.2))
+    sns.barplot(data=df, x="control", y="found", hue="view", order=order, hue_order=views, ax=ax)
+    width = 0.8 / max(1, len(views))
+    for (c, v), r in df.set_index(["control", "view"]).iterrows():
+        x = order.index(c) - 0.4 + width * (views.index(v) + 0.5)
+        for col, color, label in (("floor", _PALETTE["floor"], "floor"), ("skyline", _PALETTE["skyline"], "skyline")):
+            if np.isfinite(r[col]):
+                ax.hlines(r[col], x - width / 2, x + width / 2, colors=color, linewidth=2.5, label=label)
+    handles, labels = ax.get_legend_handles_labels()
+    uniq = dict(zip(labels, handles))
+    ax.legend(uniq.values(), uniq.keys(), fontsize="small")
+    ax.set(title=title, xlabel="control", ylabel=ylabel, ylim=(0, 1.05))
+    ax.tick_params(axis="x", labelrotation=15)
     return _save(fig, path)

@@ -4,7 +4,8 @@ Hugging Face causal LMs: the output embedding (``lm_head``) and the final norm b
 names the families use (GPT-2 ``transformer.ln_f``, GPT-NeoX/Pythia ``gpt_neox.final_layer_norm``,
 Mamba ``backbone.norm_f``, Llama-style and MoE ``model.norm``). A LayerNorm centres its input; an
 RMSNorm does not. TransformerLens bridges: ``W_U`` and ``ln_final``. ``None`` when the model has no
-output embedding.
+output embedding. :func:`input_embedding` reads the other end: the input embedding matrix
+(``get_input_embeddings()``, or a TransformerLens ``W_E``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import nn
 
 from universality.cards.logits import Unembedding
 
-__all__ = ["unembedding", "FINAL_NORMS"]
+__all__ = ["unembedding", "input_embedding", "FINAL_NORMS"]
 
 FINAL_NORMS = ("transformer.ln_f", "gpt_neox.final_layer_norm", "backbone.norm_f", "model.norm")
 
@@ -44,3 +45,13 @@ def unembedding(adapter: Any) -> Unembedding | None:
     weight = getattr(norm, "weight", None) if norm is not None else None
     return Unembedding(weight=head.weight.detach(), norm_weight=None if weight is None else weight.detach(),
                        centred=isinstance(norm, nn.LayerNorm))
+
+
+def input_embedding(adapter: Any) -> Any:
+    """The ``(vocab, d_model)`` input embedding weight of ``adapter.model`` (detached), or None."""
+    model = adapter.model
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if emb is not None and getattr(emb, "weight", None) is not None:
+        return emb.weight.detach()
+    W_E = getattr(model, "W_E", None)  # a TransformerLens model: W_E is (vocab, d_model)
+    return None if W_E is None else W_E.detach()

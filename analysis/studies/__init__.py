@@ -27,6 +27,7 @@ ANALYSES: dict[str, str] = {
     "feature_manifolds": "analysis.studies.feature_manifolds",
     "moe_experts": "analysis.studies.moe_experts",
     "feature_splitting": "analysis.studies.feature_splitting",
+    "model_vs_dataset": "analysis.studies.model_vs_dataset",
 }
 
 

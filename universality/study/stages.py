@@ -64,6 +64,7 @@ __all__ = [
     "harvest_cell",
     "train_cell",
     "sae_key",
+    "train_on_source",
     "build_eval_spans",
     "eval_activations",
 ]
@@ -208,12 +209,13 @@ def sae_key(site: str, seed: int) -> str:
     return f"{site}/s{seed}"
 
 
-def _train_configs(cfg: StudyConfig, store: ActivationStore) -> list[TrainConfig]:
+def _train_configs(cfg: StudyConfig, widths: dict[str, int], seed_offset: int = 0) -> list[TrainConfig]:
+    """One config per site x seed of ``cfg.sae`` (each seed plus ``seed_offset``), named by :func:`sae_key`."""
     sp = cfg.sae
     configs = []
-    for site in store.sites:
-        sae_cfg = sp.sae_config(store.width(site))
-        for seed in sp.seeds:
+    for site, width in widths.items():
+        sae_cfg = sp.sae_config(width)
+        for seed in (s + seed_offset for s in sp.seeds):
             configs.append(TrainConfig(sae=sae_cfg, site=site, seed=seed, lr=sp.lr, warmup_steps=sp.effective_warmup(),
                                        sparsity_warmup_steps=sp.sparsity_warmup_steps if sae_cfg.uses_penalty else 0,
                                        name=sae_key(site, seed)))
@@ -235,10 +237,30 @@ def train_cell(cfg: StudyConfig, cache: StageCache, cell: Cell, store: Activatio
                         dead_window=sp.effective_dead_window(), init_rows=min(sp.init_rows, store.n_rows))
         meta = {"model": cell.model, "revision": cell.revision, "dataset": f"{cfg.corpus.source}:{cell.data}",
                 "subset_hash": subset_hash}
-        train_saes(reader, _train_configs(cfg, store), run, meta=meta, progress=True)
+        train_saes(reader, _train_configs(cfg, {site: store.width(site) for site in sites}), run, meta=meta, progress=True)
 
     rec = cache.run("saes", key, build, label=f"{model_label(cell.model, cell.revision)} on {cell.data}")
     return {site: [SAE.load(rec.path / "saes" / sae_key(site, seed)) for seed in sp.seeds] for site in sites}
+
+
+def train_on_source(cfg: StudyConfig, cache: StageCache, stage: str, key: dict[str, Any], make_source: Any,
+                    widths: dict[str, int], seed_offset: int, meta: dict[str, Any], label: str,
+                    init_rows: int) -> dict[str, list[SAE]]:
+    """``{site: [SAE per seed]}`` trained like :func:`train_cell` (the study's SAE spec, every site and seed in
+    one pass) on the source ``make_source()`` builds (any activation source: control data), with seeds
+    ``cfg.sae.seeds`` plus ``seed_offset``; cached as stage ``stage`` under ``key`` (plus the SAE spec,
+    sites, seeds and device)."""
+    sp = cfg.sae
+    full = {**key, "sae": sp.selected(), "sites": sorted(widths), "seed_offset": seed_offset, "device": cfg.device}
+
+    def build(tmp: Path) -> None:
+        run = RunConfig(steps=sp.steps, device=cfg.device, seed=cfg.seed, out_dir=str(tmp / "saes"),
+                        dead_window=sp.effective_dead_window(), init_rows=init_rows)
+        train_saes(make_source(), _train_configs(cfg, widths, seed_offset), run, meta=meta, progress=True)
+
+    rec = cache.run(stage, full, build, label=label)
+    return {site: [SAE.load(rec.path / "saes" / sae_key(site, seed + seed_offset)) for seed in sp.seeds]
+            for site in widths}
 
 
 # ------------------------------------------------------------------------------ shared eval text
