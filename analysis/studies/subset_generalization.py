@@ -17,6 +17,9 @@ trained on D' activations}. The analysis asks
 4. **Model or SAE data?** MPPC between SAEs that differ only in the SAE's data (same model) and
    between SAEs that differ only in the model (same SAE data), against the seed skyline.
 
+5. **Can smaller SAEs find the subset's features; are D' features noisier?** (grant text, issue 16
+   item 5): :mod:`analysis.studies.subset_questions`, on the model trained on D.
+
 Every MPPC row carries two skylines (Wang et al. 2024): the SAE-seed skyline (two seeds of SAE_D on
 the model) and, when ``study.model_seed_skyline`` trains model-seed copies, the model-seed skyline
 (SAE_D on the model against SAE_D on its copy pre-trained with another seed), each with its own
@@ -34,6 +37,7 @@ import torch
 
 from analysis import plots
 from analysis.studies.cards import findings_about, pair_section, planted_items
+from analysis.studies.subset_questions import run_questions
 from analysis.studies.common import (
     A_SEED,
     B_SEED,
@@ -111,6 +115,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
     res.tables["specific_features"] = pd.DataFrame(out.specific)
     res.tidy += out.rows + effects
     res.findings += _specific_findings(out.specific) + _subset_findings(table)
+    questions_text = run_questions(ctx, book, m_full, res, figures_dir)
     if ctx.cfg.cards:
         for model in (m_full, m_sub):
             rev = ctx.revisions(model)[-1]
@@ -133,7 +138,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
                 "reconstruction table gives each SAE's explained variance on evaluation tokens from D' and from D \\ D'. "
                 + skylines_text(ctx) + " In the matched-fraction rows the skyline columns are the same rate between "
                 "two seeds of SAE_D (skyline_sae_seed) and between SAE_D on the model and on its model-seed copy "
-                "(skyline_model_seed): the noise levels a difference must exceed.")
+                "(skyline_model_seed): the noise levels a difference must exceed." + questions_text)
     return res
 
 
