@@ -26,6 +26,7 @@ COMMON = [
     "study.sae.expansion=4",
     "study.sae.topk.k=6",
     "study.sites=[blocks.1.hook_resid_post]",
+    "study.sae.expansions=[]",  # no extra widths: the planted positives are about the main dictionaries
     "study.cards=false",  # the known answers are in the tables; the card page is tested with the quickstart
 ]
 

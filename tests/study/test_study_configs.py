@@ -31,7 +31,9 @@ def shrink(cfg: StudyConfig, out: Path) -> StudyConfig:
                                    inject_after_step=None if cfg.corpus.inject_after_step is None else 8),
         harvest=HarvestSpec(train_tokens=2048, context_length=32, batch_size=16, eval_spans=24, span_chars=120,
                             max_doc_tokens=128),
-        sae=dataclasses.replace(cfg.sae, steps=40, batch_size=128, expansion=2, topk=TopKOptions(k=4)),
+        # extra widths only where the analysis is about them (tests/study/test_subset_questions.py covers the subset's)
+        sae=dataclasses.replace(cfg.sae, steps=40, batch_size=128, expansion=2, topk=TopKOptions(k=4),
+                                expansions=cfg.sae.expansions if "feature_splitting" in cfg.analyses else ()),
         match=dataclasses.replace(cfg.match, gw_max=32, n_perm=2),
     )
 
