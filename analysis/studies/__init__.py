@@ -21,6 +21,7 @@ __all__ = ["ANALYSES", "analysis_module"]
 ANALYSES: dict[str, str] = {
     "feature_evolution": "analysis.studies.feature_evolution",
     "architecture_comparison": "analysis.studies.architecture_comparison",
+    "crosscoder_arm": "analysis.studies.crosscoder_arm",
     "subset_generalization": "analysis.studies.subset_generalization",
     "layer_flow": "analysis.studies.layer_flow",
     "causal_links": "analysis.studies.causal_links",

@@ -44,7 +44,10 @@ from universality.data import (
 from universality.data.sources import SourceConfig, shakespeare
 from universality.io import load_tensors, read_json, save_tensors, stable_hash
 from universality.progress import model_label
+from universality.activations.aligned import aligned_stores
+from universality.crosscoder.source import JointSource
 from universality.sae import SAE
+from universality.sae.crosscoder_config import crosscoder_config
 from universality.sites import Site
 from universality.study.cache import StageCache
 from universality.study.config import ModelSpec, StudyConfig
@@ -65,6 +68,8 @@ __all__ = [
     "train_cell",
     "sae_key",
     "train_on_source",
+    "crosscoder_spec",
+    "train_crosscoders",
     "build_eval_spans",
     "eval_activations",
 ]
@@ -261,6 +266,46 @@ def train_on_source(cfg: StudyConfig, cache: StageCache, stage: str, key: dict[s
     rec = cache.run(stage, full, build, label=label)
     return {site: [SAE.load(rec.path / "saes" / sae_key(site, seed + seed_offset)) for seed in sp.seeds]
             for site in widths}
+
+
+# ---------------------------------------------------------------------------------- crosscoders
+CROSSCODER_K = 32
+"""k of a crosscoder when the study's SAE architecture has none (relu, gated, ...)."""
+
+
+def crosscoder_spec(cfg: StudyConfig, widths: Sequence[int]) -> dict[str, Any]:
+    """The study's SAE settings carried to a BatchTopK crosscoder over sources of ``widths``:
+    ``d_sae = expansion x max width``, ``k`` = the study's ``k`` (or :data:`CROSSCODER_K`), at most ``d_sae``."""
+    sp = cfg.sae
+    d_sae = sp.expansion * max(widths)
+    k = min(int(getattr(sp.options, "k", CROSSCODER_K)), d_sae)
+    return {"source_widths": [int(w) for w in widths], "d_sae": d_sae, "k": k, "sparsity": "batchtopk"}
+
+
+def train_crosscoders(cfg: StudyConfig, cache: StageCache, stores: Sequence[ActivationStore], sites: Sequence[str],
+                      seeds: Sequence[int], label: str) -> list[SAE]:
+    """One BatchTopK crosscoder per seed (:func:`crosscoder_spec`) over source ``i`` = site ``sites[i]`` of
+    ``stores[i]``, read in one row order (:func:`~universality.activations.aligned_stores`: same tokens, checked).
+    A store and site listed twice give the "everything shared" anchor (a source crossed with a copy of itself).
+    Cached as stage ``crosscoder`` by the stores, sites, seeds, SAE spec and device."""
+    sp = cfg.sae
+    spec = crosscoder_spec(cfg, [st.width(site) for st, site in zip(stores, sites)])
+    seeds = [int(s) for s in seeds]
+    key = {"stage": "crosscoder", "stores": [str(st.path.parent.name) for st in stores], "sites": list(sites),
+           "seeds": seeds, "spec": spec, "sae": sp.selected(), "device": cfg.device}
+
+    def build(tmp: Path) -> None:
+        reader = aligned_stores(list(stores), list(sites), batch_size=sp.batch_size,
+                                shuffle_buffer=sp.effective_shuffle_buffer(), seed=cfg.seed, epochs=None, drop_last=True)
+        cc_cfg = crosscoder_config(tuple(spec["source_widths"]), spec["d_sae"], k=spec["k"], sparsity="batchtopk")
+        configs = [TrainConfig(sae=cc_cfg, site="joint", seed=seed, lr=sp.lr, warmup_steps=sp.effective_warmup(),
+                               name=f"crosscoder/s{seed}") for seed in seeds]
+        run = RunConfig(steps=sp.steps, device=cfg.device, seed=cfg.seed, out_dir=str(tmp / "saes"),
+                        dead_window=sp.effective_dead_window(), init_rows=min(sp.init_rows, stores[0].n_rows))
+        train_saes(JointSource.aligned(reader), configs, run, meta={"dataset": cfg.corpus.source}, progress=True)
+
+    rec = cache.run("crosscoder", key, build, label=label)
+    return [SAE.load(rec.path / "saes" / "crosscoder" / f"s{seed}") for seed in seeds]
 
 
 # ------------------------------------------------------------------------------ shared eval text
