@@ -12,7 +12,7 @@ sets (floor) and matched pairs between two SAE seeds of one model (skyline, :fun
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ from universality.errors import ConfigError, MatchError
 from universality.progress import progress_bar
 from universality.sites import Site, as_site
 
-__all__ = ["ablation_effects", "pair_agreement", "agreement_rows", "check_same_tokens", "AblationInputs", "best_pairs", "features_per_pass", "PASS_TOKENS"]
+__all__ = ["ablation_effects", "pair_agreement", "agreement_rows", "check_same_tokens", "AblationInputs", "best_pairs", "features_per_pass", "PASS_TOKENS", "block_ablation"]
 
 
 #: tokens per forward pass that blocks of latents aim for when ``batch_features`` is left to choose
@@ -45,6 +45,22 @@ def features_per_pass(requested: int | None, batch_tokens: int, device: Any) -> 
         return requested
     budget = PASS_TOKENS["cuda" if torch.device(device).type == "cuda" else "cpu"]
     return int(max(1, min(64, budget // max(1, int(batch_tokens)))))
+
+
+def block_ablation(sae: Any, block: Sequence[int]) -> Callable[[Tensor], Tensor]:
+    """The replacement for a batch repeated ``len(block)`` times: copy ``i`` loses latent ``block[i]``'s
+    decoder contribution, ``x - z_f(x) W_dec[f]`` (the reconstruction error stays)."""
+    W = sae.W_dec.detach()
+    rows = torch.tensor([int(f) for f in block], device=W.device)
+    k = len(block)
+
+    def remove(x: Tensor) -> Tensor:
+        flat = x.reshape(k, -1, x.shape[-1]).to(W.dtype).to(W.device)
+        z = sae.encode(flat.reshape(-1, flat.shape[-1])).reshape(k, flat.shape[1], -1)
+        zf = z.gather(2, rows[:, None, None].expand(k, flat.shape[1], 1))
+        return (flat - zf * W[rows][:, None, :]).to(x.dtype).to(x.device).reshape(x.shape)
+
+    return remove
 
 
 def _next_logp(logits: Tensor, input_ids: Tensor, mask: Tensor) -> Tensor:
@@ -69,20 +85,12 @@ def ablation_effects(adapter: Any, sae: Any, site: str | Site, latents: Sequence
     base = _next_logp(adapter.forward(input_ids, attention_mask=am), input_ids, mask)
     latents = [int(f) for f in latents]
     out = torch.zeros(len(latents), base.numel(), dtype=torch.float64)
-    W = sae.W_dec.detach()
     blocks = [latents[i:i + batch_features] for i in range(0, len(latents), batch_features)]
     done = 0
     for block in progress_bar(blocks, "ablate latents", progress=progress, work=len(latents) * 1e5):
         k = len(block)
-        rows = torch.tensor(block, device=W.device)
-
-        def remove(x: Tensor, rows: Tensor = rows, k: int = k) -> Tensor:
-            flat = x.reshape(k, -1, x.shape[-1]).to(W.dtype).to(W.device)
-            z = sae.encode(flat.reshape(-1, flat.shape[-1])).reshape(k, flat.shape[1], -1)
-            zf = z.gather(2, rows[:, None, None].expand(k, flat.shape[1], 1))
-            return (flat - zf * W[rows][:, None, :]).to(x.dtype).to(x.device).reshape(x.shape)
-
-        logits = adapter.forward(input_ids.repeat(k, 1), attention_mask=am.repeat(k, 1), replace={s: remove})
+        logits = adapter.forward(input_ids.repeat(k, 1), attention_mask=am.repeat(k, 1),
+                                 replace={s: block_ablation(sae, block)})
         ids_k, mask_k = input_ids.repeat(k, 1), mask.repeat(k, 1)
         got = _next_logp(logits, ids_k, mask_k).reshape(k, -1)
         out[done:done + k] = got - base

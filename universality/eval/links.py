@@ -39,7 +39,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from universality.errors import ConfigError
-from universality.eval.ablation import features_per_pass
+from universality.eval.ablation import block_ablation, features_per_pass
 from universality.io import stable_hash
 from universality.progress import progress_bar
 from universality.sites import Site, as_site
@@ -129,7 +129,7 @@ def causal_links(adapter: Any, source: tuple[str | Site, Any], targets: Mapping[
     _check_sites(s_site, list(tgt))
     am = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
     valid = am.reshape(-1).bool()
-    W = s_sae.W_dec.detach()
+    d_sae = int(s_sae.W_dec.shape[0])
     seen: dict[Site, Tensor] = {}
 
     def recorder(site: Site):
@@ -149,7 +149,6 @@ def causal_links(adapter: Any, source: tuple[str | Site, Any], targets: Mapping[
         fired = codes(s_sae, seen[s_site], 1)[0].gt(0).any(0)
         latents = [int(i) for i in torch.nonzero(fired).flatten()]
     latents = [int(f) for f in latents]
-    d_sae = int(W.shape[0])
     bad = [f for f in latents if not 0 <= f < d_sae]
     if bad:
         raise ConfigError(f"latents {bad[:5]} are outside the source dictionary's {d_sae} latents", "pass latent indices in range")
@@ -159,17 +158,9 @@ def causal_links(adapter: Any, source: tuple[str | Site, Any], targets: Mapping[
     done = 0
     for block in progress_bar(blocks, f"links from {s_site.name}", progress=progress, work=len(latents) * 1e5):
         k = len(block)
-        rows = torch.tensor(block, device=W.device)
-
-        def remove(x: Tensor, rows: Tensor = rows, k: int = k) -> Tensor:
-            flat = x.reshape(k, -1, x.shape[-1]).to(W.dtype).to(W.device)
-            z = s_sae.encode(flat.reshape(-1, flat.shape[-1])).reshape(k, flat.shape[1], -1)
-            zf = z.gather(2, rows[:, None, None].expand(k, flat.shape[1], 1))
-            return (flat - zf * W[rows][:, None, :]).to(x.dtype).to(x.device).reshape(x.shape)
-
         seen.clear()
         replace: dict[Site, Any] = {s: recorder(s) for s in tgt}
-        replace[s_site] = remove
+        replace[s_site] = block_ablation(s_sae, block)
         adapter.forward(input_ids.repeat(k, 1), attention_mask=am.repeat(k, 1), replace=replace)
         for s, sae in tgt.items():
             shares[s.name][done:done + k] = _shares(clean[s], codes(sae, seen[s], k))
