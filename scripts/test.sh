@@ -15,7 +15,7 @@ py=.venv/bin/python
 rc=$?
 [ $rc -eq 0 ] || exit $rc
 [ $fast -eq 1 ] && exit 0
-"$py" -m pytest -m slow ${args[@]+"${args[@]}"}
+"$py" -m pytest -m slow --durations=20 ${args[@]+"${args[@]}"}
 rc=$?
 [ $rc -eq 5 ] && rc=0   # no slow tests collected
 exit $rc

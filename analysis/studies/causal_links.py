@@ -48,9 +48,10 @@ def _cached_links(ctx, model: str, rev: str, source: str, src_sae, targets: dict
 
 
 def run(ctx, figures_dir) -> AnalysisResult:
-    model = ctx.cfg.models[0].name
+    spec = ctx.cfg.models[0]
+    model = spec.name
     rev = ctx.revisions(model)[-1]
-    cell = Cell(model, rev, "D")
+    cell = Cell(model, rev, spec.data)
     typed = sorted(ctx.sites_of(model))
     saes = {s.name: ctx.saes(cell)[s.name][A_SEED] for s in typed}
     tokens = ctx.eval_tokens(model)
