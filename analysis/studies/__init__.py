@@ -24,6 +24,7 @@ ANALYSES: dict[str, str] = {
     "crosscoder_arm": "analysis.studies.crosscoder_arm",
     "subset_generalization": "analysis.studies.subset_generalization",
     "layer_flow": "analysis.studies.layer_flow",
+    "crosscoder_layers": "analysis.studies.crosscoder_layers",
     "causal_links": "analysis.studies.causal_links",
     "feature_manifolds": "analysis.studies.feature_manifolds",
     "moe_experts": "analysis.studies.moe_experts",

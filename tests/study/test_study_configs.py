@@ -85,6 +85,23 @@ def test_layer_flow_runs(tmp_path):
     maps = pd.read_csv(out.root / "tables" / "layer_flow__code_maps.csv")
     assert len(maps) == 10 and maps["agreement"].between(0, 1).all() and maps["density"].between(0, 1).all()
     assert any("code map" in f for f in out.report_md.read_text().splitlines())
+    # the crosscoder arm: one cross-layer crosscoder over the five sites, beside the matching arm
+    cc = tidy[tidy["analysis"] == "crosscoder_layers"]
+    co, per = (cc[cc["metric"] == m].set_index("comparison") for m in ("crosscoder co-span", "matching persistence"))
+    assert len(co) == len(per) == 4  # consecutive pairs of five sites
+    for r in (co, per):
+        assert r[["value", "value_seed2"]].stack().between(0, 1).all()
+        assert np.allclose(r["seed_null_spread"], (r["value"] - r["value_seed2"]).abs())
+    assert (co["skyline"] >= 0.9).all()  # known answer: a site crossed with a copy of itself spans both copies
+    assert co["floor"].between(0, 1).all()
+    # known positive: resid_post of block 0 and resid_pre of block 1 are the same activations
+    assert co.loc["blocks.0.hook_resid_post -> blocks.1.hook_resid_pre", "value"] >= 0.8
+    spans = pd.read_csv(out.root / "tables" / "crosscoder_layers__span_counts.csv")
+    assert list(spans["sites_spanned"]) == [1, 2, 3, 4, 5] and spans["latents"].sum() == co["n_live"].iloc[0]
+    two = pd.read_csv(out.root / "tables" / "crosscoder_layers__two_arm.csv")
+    assert len(two) == 8 and set(two["arm"]) == {"crosscoder", "matching"}
+    assert (out.root / "figures" / "crosscoder_layers_co_span.png").is_file()
+    assert "the two arms agree" in out.report_md.read_text() or "the two arms disagree" in out.report_md.read_text()
 
 
 def test_feature_splitting_runs(tmp_path):
