@@ -67,7 +67,7 @@ def train_arms(world, width: int, seeds: int, steps: int, arms: tuple[str, ...] 
     """``{arm: [dictionary or tuple of per-source dictionaries, one per seed]}``; every dictionary has its own seed."""
     from universality.sae import sae_config
     from universality.sae.crosscoder_config import crosscoder_config
-    from universality.train import RunConfig, TrainConfig, train_saes
+    from universality.train import TrainConfig, train_saes
 
     widths = world.cfg.widths
     cc_width = 2 * width
