@@ -10,6 +10,8 @@
   with floor and skyline markers.
 - :func:`relative_norm_histogram` - a crosscoder's relative decoder norms (Lindsey et al. 2024), with the
   shared / exclusive bands shaded.
+- :func:`norm_trajectories` - a checkpoint crosscoder's per-latent decoder norms along training: median and
+  quantile bands over latents, highlighted latents drawn one by one.
 
 Every figure must draw data: :func:`_save` refuses one whose axes hold no data point (:func:`plotted_points`).
 """
@@ -33,7 +35,7 @@ from universality.errors import DataError  # noqa: E402
 from universality.io import atomic_write_bytes  # noqa: E402
 
 __all__ = ["similarity_distributions", "heatmap", "threshold_curves", "series", "width_splitting", "group_projection",
-           "relative_norm_histogram", "found_fractions", "plotted_points"]
+           "relative_norm_histogram", "found_fractions", "norm_trajectories", "plotted_points"]
 
 _PALETTE = {"observed": "#1f77b4", "floor": "#999999", "skyline": "#2ca02c"}
 
@@ -229,4 +231,33 @@ def found_fractions(df: pd.DataFrame, path: str | Path, title: str, ylabel: str 
     ax.legend(uniq.values(), uniq.keys(), fontsize="small")
     ax.set(title=title, xlabel="control", ylabel=ylabel, ylim=(0, 1.05))
     ax.tick_params(axis="x", labelrotation=15)
+    return _save(fig, path)
+
+
+def norm_trajectories(df: pd.DataFrame, path: str | Path, title: str, x: str = "step", y: str = "norm",
+                      latent: str = "latent", highlight: str | None = None, threshold: float | None = None,
+                      logx: bool = False) -> Path:
+    """Per-latent values along an ordered axis (one row per latent and ``x``): the median over latents with
+    the 25-75% and 10-90% quantile bands; latents whose ``highlight`` column is true drawn one line each;
+    ``threshold`` a dotted horizontal line (e.g. the birth fraction)."""
+    _require(df, [x, y, latent] + ([highlight] if highlight else []), "norm_trajectories")
+    q = df.groupby(x)[y].quantile([0.1, 0.25, 0.5, 0.75, 0.9]).unstack().sort_index()
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    xs = q.index.to_numpy(dtype=float)
+    ax.fill_between(xs, q[0.1], q[0.9], color=_PALETTE["observed"], alpha=0.15, label="10-90% of latents")
+    ax.fill_between(xs, q[0.25], q[0.75], color=_PALETTE["observed"], alpha=0.3, label="25-75% of latents")
+    ax.plot(xs, q[0.5], color=_PALETTE["observed"], marker="o", label=f"median ({df[latent].nunique()} latents)")
+    if highlight:
+        marked = df[df[highlight].astype(bool)]
+        for i, (lat, grp) in enumerate(marked.groupby(latent)):
+            grp = grp.sort_values(x)
+            ax.plot(grp[x].to_numpy(dtype=float), grp[y].to_numpy(dtype=float), color="#d62728", lw=1.2, alpha=0.8,
+                    label=f"{highlight} latents ({marked[latent].nunique()})" if i == 0 else None)
+    if threshold is not None:
+        ax.axhline(threshold, color="#999999", ls=":", lw=1.2, label=f"threshold {threshold}")
+    if logx:
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlim(left=0)
+    ax.set(title=title, xlabel=x, ylabel=y)
+    ax.legend(fontsize="small")
     return _save(fig, path)

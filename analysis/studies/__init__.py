@@ -22,6 +22,8 @@ ANALYSES: dict[str, str] = {
     "feature_evolution": "analysis.studies.feature_evolution",
     "architecture_comparison": "analysis.studies.architecture_comparison",
     "crosscoder_arm": "analysis.studies.crosscoder_arm",
+    "crosscoder_evolution": "analysis.studies.crosscoder_evolution",
+    "crosscoder_subset": "analysis.studies.crosscoder_subset",
     "subset_generalization": "analysis.studies.subset_generalization",
     "layer_flow": "analysis.studies.layer_flow",
     "crosscoder_layers": "analysis.studies.crosscoder_layers",

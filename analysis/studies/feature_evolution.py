@@ -94,6 +94,16 @@ def lineage_events_long(events: pd.DataFrame) -> pd.DataFrame:
     return long.sort_values(["to_step", "event"], kind="stable").reset_index(drop=True)
 
 
+def site_lineage(ctx, book: Codebook, model: str, site: str, revs: list[str], seeds: tuple[int, int] = (A_SEED, B_SEED)):
+    """The lineage of ``site`` over checkpoints ``revs`` (activation view, ``match.corr_threshold``); the SAE
+    seed copies alternate along the series (``seeds[0]`` at the first checkpoint), so no link joins two SAEs
+    of the same seed. ``seeds`` swapped gives the lineage's seed null."""
+    return lineage([ctx.saes(Cell(model, r, "D"))[site][seeds[i % 2]] for i, r in enumerate(revs)],
+                   threshold=ctx.cfg.match.corr_threshold, view="activations", labels=revs,
+                   activations=[book.acts(model, r, site) for r in revs],
+                   token_ids=book.token_ids(model, revs[-1]))
+
+
 def run(ctx, figures_dir) -> AnalysisResult:
     model = _series_model(ctx)
     revs = ctx.revisions(model)
@@ -126,11 +136,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
             for rb_rev in revs:
                 a, b = per_feature_mppc(codes_by_rev[ra_rev], book.codes(Cell(model, rb_rev, "D"), site, B_SEED))
                 heat_rows.append({"site": site, "a": ra_rev, "b": rb_rev, "mppc": float(a.mean())})
-        # alternate the seed copies along the series, so no link joins two SAEs of the same seed
-        lin = lineage([ctx.saes(Cell(model, r, "D"))[site][(A_SEED, B_SEED)[i % 2]] for i, r in enumerate(revs)],
-                      threshold=ctx.cfg.match.corr_threshold, view="activations", labels=revs,
-                      activations=[book.acts(model, r, site) for r in revs],
-                      token_ids=book.token_ids(model, final))
+        lin = site_lineage(ctx, book, model, site, revs)
         res.tables[f"lineage_events_{site}"] = lineage_event_table(lin.counts(), site, revs)
         chains = lin.chains
         if len(chains):
