@@ -77,7 +77,7 @@ def random_share(z: Float[Tensor, "T d_sae"], live: np.ndarray, size: int, out: 
 
 def classify(cc, x: Float[Tensor, "T d_in"], out: Bool[Tensor, " T"], inside: Bool[Tensor, " T"], seed: int) -> dict:
     """Live latents by class, the share of the D model's latents missing from the D' model, and each group's
-    firing share (with the random-set floor of the D-exclusive group)."""
+    firing share with its floor (random sets of live latents of the group's size)."""
     live = live_latents(cc, x)
     labels, owner = classify_latents(relative_decoder_norms(cc))
     lab, own, lv = np.array(labels), owner.numpy(), live.numpy()
@@ -92,7 +92,8 @@ def classify(cc, x: Float[Tensor, "T d_in"], out: Bool[Tensor, " T"], inside: Bo
            "missing": len(groups["exclusive_D"]) / d_side if d_side else float("nan"),
            "exclusive_fraction": (len(groups["exclusive_D"]) + len(groups["exclusive_Dprime"])) / n_live if n_live else float("nan")}
     res.update({g: firing_share(z, idx, out, inside) for g, idx in groups.items()})
-    res["floor"] = random_share(z, groups["live"], len(groups["exclusive_D"]), out, inside, seed)
+    res["floors"] = {g: random_share(z, groups["live"], len(idx), out, inside, seed) for g, idx in groups.items()}
+    res["floor"] = res["floors"]["exclusive_D"]
     return res
 
 
@@ -146,10 +147,9 @@ def run(ctx, figures_dir) -> AnalysisResult:
     rows = []
     for group, label in (("exclusive_D", f"latents exclusive to {m_full}"), ("shared", "shared latents")):
         v0, v1 = c0[group]["share"], c1[group]["share"]
-        floor = c0["floor"] if group == "exclusive_D" else float("nan")
-        rows.append(norm_row(NAME, comp, f"D \\ D' firing share ({label})", v0, floor, 1.0,
-                             note=("floor: random sets of live latents of the same size; " if group == "exclusive_D" else "")
-                             + "skyline: a set that fires only on D \\ D' text; 0.5 = equal rates on D' and D \\ D'",
+        rows.append(norm_row(NAME, comp, f"D \\ D' firing share ({label})", v0, c0["floors"][group], 1.0,
+                             note="floor: random sets of live latents of the same size; skyline: a set that fires only "
+                                  "on D \\ D' text; 0.5 = equal rates on D' and D \\ D'",
                              value_seed2=v1, seed_null_spread=abs(v0 - v1), n_latents=len(c0["groups"][group]),
                              n_latents_seed2=len(c1["groups"][group]), rate_ratio=c0[group]["ratio"],
                              activation_share=c0[group]["act_share"], anchor_live_share=anc["live"]["share"], **common))
@@ -202,10 +202,10 @@ def run(ctx, figures_dir) -> AnalysisResult:
         for group in ("exclusive_D", "shared", "live"):
             if np.isfinite(c[group]["share"]):
                 bars.append({"control": f"{group} ({name_})", "view": "D \\ D' firing share", "found": c[group]["share"],
-                             "floor": c["floor"] if group == "exclusive_D" else float("nan"), "skyline": 1.0})
+                             "floor": c["floors"][group], "skyline": 1.0})
     if bars:
         res.figures.append(("D \\ D' firing share of crosscoder latent groups (0.5 = equal rates on D' and D \\ D' text), "
-                            "with the random-set floor of the exclusive group",
+                            "with the floor of random live latent sets of each group's size",
                             plots.found_fractions(pd.DataFrame(bars), figures_dir / "crosscoder_subset_enrichment.png",
                                                   "Crosscoder latents on D \\ D' text", ylabel="D \\ D' firing share")))
     res.text = (f"A BatchTopK crosscoder over {site} of {m_full} (trained on D) and {m_sub} (trained on D'), on the "
