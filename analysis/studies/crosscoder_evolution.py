@@ -139,7 +139,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
     lin_null = lineage_births(ctx, book, model, site, revs, (B_SEED, A_SEED))
 
     # births per checkpoint, both arms
-    p0, p1, pa = later_distribution(s0["counts"]), later_distribution(s1["counts"]), later_distribution(anc["counts"])
+    p0, p1 = later_distribution(s0["counts"]), later_distribution(s1["counts"])
     l0, l1 = later_distribution(np.nan_to_num(lin)), later_distribution(np.nan_to_num(lin_null))
     cc_spread, lin_spread, dist = tv_distance(p0, p1), tv_distance(l0, l1), tv_distance(p0, l0)
     tol = float(np.nanmax([cc_spread, lin_spread])) if np.isfinite([cc_spread, lin_spread]).any() else float("nan")
