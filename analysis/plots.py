@@ -236,7 +236,7 @@ def found_fractions(df: pd.DataFrame, path: str | Path, title: str, ylabel: str 
 
 def norm_trajectories(df: pd.DataFrame, path: str | Path, title: str, x: str = "step", y: str = "norm",
                       latent: str = "latent", highlight: str | None = None, threshold: float | None = None,
-                      logx: bool = False) -> Path:
+                      logx: bool = False, xlabel: str | None = None, ylabel: str | None = None) -> Path:
     """Per-latent values along an ordered axis (one row per latent and ``x``): the median over latents with
     the 25-75% and 10-90% quantile bands; latents whose ``highlight`` column is true drawn one line each;
     ``threshold`` a dotted horizontal line (e.g. the birth fraction)."""
@@ -258,6 +258,6 @@ def norm_trajectories(df: pd.DataFrame, path: str | Path, title: str, x: str = "
     if logx:
         ax.set_xscale("symlog", linthresh=1.0)
         ax.set_xlim(left=0)
-    ax.set(title=title, xlabel=x, ylabel=y)
+    ax.set(title=title, xlabel=xlabel or x, ylabel=ylabel or y)
     ax.legend(fontsize="small")
     return _save(fig, path)

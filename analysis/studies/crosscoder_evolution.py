@@ -212,7 +212,9 @@ def run(ctx, figures_dir) -> AnalysisResult:
                         plots.norm_trajectories(long, figures_dir / "crosscoder_evolution_trajectories.png",
                                                 f"Crosscoder decoder norms over training ({site})", x="step",
                                                 y="norm_over_final", latent="latent", highlight="passage",
-                                                threshold=BIRTH_FRACTION, logx=min(steps) >= 0)))
+                                                threshold=BIRTH_FRACTION, logx=min(steps) >= 0,
+                                                xlabel="training step" if min(steps) >= 0 else "checkpoint (series order)",
+                                                ylabel="decoder norm / final decoder norm")))
     res.text = (f"A BatchTopK crosscoder reads {site} of {model} at every checkpoint ({', '.join(revs)}) on the same "
                 "harvested tokens; each latent has one decoder row per checkpoint. A latent is born at the first "
                 f"checkpoint where its decoder norm reaches {BIRTH_FRACTION} of its final norm (live latents only). "
