@@ -143,7 +143,8 @@ def run(ctx, figures_dir) -> AnalysisResult:
     l0, l1 = later_distribution(np.nan_to_num(lin)), later_distribution(np.nan_to_num(lin_null))
     cc_spread, lin_spread, dist = tv_distance(p0, p1), tv_distance(l0, l1), tv_distance(p0, l0)
     tol = float(np.nanmax([cc_spread, lin_spread])) if np.isfinite([cc_spread, lin_spread]).any() else float("nan")
-    agree = bool(np.isfinite(dist) and np.isfinite(tol) and dist <= tol)
+    comparable = bool(np.isfinite(dist))  # both arms date at least one birth after the first checkpoint
+    agree = bool(comparable and np.isfinite(tol) and dist <= tol)
     two = pd.DataFrame({
         "site": site, "revision": revs, "step": steps,
         "crosscoder_births": s0["counts"], "crosscoder_share_of_later": np.r_[np.nan, p0],
@@ -151,7 +152,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
         "anchor_births": anc["counts"],
         "lineage_births": lin, "lineage_share_of_later": np.r_[np.nan, l0],
         "lineage_births_seed_null": lin_null, "lineage_share_of_later_seed_null": np.r_[np.nan, l1]})
-    two["tv_crosscoder_vs_lineage"], two["tolerance"], two["agree"] = dist, tol, agree
+    two["tv_crosscoder_vs_lineage"], two["tolerance"], two["comparable"], two["agree"] = dist, tol, comparable, agree
     res.tables["two_arm_births"] = two
 
     later = {k: 1.0 - s["counts"][0] / s["n_live"] if s["n_live"] else float("nan") for k, s in (("s0", s0), ("s1", s1), ("anchor", anc))}
@@ -164,7 +165,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
             norm_row(NAME, comp, "birth distribution distance (crosscoder vs lineage)", dist, float("nan"), None,
                      note="total variation between the two arms' distributions of births after the first checkpoint; "
                           "tolerance = the larger seed spread", crosscoder_seed_spread=cc_spread,
-                     lineage_seed_spread=lin_spread, tolerance=tol, agree=agree, **common)]
+                     lineage_seed_spread=lin_spread, tolerance=tol, comparable=comparable, agree=agree, **common)]
     res.findings.append(
         f"{comp}: {s0['n_live']} live crosscoder latents; born (decoder norm reaching {BIRTH_FRACTION} of its final "
         f"value) per checkpoint: " + ", ".join(f"{r} {c}" for r, c in zip(revs, s0["counts"]))
@@ -172,9 +173,13 @@ def run(ctx, figures_dir) -> AnalysisResult:
         f"checkpoint (second seed {later['s1']:.3f}; floor, the copy anchor: {later['anchor']:.3f}).")
     res.findings.append(
         f"{comp}: lineage births of the matching arm per transition: "
-        + ", ".join(f"{r} {int(v)}" for r, v in zip(revs[1:], lin[1:])) + "; the two arms' distributions of later births "
-        f"differ by TV {dist:.3f} (crosscoder seed spread {cc_spread:.3f}, lineage seed spread {lin_spread:.3f}): the "
-        f"two arms " + ("agree" if agree else "disagree") + f" (tolerance {tol:.3f}).")
+        + ", ".join(f"{r} {int(v)}" for r, v in zip(revs[1:], lin[1:])) + "; "
+        + (f"the two arms' distributions of later births differ by TV {dist:.3f} (crosscoder seed spread {cc_spread:.3f}, "
+           f"lineage seed spread {lin_spread:.3f}): the two arms " + ("agree" if agree else "disagree")
+           + f" (tolerance {tol:.3f})." if comparable else
+           "the two arms cannot be compared: "
+           + ("the crosscoder" if not np.isfinite(p0).all() else "the lineage")
+           + " dates no birth after the first checkpoint."))
 
     traj = _trajectory_table(s0, revs, steps)
     if after is not None:

@@ -186,12 +186,15 @@ def run(ctx, figures_dir) -> AnalysisResult:
     res.findings.append(
         f"{comp}: of {c0['n_live']} live crosscoder latents, {len(c0['groups']['exclusive_D'])} are exclusive to {m_full} "
         f"(trained on D), {len(c0['groups']['exclusive_Dprime'])} to {m_sub} (trained on D'), {len(c0['groups']['shared'])} "
-        f"shared. D \\ D' firing share (0.5 = no enrichment; {out.float().mean():.2f} of the tokens are from D \\ D'): "
-        f"{m_full}-exclusive latents {ex['share']:.3f} (firing-rate ratio {ex['ratio']:.3f}; second seed "
-        f"{c1['exclusive_D']['share']:.3f}; floor, random live sets of that size: {c0['floor']:.3f}), shared latents "
-        f"{sh['share']:.3f} (second seed {c1['shared']['share']:.3f}); enrichment excess {excess0:.3f} (second seed "
-        f"{excess1:.3f}, seed null spread {abs(excess0 - excess1):.3f}); copy anchor: {anc['exclusive_fraction']:.3f} of "
-        f"its live latents exclusive, their firing share {anc['live']['share']:.3f}.")
+        f"shared. D \\ D' firing share (0.5 = no enrichment; {float(out.float().mean()):.2f} of the tokens are from D \\ D'): "
+        + (f"{m_full}-exclusive latents {ex['share']:.3f} (firing-rate ratio {ex['ratio']:.3f}; second seed "
+           f"{c1['exclusive_D']['share']:.3f}; floor, random live sets of that size: {c0['floor']:.3f}), "
+           if len(c0["groups"]["exclusive_D"]) else f"no latent is exclusive to {m_full}, so there is no enrichment to "
+           f"measure (second seed: {len(c1['groups']['exclusive_D'])} exclusive); ")
+        + f"shared latents {sh['share']:.3f} (second seed {c1['shared']['share']:.3f}; floor "
+        f"{c0['floors']['shared']:.3f}); enrichment excess {excess0:.3f} (second seed {excess1:.3f}, seed null spread "
+        f"{abs(excess0 - excess1):.3f}); copy anchor: {anc['exclusive_fraction']:.3f} of its live latents exclusive, "
+        f"their firing share {anc['live']['share']:.3f}.")
     res.findings.append(
         f"{comp}: the crosscoder finds {c0['missing']:.3f} of {m_full}'s latents missing from {m_sub} (seed null spread "
         f"{cc_spread:.3f}; copy anchor floor {anc['missing']:.3f}); matching finds {m_ab:.3f} of SAE_D features of "

@@ -57,7 +57,7 @@ def test_crosscoder_evolution_on_a_tiny_series(tmp_path):
     two = pd.read_csv(out.root / "tables" / "crosscoder_evolution__two_arm_births.csv")
     assert list(two["step"]) == [0, 8, 16]
     for col in ("crosscoder_births", "crosscoder_births_seed2", "anchor_births", "lineage_births",
-                "lineage_share_of_later", "tolerance", "agree"):
+                "lineage_share_of_later", "tolerance", "comparable", "agree"):
         assert col in two.columns
     assert two["crosscoder_births"].sum() == later["n_live"] and two["anchor_births"].iloc[1:].sum() <= 1
     assert np.isnan(two["lineage_births"].iloc[0]) and (two["lineage_births"].iloc[1:] >= 0).all()
@@ -75,7 +75,10 @@ def test_crosscoder_evolution_on_a_tiny_series(tmp_path):
     assert len(traj) == later["n_live"] and np.allclose(traj["step16"], 1.0)
     assert (out.root / "figures" / "crosscoder_evolution_trajectories.png").is_file()
     report = out.report_md.read_text()
-    assert "the two arms agree" in report or "the two arms disagree" in report
+    assert ("the two arms agree" in report or "the two arms disagree" in report
+            or "the two arms cannot be compared" in report)
+    assert bool(two["comparable"].iloc[0]) == np.isfinite(dist["value"])
+    assert not bool(two["agree"].iloc[0]) or dist["value"] <= dist["tolerance"]
     print("\n" + two.to_string() + "\n" + born.to_string()
           + f"\npassage born after {after}: {passage['value']} (seed2 {passage['value_seed2']}, floor {passage['floor']}, "
           f"anchor {passage['anchor_value']}, all {passage['all_born_after']}); born later {later['value']:.3f}/"
