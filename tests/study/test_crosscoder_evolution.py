@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 
 from analysis.studies.crosscoder_evolution import birth_counts, later_distribution, tv_distance
@@ -83,29 +82,3 @@ def test_crosscoder_evolution_on_a_tiny_series(tmp_path):
           + f"\npassage born after {after}: {passage['value']} (seed2 {passage['value_seed2']}, floor {passage['floor']}, "
           f"anchor {passage['anchor_value']}, all {passage['all_born_after']}); born later {later['value']:.3f}/"
           f"{later['value_seed2']:.3f}, anchor {later['floor']:.3f}; TV {dist['value']:.3f} tol {dist['tolerance']:.3f}")
-
-
-@pytest.mark.slow
-def test_passage_latents_are_born_after_the_injection(tmp_path):
-    """The planted positive at the size of tests/study/test_planted.py (a 160-step series, the passage from
-    step 60 on): the crosscoder dates some births after the first checkpoint (above the copy anchor), finds
-    passage latents, and more of them are born after step 60 than of the live latents at large."""
-    after, steps = 60, 160
-    model = {"steps": steps, "warmup_steps": 10, "d_model": 48, "n_heads": 2,
-             "checkpoint_steps": [0, after // 2, after, (after + steps) // 2, steps]}
-    cfg = study_from_dict({
-        "name": "cce_slow", "out_dir": str(tmp_path / "s"), "analyses": ["crosscoder_evolution"],
-        "sites": ["blocks.1.hook_resid_post"], "tokenizer_vocab": 320, "cards": False,
-        "corpus": {"max_docs": 80, "inject_after_step": after},
-        "models": [{"name": "pythia", "zoo": "tiny_pythia", "data": "D", "checkpoints": "all", "overrides": model}],
-        "harvest": {"train_tokens": 16000, "eval_spans": 60, "span_chars": 160},
-        "sae": {"steps": 600, "batch_size": 256, "expansion": 4, "seeds": [0, 1], "topk": {"k": 6}}})
-    out = run_study(cfg, progress=False)
-    rows = pd.read_csv(out.results_csv).set_index("metric")
-    later = rows.loc["share of live latents born after the first checkpoint"]
-    assert later["value"] > later["floor"] and later["value_seed2"] > later["floor"]
-    passage = rows.loc["share of passage latents born after the injection step"]
-    assert passage["n_passage"] > 0
-    assert passage["value"] >= passage["floor"]
-    print("\n" + pd.read_csv(out.root / "tables" / "crosscoder_evolution__two_arm_births.csv").to_string()
-          + "\n" + pd.read_csv(out.root / "tables" / "crosscoder_evolution__passage_latents.csv").to_string())

@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 
 from analysis.studies.crosscoder_subset import classify, firing_share
@@ -94,27 +93,3 @@ def test_crosscoder_subset_on_a_tiny_study(tmp_path):
     assert "the two arms agree" in report or "the two arms disagree" in report
     print("\n" + two.to_string() + "\n" + rows[["value", "value_seed2", "floor", "skyline", "seed_null_spread"]].to_string()
           + f"\nanchor live share {shared['anchor_live_share']}")
-
-
-@pytest.mark.slow
-def test_d_exclusive_latents_on_the_planted_family(tmp_path):
-    """At the size of tests/study/test_planted.py (120-step models, a planted family only in D \\ D'): the
-    crosscoder over the D and D' models has D-exclusive latents, they fire relatively more on D \\ D' text
-    than random live latents of their number, and the copy anchor stays (nearly) all shared."""
-    model = {"steps": 120, "warmup_steps": 10, "d_model": 48, "n_heads": 2}
-    cfg = study_from_dict({
-        "name": "ccs_slow", "out_dir": str(tmp_path / "s"), "analyses": ["crosscoder_subset"],
-        "sites": ["blocks.1.hook_resid_post"], "tokenizer_vocab": 320, "cards": False,
-        "corpus": {"max_docs": 80, "planted": True, "planted_docs": 30},
-        "subset": {"kind": "fraction", "fraction": 0.5, "seed": 0},
-        "models": [{"name": "pythia", "zoo": "tiny_pythia", "data": "D", "overrides": model},
-                   {"name": "pythia_sub", "zoo": "tiny_pythia", "data": "D_prime", "overrides": model}],
-        "harvest": {"train_tokens": 16000, "eval_spans": 60, "span_chars": 160},
-        "sae": {"steps": 600, "batch_size": 256, "expansion": 4, "seeds": [0, 1], "topk": {"k": 6}}})
-    out = run_study(cfg, progress=False)
-    rows = pd.read_csv(out.results_csv).set_index("metric")
-    excl = rows.loc["D \\ D' firing share (latents exclusive to pythia)"]
-    assert excl["n_latents"] > 0
-    assert excl["value"] > excl["floor"]
-    assert rows.loc["crosscoder: share of pythia latents missing from pythia_sub", "floor"] <= 0.05
-    print("\n" + pd.read_csv(out.root / "tables" / "crosscoder_subset__two_arm_missing.csv").to_string())
