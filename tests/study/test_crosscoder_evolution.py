@@ -16,7 +16,8 @@ from universality.study.runner import run_study
 
 register_configs()
 
-#: tiny: the decoder blocks barely leave their equal-norm start here, so births mostly sit at step 0 (the slow test trains longer)
+#: tiny: the decoder blocks barely leave their equal-norm start here, so births mostly sit at step 0 (the known-answer
+#: births on a synthetic series are in tests/train/test_crosscoder_train.py and benchmarks/calibrate_crosscoder.py)
 SAE_STEPS = 80
 TINY = {"steps": 16, "warmup_steps": 4, "d_model": 32, "n_heads": 2, "checkpoint_steps": [0, 8, 16]}
 
