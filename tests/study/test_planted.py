@@ -33,7 +33,9 @@ COMMON = [
 
 def _study(name: str, out: Path, extra):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        cfg = compose(config_name="config", overrides=[f"study={name}", f"study.out_dir={out}", *COMMON, *extra])
+        # the preset's own analysis only: its crosscoder arm is tested on its own (tests/study/test_crosscoder_*.py)
+        cfg = compose(config_name="config", overrides=[f"study={name}", f"study.out_dir={out}", f"study.analyses=[{name}]",
+                                                       *COMMON, *extra])
     return study_from_dict(OmegaConf.to_container(cfg.study, resolve=True))
 
 
