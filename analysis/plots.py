@@ -8,6 +8,8 @@
 - :func:`group_projection` - a feature group (manifold) in its 2-D plane, coloured by the largest latent.
 - :func:`found_fractions` - share of a reference dictionary's features found by each control, bars per view,
   with floor and skyline markers.
+- :func:`restoration_curves` - fraction of a logit difference restored by patching k directions, one line
+  per basis (feature patching, Cunningham et al. 2023).
 - :func:`relative_norm_histogram` - a crosscoder's relative decoder norms (Lindsey et al. 2024), with the
   shared / exclusive bands shaded.
 - :func:`norm_trajectories` - a checkpoint crosscoder's per-latent decoder norms along training: median and
@@ -35,7 +37,7 @@ from universality.errors import DataError  # noqa: E402
 from universality.io import atomic_write_bytes  # noqa: E402
 
 __all__ = ["similarity_distributions", "heatmap", "threshold_curves", "series", "width_splitting", "group_projection",
-           "relative_norm_histogram", "found_fractions", "norm_trajectories", "plotted_points"]
+           "relative_norm_histogram", "found_fractions", "norm_trajectories", "restoration_curves", "plotted_points"]
 
 _PALETTE = {"observed": "#1f77b4", "floor": "#999999", "skyline": "#2ca02c"}
 
@@ -151,6 +153,28 @@ def series(df: pd.DataFrame, path: str | Path, title: str, x: str, y: str, hue: 
         ax.set_xlim(left=0)
     ax.set(title=title, xlabel=xlabel or x, ylabel=ylabel or y)
     if bands or hue:
+        ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def restoration_curves(df: pd.DataFrame, path: str | Path, title: str, targets: tuple[float, ...] = (0.5, 0.8)) -> Path:
+    """Fraction restored against the number of patched directions ``k`` (symlog axis), one line per ``basis``,
+    one panel per ``panel`` when that column is present; dashed lines at ``targets`` and at 1 (the clean run).
+
+    Columns: ``k``, ``fraction``, ``basis``; optional ``panel``.
+    """
+    _require(df, ["k", "fraction", "basis"], "restoration_curves")
+    panels = list(dict.fromkeys(df["panel"])) if "panel" in df.columns else [None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False, sharey=True)
+    for ax, panel in zip(axes[0], panels):
+        part = df if panel is None else df[df["panel"] == panel]
+        sns.lineplot(data=part, x="k", y="fraction", hue="basis", marker="o", ax=ax)
+        for t in (*targets, 1.0):
+            ax.axhline(t, color="#999999", lw=0.8, ls="--" if t < 1 else "-")
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlim(left=0)
+        ax.set(title=title if panel is None else f"{title}\n{panel}", xlabel="patched directions k",
+               ylabel="fraction of logit difference restored")
         ax.legend(fontsize="small")
     return _save(fig, path)
 

@@ -32,6 +32,7 @@ ANALYSES: dict[str, str] = {
     "moe_experts": "analysis.studies.moe_experts",
     "feature_splitting": "analysis.studies.feature_splitting",
     "model_vs_dataset": "analysis.studies.model_vs_dataset",
+    "ioi_patching": "analysis.studies.ioi_patching",
 }
 
 

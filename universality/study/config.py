@@ -165,6 +165,10 @@ class CorpusConfig:
     (:func:`universality.zoo.word_passage`) only after this step (a curriculum,
     :class:`universality.zoo.InjectSpec`), so features of that passage beyond its words have a known
     birth step for the lineage; the evaluation spans then include the passage.
+
+    ``ioi``: add ``ioi_docs`` documents of templated indirect-object-identification sentences
+    (:mod:`universality.zoo.ioi`, metadata ``ioi=True``) to D, so zoo models learn the task the
+    ``ioi_patching`` analysis patches; off by default, so other studies' corpora stay as they were.
     """
 
     source: str = "shakespeare"
@@ -173,8 +177,12 @@ class CorpusConfig:
     planted: bool = False
     planted_docs: int = 40
     inject_after_step: int | None = None
+    ioi: bool = False
+    ioi_docs: int = 400
 
     def __post_init__(self) -> None:
+        check_bool("corpus", "ioi", self.ioi)
+        check_int("corpus", "ioi_docs", self.ioi_docs)
         if self.inject_after_step is not None:
             check_int("corpus", "inject_after_step", self.inject_after_step, 0)
         if not isinstance(self.source, str) or not self.source:

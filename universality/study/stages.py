@@ -52,6 +52,7 @@ from universality.sites import Site
 from universality.study.cache import StageCache
 from universality.study.config import ModelSpec, StudyConfig
 from universality.train import RunConfig, TrainConfig, train_saes
+from universality.zoo.ioi import ioi_documents
 from universality.zoo import load_preset, planted_corpus, synthetic_pattern, train_lm, train_tokenizer, word_passage
 
 __all__ = [
@@ -117,6 +118,8 @@ def build_corpus(cfg: StudyConfig) -> dict[str, Any]:
     """``{"D": Subset, "D_prime": Subset, "pattern": str | None, "planted_ids": frozenset}``."""
     c = cfg.corpus
     source, spec = _source(cfg), _subset_spec(cfg)
+    if c.ioi:  # opt-in: without it the corpus (and every hash made from it) is unchanged
+        source = list(source) + ioi_documents(c.ioi_docs, seed=cfg.seed, name=f"{c.source}+ioi")
     if c.planted:
         pattern = synthetic_pattern(_PLANTED_SEED)
         pc = planted_corpus((d.text for d in source), n_planted=c.planted_docs, pattern=pattern,
