@@ -40,6 +40,8 @@ N_PAIRS = 64
 TARGETS = (0.5, 0.8)
 #: k of the tidy rows (SAE value against the random-direction floor and the full-activation skyline)
 K_ROWS = (1, 4, 16)
+#: the refusal threshold (mean clean logit difference, nats); the module's, kept here so a test can lower it
+THRESHOLD = MIN_LOGIT_DIFF
 BASES = ("SAE features", "PCA directions", "neurons (standard basis)", "random directions")
 
 
@@ -86,10 +88,10 @@ def run(ctx, figures_dir) -> AnalysisResult:
     for m in models:
         for rev in ctx.revisions(m):
             c, k = clean_logit_diff(ctx.adapter_at(m, rev), pairs[m])
-            lds.append({"model": m, "revision": rev, "ld_clean": c, "ld_corrupt": k, "learned": c >= MIN_LOGIT_DIFF})
+            lds.append({"model": m, "revision": rev, "ld_clean": c, "ld_corrupt": k, "learned": c >= THRESHOLD})
     ld = pd.DataFrame(lds)
     for m in models:  # refuse before any dictionary is trained
-        require_learned(float(ld[ld["model"] == m].iloc[-1]["ld_clean"]), m)
+        require_learned(float(ld[ld["model"] == m].iloc[-1]["ld_clean"]), m, THRESHOLD)
     res.tables["logit_difference"] = ld
     curves, summaries = [], []
     for m in models:
@@ -125,7 +127,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
                 "et al. 2023), and the rest of the model runs from x'. Directions are ranked by the restoration each "
                 "achieves alone on half of the pairs and the curves are read on the other half. Floor: random "
                 "orthonormal directions; skyline: the whole clean activation (1). Models below a mean clean logit "
-                f"difference of {MIN_LOGIT_DIFF:g} are refused; earlier checkpoints below it get no curves.")
+                f"difference of {THRESHOLD:g} are refused; earlier checkpoints below it get no curves.")
     return res
 
 
@@ -155,7 +157,7 @@ def _findings(res: AnalysisResult, ld: pd.DataFrame, summaries: list[dict]) -> N
     res.findings.append("Mean IOI logit difference (IO - S, final position) of the final checkpoints: "
                         + "; ".join(f"{r.model}@{r.revision} {r.ld_clean:.2f} clean, {r.ld_corrupt:.2f} corrupted"
                                     for r in finals.itertuples())
-                        + f" (threshold {MIN_LOGIT_DIFF:g}).")
+                        + f" (threshold {THRESHOLD:g}).")
     for r in finals.itertuples():
         mine = [s for s in summaries if s["model"] == r.model and s["revision"] == r.revision]
         for s in mine:

@@ -501,6 +501,9 @@ class StudyConfig:
         if "feature_splitting" in analyses and len(self.sae.expansions) < 2:
             raise ConfigError(f"feature_splitting needs at least two widths in study.sae.expansions, got {list(self.sae.expansions)}",
                               "set e.g. study.sae.expansions=[2,4,8,16]")
+        if "ioi_patching" in analyses and not self.corpus.ioi:
+            raise ConfigError("ioi_patching needs the IOI text family in the corpus (study.corpus.ioi is false)",
+                              "set study.corpus.ioi=true so the zoo models learn the task")
         check_bool("study", "model_seed_skyline", self.model_seed_skyline)
         check_bool("study", "cards", self.cards)
         if self.model_seed_skyline:
