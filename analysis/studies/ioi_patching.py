@@ -169,6 +169,18 @@ def _findings(res: AnalysisResult, ld: pd.DataFrame, summaries: list[dict]) -> N
                 f"(neurons), floor {s[('random directions', K_ROWS[1])]:.2f} (random); all SAE features restore "
                 f"{s[('SAE features', 'all')]:.2f} (skyline: the clean activation, 1); KL floor of the SAE "
                 f"reconstruction {s['kl_floor']:.3f} nats.")
+    final = {(s["model"], s["site"]): s for s in summaries
+             if (s["model"], s["revision"]) in set(zip(finals["model"], finals["revision"]))}
+    models = list(dict.fromkeys(finals["model"]))
+    if len(models) > 1:
+        sites = [site for site in dict.fromkeys(s for _, s in final) if all((m, site) in final for m in models)]
+        for site in sites:
+            res.findings.append(
+                f"Across models at {site} (final checkpoints, same prompts and tokenizer): SAE features needed for "
+                "50%/80%: " + "; ".join(f"{m} {_k_text(final[(m, site)][('SAE features', 0.5)])}/"
+                                        f"{_k_text(final[(m, site)][('SAE features', 0.8)])} (random floor "
+                                        f"{_k_text(final[(m, site)][('random directions', 0.5)])}/"
+                                        f"{_k_text(final[(m, site)][('random directions', 0.8)])})" for m in models) + ".")
     per_model = ld.groupby("model")
     for m, part in per_model:
         if len(part) > 1:

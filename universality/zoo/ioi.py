@@ -75,6 +75,7 @@ def ioi_texts(n: int, seed: int = 0, names: tuple[str, ...] = NAMES) -> list[str
 def ioi_documents(n_docs: int, per_doc: int = 8, seed: int = 0, name: str = "ioi") -> list[Any]:
     """``n_docs`` :class:`~universality.data.sources.Document`\\ s of ``per_doc`` IOI sentences each (one a
     line), ids ``<name>/<i>``, metadata ``{"source": name, "ioi": True}``."""
+    # import cost: universality.data pulls numpy and the tokenizers stack; the text helpers here need none of it
     from universality.data.sources import Document
 
     if n_docs < 1 or per_doc < 1:
