@@ -125,7 +125,8 @@ def run(ctx, figures_dir) -> AnalysisResult:
                 "are run through each model; at each site the corrupted activation is patched toward the clean one "
                 "along the top-k directions of a basis, x' = x_corrupt + sum_(i in F) (c_i - c'_i) f_i (Cunningham "
                 "et al. 2023), and the rest of the model runs from x'. Directions are ranked by the restoration each "
-                "achieves alone on half of the pairs and the curves are read on the other half. Floor: random "
+                "achieves alone on half of the pairs and the curves are read on the other half, at k = 0, 1, 2, 4, ... "
+                "and every direction (so 'k needed' is the first grid value reaching the target). Floor: random "
                 "orthonormal directions; skyline: the whole clean activation (1). Models below a mean clean logit "
                 f"difference of {THRESHOLD:g} are refused; earlier checkpoints below it get no curves.")
     return res
