@@ -35,7 +35,7 @@ from torch import Tensor
 
 from analysis import plots
 from analysis.studies.common import B_SEED, A_SEED, CONTEXT_EXCESS, MIN_FIRES, AnalysisResult, Codebook, context_excess, norm_row
-from analysis.studies.feature_evolution import _series_model, _step, lineage_event_table, site_lineage
+from analysis.studies.feature_evolution import lineage_event_table, series_model, site_lineage, step_of
 from universality.crosscoder.analysis import birth_indices, decoder_norm_trajectories, live_latents
 from universality.errors import ConfigError
 from universality.study.pipeline import Cell
@@ -112,7 +112,7 @@ def _summary(cc, x: Float[Tensor, "T d_in"], n_src: int, after: int | None, step
 
 
 def run(ctx, figures_dir) -> AnalysisResult:
-    model = _series_model(ctx)
+    model = series_model(ctx)
     revs = ctx.revisions(model)
     if len(revs) < 2:
         raise ConfigError(f"crosscoder_evolution needs at least two checkpoints of {model}, got {revs}",
@@ -122,7 +122,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
     site = ctx.sites_of(model)[-1].name
     book = Codebook(ctx)
     seeds = list(ctx.cfg.sae.seeds[:SEEDS])
-    n, steps = len(revs), [_step(r) for r in revs]
+    n, steps = len(revs), [step_of(r) for r in revs]
     res = AnalysisResult(NAME, f"Crosscoder over the checkpoints of {model} ({site})")
     stores = [ctx.store(Cell(model, r, "D")) for r in revs]
     ccs = train_crosscoders(ctx.cfg, ctx.cache, stores, [site] * n, seeds, label=f"crosscoder {model} over {n} checkpoints")

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from analysis import plots
 from analysis.studies.common import A_SEED, B_SEED, AnalysisResult, Codebook, norm_row, per_feature_mppc
-from analysis.studies.subset_generalization import _models
+from analysis.studies.subset_generalization import subset_models
 from universality.crosscoder.analysis import classify_latents, live_latents, relative_decoder_norms
 from universality.errors import ConfigError, DataError
 from universality.study.pipeline import Cell
@@ -115,7 +115,7 @@ def seed_noise_missing(ctx, book: Codebook, full: tuple[str, str], site: str) ->
 
 
 def run(ctx, figures_dir) -> AnalysisResult:
-    m_full, m_sub = _models(ctx)
+    m_full, m_sub = subset_models(ctx)
     if len(ctx.cfg.sae.seeds) < SEEDS:
         raise ConfigError(f"crosscoder_subset needs {SEEDS} SAE seeds", "set sae.seeds to at least two seeds")
     rf, rp = ctx.revisions(m_full)[-1], ctx.revisions(m_sub)[-1]

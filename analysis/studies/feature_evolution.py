@@ -23,7 +23,7 @@ from universality.study.pipeline import Cell
 NAME = "feature_evolution"
 
 
-def _series_model(ctx) -> str:
+def series_model(ctx) -> str:
     for spec in ctx.cfg.models:
         if spec.checkpoints == "all" or isinstance(spec.checkpoints, tuple):
             return spec.name
@@ -31,7 +31,7 @@ def _series_model(ctx) -> str:
                       "set checkpoints: all on one model of the study")
 
 
-def _step(revision: str) -> int:
+def step_of(revision: str) -> int:
     return int(revision[4:]) if revision.startswith("step") and revision[4:].isdigit() else -1
 
 
@@ -56,7 +56,7 @@ def transfer_to_final(ctx, model: str, revs: list[str], site: str) -> pd.DataFra
         for src, dst, direction in ((r, final, "checkpoint SAE -> final model"), (final, r, "final SAE -> checkpoint model")):
             for row in transfer_metrics(ctx.adapter_at(model, dst), saes[src], saes[dst], site, ids, mask,
                                         floor=floors[dst], cache=cache):
-                rows.append({"site": site, "revision": r, "step": _step(r), "direction": direction,
+                rows.append({"site": site, "revision": r, "step": step_of(r), "direction": direction,
                              "dictionary_from": src, "applied_to": dst, **row})
     return pd.DataFrame(rows)
 
@@ -74,8 +74,8 @@ def lineage_event_table(counts: pd.DataFrame, site: str, revs: list[str]) -> pd.
     table.index.name = "step"
     out = table.reset_index()
     out.insert(0, "site", site)
-    out.insert(2, "from_step", [_step(a) for a in revs[:-1]])
-    out.insert(3, "to_step", [_step(b) for b in revs[1:]])
+    out.insert(2, "from_step", [step_of(a) for a in revs[:-1]])
+    out.insert(3, "to_step", [step_of(b) for b in revs[1:]])
     order = sorted(range(len(out)), key=lambda i: (out["from_step"][i] < 0, out["from_step"][i], i))
     return out.iloc[order].reset_index(drop=True)
 
@@ -105,7 +105,7 @@ def site_lineage(ctx, book: Codebook, model: str, site: str, revs: list[str], se
 
 
 def run(ctx, figures_dir) -> AnalysisResult:
-    model = _series_model(ctx)
+    model = series_model(ctx)
     revs = ctx.revisions(model)
     final = revs[-1]
     book = Codebook(ctx)
@@ -128,7 +128,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
             ra, rb = per_feature_mppc(codes_by_rev[rev], final_codes[B_SEED])
             rows.append(norm_row(NAME, f"{rev} -> {final}", "mppc", float(ra.mean()), floor, sky, site=site,
                                  note=dead_note(codes_by_rev[rev], final_codes[B_SEED], rev, final),
-                                 revision=rev, step=_step(rev), direction="checkpoint->final",
+                                 revision=rev, step=step_of(rev), direction="checkpoint->final",
                                  reverse=float(rb.mean()),
                                  **mppc_ci(codes_by_rev[rev], final_codes[B_SEED], "a->b", seed=ctx.cfg.seed)))
             dist += [{"comparison": rev, "kind": "observed", "score": v} for v in ra]
@@ -163,7 +163,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
                 late = int(born["born_after_injection"].sum())
                 res.findings.append(
                     f"{site}: {late} of the final SAE's {len(born)} such features are born after step {after} "
-                    f"(at {', '.join(sorted(set(born['born_at']), key=_step))}).")
+                    f"(at {', '.join(sorted(set(born['born_at']), key=step_of))}).")
             else:
                 res.findings.append(f"{site}: the final SAE has no feature for the passage introduced after step {after}.")
         if ctx.cfg.cards:
@@ -173,7 +173,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
                                   after_step=ctx.injection["after_step"] if ctx.injection is not None else None)
             if sec is not None:
                 res.cards.append(sec)
-        agreement = [ablation_row(ctx, NAME, (model, r, site), (model, revs[-1], site), revision=r, step=_step(r))
+        agreement = [ablation_row(ctx, NAME, (model, r, site), (model, revs[-1], site), revision=r, step=step_of(r))
                      for r in revs[:-1]]
         if agreement:
             agree = pd.DataFrame(agreement)
@@ -282,12 +282,12 @@ def _passage_features(ctx, model: str, site: str, chains: pd.DataFrame) -> tuple
         excess = context_excess(z, flags["injected"], acts["token_ids"])
         fires = (z > 0).sum(0).numpy()
         feats = [int(f) for f in ((excess >= CONTEXT_EXCESS) & (fires >= MIN_FIRES)).nonzero()[0]]
-        per_rev.append({"site": site, "revision": rev, "step": _step(rev), "after_injection": _step(rev) > after,
+        per_rev.append({"site": site, "revision": rev, "step": step_of(rev), "after_injection": step_of(rev) > after,
                         "n_context": len(feats), "max_excess": float(excess.max()) if excess.size else 0.0})
         if rev == revs[-1]:
             final_feats = [(f, float(excess[f]), int(fires[f])) for f in feats]
     start_of = {int(row.features[-1]): row.start for row in chains.itertuples() if row.end == revs[-1]}
     born = pd.DataFrame([{"site": site, "feature": f, "born_at": start_of.get(f, revs[-1]), "context_excess": e, "fires": n}
                          for f, e, n in final_feats], columns=["site", "feature", "born_at", "context_excess", "fires"])
-    born["born_after_injection"] = born["born_at"].map(lambda r: _step(r) > after).astype(bool)
+    born["born_after_injection"] = born["born_at"].map(lambda r: step_of(r) > after).astype(bool)
     return pd.DataFrame(per_rev), born

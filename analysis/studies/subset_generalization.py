@@ -67,7 +67,7 @@ from universality.study.pipeline import Cell
 NAME = "subset_generalization"
 
 
-def _models(ctx) -> tuple[str, str]:
+def subset_models(ctx) -> tuple[str, str]:
     sub = [m for m in ctx.cfg.models if m.data == "D_prime"]
     if not sub:
         raise ConfigError("subset_generalization needs a model trained on D_prime", "add a model with data: D_prime")
@@ -93,7 +93,7 @@ class _Tables:
 
 
 def run(ctx, figures_dir) -> AnalysisResult:
-    m_full, m_sub = _models(ctx)
+    m_full, m_sub = subset_models(ctx)
     book = Codebook(ctx)
     res = AnalysisResult(NAME, f"Subset generalisation: {m_full} (trained on D) and {m_sub} (trained on D')")
     out = _Tables()

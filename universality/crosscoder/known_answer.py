@@ -42,6 +42,7 @@ from universality.crosscoder.analysis import (birth_indices, classify_latents, d
                                               live_latents, relative_decoder_norms)
 from universality.crosscoder.worlds import CrossWorld
 from universality.errors import DataError
+from universality.match import match
 from universality.sae.crosscoder import CrosscoderSAE
 
 __all__ = ["match_scores", "known_answer_report", "matching_report", "birth_report"]
@@ -147,8 +148,6 @@ def _live(dictionary: Any, x: Tensor) -> Tensor:
 
 def _shared_pairs(a: Any, b: Any, xa: Tensor, xb: Tensor, corr_min: float) -> tuple[list[tuple[int, int]], Tensor, Tensor]:
     """Pairs of live latents matched by the Hungarian assignment on activation correlation at ``rho >= corr_min``."""
-    from universality.match import match  # the matcher package imports the SAE stack: keep it lazy
-
     live_a, live_b = _live(a, xa), _live(b, xb)
     res = match(a, b, "hungarian", view="activations", activations=(xa, xb),
                 token_ids=torch.arange(xa.shape[0]))  # one code drives every source: the rows are the same tokens
