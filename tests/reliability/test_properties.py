@@ -238,7 +238,8 @@ def study_dicts(draw):
         "out_dir": draw(st.sampled_from(["runs/x", "/tmp/somewhere else", "../outside/is/fine", "runs/${name}"])),
         "corpus": {"source": draw(st.sampled_from(["shakespeare", "data/docs.jsonl", "hf:wikitext"])),
                    "max_docs": draw(st.none() | ints(1)), "planted": draw(st.booleans()),
-                   "planted_docs": draw(ints(1)), "inject_after_step": draw(st.none() | ints(0))},
+                   "planted_docs": draw(ints(1)), "inject_after_step": draw(st.none() | ints(0)),
+                   "ioi": True, "ioi_docs": draw(ints(1))},  # ioi: ioi_patching (one of ANALYSES) needs it
         "subset": subset,
         "tokenizer_vocab": draw(ints(257)),
         "harvest": {k: draw(ints(1)) for k in ("train_tokens", "context_length", "batch_size", "eval_spans",

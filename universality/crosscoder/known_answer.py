@@ -69,10 +69,20 @@ def _truth(world: CrossWorld) -> list[str]:
 
 @torch.no_grad()
 def known_answer_report(world: CrossWorld, cc: CrosscoderSAE, x: Float[Tensor, "batch d_in"], match_min: float = 0.9,
-                        nu_max: float = 0.3, exclusive_min: float = 0.9, shared_min_fraction: float = 0.6) -> dict[str, Any]:
+                        nu_max: float = 0.3, exclusive_min: float = 0.9, shared_min_fraction: float = 0.6,
+                        min_mass_share: float = 0.0) -> dict[str, Any]:
     """Precision and recall of the shared and exclusive classes, and the false-exclusive rate with and
-    without Latent Scaling (``None`` when the sources' widths differ), on raw activations ``x``."""
+    without Latent Scaling (``None`` when the sources' widths differ), on raw activations ``x``.
+
+    ``min_mass_share > 0`` leaves out near-dead latents: a latent counts as live only when it carries at least
+    this share of the total activation mass on ``x`` (BatchTopK's inference threshold lets a few latents
+    through on a fraction of a percent of tokens with activations ~25x below the planted features'). The
+    calibration table in ``docs/calibration.md`` uses the default, 0 (every latent that fires once)."""
     live = live_latents(cc, x)
+    if min_mass_share > 0:
+        mass = cc.encode(x).clamp_min(0).sum(dim=0)
+        live &= mass >= min_mass_share * mass.sum()
+    out_mass = {"min_mass_share": min_mass_share}
     labels, owner = classify_latents(relative_decoder_norms(cc), exclusive_min, shared_min_fraction)
     score = match_scores(world, cc)
     truth = _truth(world)
@@ -80,7 +90,7 @@ def known_answer_report(world: CrossWorld, cc: CrosscoderSAE, x: Float[Tensor, "
     best_feat_score, best_feat = score.max(dim=1)
     live_score = score.masked_fill(~live[:, None], float("-inf"))
     best_lat_score, best_lat = live_score.max(dim=0)
-    out: dict[str, Any] = {"live_latents": int(live.sum()), "d_sae": cc.cfg.d_sae}
+    out: dict[str, Any] = {"live_latents": int(live.sum()), "d_sae": cc.cfg.d_sae, **out_mass}
 
     def latent_ok(j: int, cls: str) -> bool:
         if float(best_feat_score[j]) < match_min:
