@@ -82,7 +82,6 @@ def known_answer_report(world: CrossWorld, cc: CrosscoderSAE, x: Float[Tensor, "
     if min_mass_share > 0:
         mass = cc.encode(x).clamp_min(0).sum(dim=0)
         live &= mass >= min_mass_share * mass.sum()
-    out_mass = {"min_mass_share": min_mass_share}
     labels, owner = classify_latents(relative_decoder_norms(cc), exclusive_min, shared_min_fraction)
     score = match_scores(world, cc)
     truth = _truth(world)
@@ -90,7 +89,7 @@ def known_answer_report(world: CrossWorld, cc: CrosscoderSAE, x: Float[Tensor, "
     best_feat_score, best_feat = score.max(dim=1)
     live_score = score.masked_fill(~live[:, None], float("-inf"))
     best_lat_score, best_lat = live_score.max(dim=0)
-    out: dict[str, Any] = {"live_latents": int(live.sum()), "d_sae": cc.cfg.d_sae, **out_mass}
+    out: dict[str, Any] = {"live_latents": int(live.sum()), "d_sae": cc.cfg.d_sae, "min_mass_share": min_mass_share}
 
     def latent_ok(j: int, cls: str) -> bool:
         if float(best_feat_score[j]) < match_min:
