@@ -92,8 +92,8 @@ def run(ctx, figures_dir) -> AnalysisResult:
             continue
         sa, sb = ctx.sites_of(ma)[-1].name, ctx.sites_of(mb)[-1].name
         st_a, st_b = ctx.store(Cell(ma, ra, "D")), ctx.store(Cell(mb, rb, "D"))
-        ccs = train_crosscoders(ctx.cfg, ctx.cache, [st_a, st_b], [sa, sb], seeds, label=f"crosscoder {ma} x {mb}")
-        anchor = train_crosscoders(ctx.cfg, ctx.cache, [st_a, st_a], [sa, sa], seeds[:1], label=f"crosscoder {ma} x copy")[0]
+        ccs = train_crosscoders(ctx.cfg, ctx.cache, [st_a, st_b], [sa, sb], [ma, mb], seeds, label=f"crosscoder {ma} x {mb}")
+        anchor = train_crosscoders(ctx.cfg, ctx.cache, [st_a, st_a], [sa, sa], [ma, ma], seeds[:1], label=f"crosscoder {ma} x copy")[0]
         xa, xb = book.acts(ma, ra, sa), book.acts(mb, rb, sb)
         fr = [fractions(cc, torch.cat([xa, xb], dim=1)) for cc in ccs]
         anc, anc_rel = fractions(anchor, torch.cat([xa, xa], dim=1))

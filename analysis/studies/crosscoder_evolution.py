@@ -125,8 +125,8 @@ def run(ctx, figures_dir) -> AnalysisResult:
     n, steps = len(revs), [step_of(r) for r in revs]
     res = AnalysisResult(NAME, f"Crosscoder over the checkpoints of {model} ({site})")
     stores = [ctx.store(Cell(model, r, "D")) for r in revs]
-    ccs = train_crosscoders(ctx.cfg, ctx.cache, stores, [site] * n, seeds, label=f"crosscoder {model} over {n} checkpoints")
-    anchor = train_crosscoders(ctx.cfg, ctx.cache, [stores[-1]] * n, [site] * n, seeds[:1],
+    ccs = train_crosscoders(ctx.cfg, ctx.cache, stores, [site] * n, [model] * n, seeds, label=f"crosscoder {model} over {n} checkpoints")
+    anchor = train_crosscoders(ctx.cfg, ctx.cache, [stores[-1]] * n, [site] * n, [model] * n, seeds[:1],
                                label=f"crosscoder {model}@{revs[-1]} x {n - 1} copies")[0]
     x = torch.cat([book.acts(model, r, site) for r in revs], dim=1)
     x_anchor = torch.cat([book.acts(model, revs[-1], site)] * n, dim=1)

@@ -73,11 +73,11 @@ def run(ctx, figures_dir) -> AnalysisResult:
     book = Codebook(ctx)
     store = ctx.store(cell)
     seeds = list(ctx.cfg.sae.seeds[:SEEDS])
-    ccs = train_crosscoders(ctx.cfg, ctx.cache, [store] * len(sites), sites, seeds, label=f"cross-layer crosscoder {model}")
+    ccs = train_crosscoders(ctx.cfg, ctx.cache, [store] * len(sites), sites, [model] * len(sites), seeds, label=f"cross-layer crosscoder {model}")
     x = torch.cat([book.acts(model, rev, s) for s in sites], dim=1)
     sp = [spans(cc, x) for cc in ccs]
     x0 = book.acts(model, rev, sites[0])
-    anchor = train_crosscoders(ctx.cfg, ctx.cache, [store, store], [sites[0], sites[0]], seeds[:1],
+    anchor = train_crosscoders(ctx.cfg, ctx.cache, [store, store], [sites[0], sites[0]], [model, model], seeds[:1],
                                label=f"crosscoder {model}:{sites[0]} x copy")[0]
     anchor_span = spans(anchor, torch.cat([x0, x0], dim=1))
     anchor_value = co_span(anchor_span, 0, 1)

@@ -135,8 +135,8 @@ def run(ctx, figures_dir) -> AnalysisResult:
                           "raise harvest.eval_spans or use a subset that keeps part of the corpus")
     seeds = list(ctx.cfg.sae.seeds[:SEEDS])
     st_f, st_p = ctx.store(Cell(m_full, rf, "D")), ctx.store(Cell(m_sub, rp, "D"))
-    ccs = train_crosscoders(ctx.cfg, ctx.cache, [st_f, st_p], [site, site], seeds, label=f"crosscoder {m_full} x {m_sub}")
-    anchor = train_crosscoders(ctx.cfg, ctx.cache, [st_f, st_f], [site, site], seeds[:1], label=f"crosscoder {m_full} x copy")[0]
+    ccs = train_crosscoders(ctx.cfg, ctx.cache, [st_f, st_p], [site, site], [m_full, m_sub], seeds, label=f"crosscoder {m_full} x {m_sub}")
+    anchor = train_crosscoders(ctx.cfg, ctx.cache, [st_f, st_f], [site, site], [m_full, m_full], seeds[:1], label=f"crosscoder {m_full} x copy")[0]
     xf, xp = book.acts(m_full, rf, site), book.acts(m_sub, rp, site)
     c0, c1 = (classify(cc, torch.cat([xf, xp], dim=1), out, inside, ctx.cfg.seed) for cc in ccs)
     anc = classify(anchor, torch.cat([xf, xf], dim=1), out, inside, ctx.cfg.seed)

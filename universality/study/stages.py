@@ -42,6 +42,7 @@ from universality.data import (
     select_subset,
 )
 from universality.data.sources import SourceConfig, shakespeare
+from universality.errors import ConfigError
 from universality.io import load_tensors, read_json, save_tensors, stable_hash
 from universality.progress import model_label
 from universality.activations.aligned import aligned_stores
@@ -286,16 +287,21 @@ def crosscoder_spec(cfg: StudyConfig, widths: Sequence[int]) -> dict[str, Any]:
 
 
 def train_crosscoders(cfg: StudyConfig, cache: StageCache, stores: Sequence[ActivationStore], sites: Sequence[str],
-                      seeds: Sequence[int], label: str) -> list[SAE]:
+                      models: Sequence[str], seeds: Sequence[int], label: str) -> list[SAE]:
     """One BatchTopK crosscoder per seed (:func:`crosscoder_spec`) over source ``i`` = site ``sites[i]`` of
     ``stores[i]``, read in one row order (:func:`~universality.activations.aligned_stores`: same tokens, checked).
     A store and site listed twice give the "everything shared" anchor (a source crossed with a copy of itself).
-    Cached as stage ``crosscoder`` by the stores, sites, seeds, SAE spec and device."""
+    ``models[i]`` is the study's name of source ``i``'s model: the artifact records it (as the SAE stage does),
+    not the cache folder the store was harvested from, so two runs of a study write equal documents.
+    Cached as stage ``crosscoder`` by the stores, sites, models, seeds, SAE spec and device."""
     sp = cfg.sae
+    if not len(stores) == len(sites) == len(models):
+        raise ConfigError(f"train_crosscoders got {len(stores)} stores, {len(sites)} sites and {len(models)} model names",
+                          "give one store, site and model name per source")
     spec = crosscoder_spec(cfg, [st.width(site) for st, site in zip(stores, sites)])
     seeds = [int(s) for s in seeds]
     key = {"stage": "crosscoder", "stores": [str(st.path.parent.name) for st in stores], "sites": list(sites),
-           "seeds": seeds, "spec": spec, "sae": sp.selected(), "device": cfg.device}
+           "models": list(models), "seeds": seeds, "spec": spec, "sae": sp.selected(), "device": cfg.device}
 
     def build(tmp: Path) -> None:
         reader = aligned_stores(list(stores), list(sites), batch_size=sp.batch_size,
@@ -305,7 +311,17 @@ def train_crosscoders(cfg: StudyConfig, cache: StageCache, stores: Sequence[Acti
                                name=f"crosscoder/s{seed}") for seed in seeds]
         run = RunConfig(steps=sp.steps, device=cfg.device, seed=cfg.seed, out_dir=str(tmp / "saes"),
                         dead_window=sp.effective_dead_window(), init_rows=min(sp.init_rows, stores[0].n_rows))
-        train_saes(JointSource.aligned(reader), configs, run, meta={"dataset": cfg.corpus.source}, progress=True)
+        source = JointSource.aligned(reader)
+        own = source.provenance
+
+        def provenance() -> dict[str, Any]:  # the study's model names, not the stores' cache folders
+            prov = own()
+            for src, name in zip(prov["sources"], models):
+                src["model"] = name
+            return prov
+
+        source.provenance = provenance
+        train_saes(source, configs, run, meta={"dataset": cfg.corpus.source}, progress=True)
 
     rec = cache.run("crosscoder", key, build, label=label)
     return [SAE.load(rec.path / "saes" / "crosscoder" / f"s{seed}") for seed in seeds]
