@@ -386,8 +386,11 @@ def test_ddp_equals_single_process_on_the_concatenated_batch(tmp_path):
     # one process reading the global 64-row batches = two ranks of 32 rows each (mean-reduced loss)
     ref = _concatenated_reference()
     assert not bool(ref.trackers[KEY].dead_mask().any())  # so AuxK is zero in both runs
+    # float32: the all-reduced mean and the concatenated batch's mean round differently, and 24 Adam steps carry
+    # that (one of 8,192 decoder entries was 2.8e-5 off on an AMD EPYC); a reduction bug (sum for mean, one
+    # rank's gradient) moves the weights by about the Adam step, lr = 1e-2
     for name, want in ref.saes[KEY].state_dict().items():
-        torch.testing.assert_close(r0[f"live/{name}"], want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(r0[f"live/{name}"], want, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(r0["tracker/count"], ref.trackers[KEY].count, rtol=0, atol=0)
     torch.testing.assert_close(r0["tracker/tokens_since_fired"], ref.trackers[KEY].tokens_since_fired, rtol=0, atol=0)
     meta = read_json(tmp_path / "ddp0.json")
