@@ -244,7 +244,7 @@ def main() -> None:
     args = p.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
     torch.set_num_threads(2)
-    from universality.io import atomic_write_text, write_json
+    from universality.io import replace_marked_block, write_json
 
     scenarios = [s for s in args.scenarios.split(",") if s]
     t0 = time.time()
@@ -252,13 +252,7 @@ def main() -> None:
     result["settings"]["total_seconds"] = time.time() - t0
     write_json(args.out, result)
     table = markdown(result)
-    doc = args.doc.read_text() if args.doc.is_file() else ""
-    start, end = "<!-- calibration-table:start -->", "<!-- calibration-table:end -->"
-    if start in doc and end in doc:
-        doc = doc[: doc.index(start) + len(start)] + "\n" + table + "\n" + doc[doc.index(end):]
-    else:
-        doc = doc + f"\n{start}\n{table}\n{end}\n"
-    atomic_write_text(args.doc, doc)
+    replace_marked_block(args.doc, "calibration-table", table)
     print(table)
     print(f"total {result['settings']['total_seconds']:.0f}s")
 

@@ -102,3 +102,14 @@ def test_atomic_dir_swaps_in_one_step(tmp_path, monkeypatch):
     assert uio._exchange.__name__ == "_exchange"
     if sys.platform.startswith("linux"):
         assert seen == [], "a Linux swap must not fall back to two renames"
+
+
+def test_replace_marked_block_rewrites_between_markers_or_appends(tmp_path):
+    from universality.io import replace_marked_block
+
+    doc = tmp_path / "doc.md"
+    replace_marked_block(doc, "t", "A")  # no file yet: the block is appended with both markers
+    assert doc.read_text() == "\n<!-- t:start -->\nA\n<!-- t:end -->\n"
+    doc.write_text("head\n<!-- t:start -->\nold\n<!-- t:end -->\ntail\n")
+    replace_marked_block(doc, "t", "NEW")  # the text around the markers stays
+    assert doc.read_text() == "head\n<!-- t:start -->\nNEW\n<!-- t:end -->\ntail\n"

@@ -35,6 +35,7 @@ from universality.progress import MIN_BYTES, progress_bar
 __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
+    "replace_marked_block",
     "write_json",
     "read_json",
     "save_tensors",
@@ -84,6 +85,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def replace_marked_block(path: str | os.PathLike, name: str, text: str) -> Path:
+    """Put ``text`` between the ``<!-- {name}:start -->`` and ``<!-- {name}:end -->`` lines of the text file
+    ``path`` (appended with both markers when they are missing; a missing file starts empty), atomically."""
+    path = Path(path)
+    doc = path.read_text() if path.is_file() else ""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start in doc and end in doc:
+        doc = doc[: doc.index(start) + len(start)] + "\n" + text + "\n" + doc[doc.index(end):]
+    else:
+        doc = doc + f"\n{start}\n{text}\n{end}\n"
+    return atomic_write_text(path, doc)
 
 
 def _json_default(obj: Any) -> Any:
