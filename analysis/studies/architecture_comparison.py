@@ -26,6 +26,7 @@ from analysis.studies.common import (
     B_SEED,
     MPPC_MEANING,
     AnalysisResult,
+    aligned_eval_rows,
     Codebook,
     dead_note,
     mean_skyline,
@@ -38,25 +39,11 @@ from analysis.studies.common import (
     skyline_interval,
     skylines_text,
 )
-from universality.data import align_span_tokens
 from universality.errors import ConfigError
 from universality.match import encode_codes, match
 from universality.study.pipeline import Cell
 
 NAME = "architecture_comparison"
-
-
-def _rows_for(ctx, book: Codebook, a: tuple[str, str], b: tuple[str, str]):
-    """Index of the eval rows of ``a`` and ``b`` that read the same text, and shared token ids."""
-    ta, tb = book.token_ids(*a), book.token_ids(*b)
-    if ta.shape == tb.shape and torch.equal(ta, tb):
-        idx = torch.arange(ta.shape[0])
-        return idx, idx, ta
-
-    al = align_span_tokens(ctx.eval_tokens(a[0]), ctx.eval_tokens(b[0]))
-    ia, ib = al.pairs()
-    keep = (ia >= 0) & (ib >= 0)
-    return ia[keep], ib[keep], torch.arange(int(keep.sum()))
 
 
 def _side(ctx, book: Codebook, model: str, rev: str, rows: torch.Tensor, tok: torch.Tensor) -> dict:
@@ -109,7 +96,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
     rows, dist, same_tokens = [], [], {}
     for ma, mb in pairs:
         ra_, rb_ = ctx.revisions(ma)[-1], ctx.revisions(mb)[-1]
-        ia, ib, tok = _rows_for(ctx, book, (ma, ra_), (mb, rb_))
+        ia, ib, tok = aligned_eval_rows(ctx, book, (ma, ra_), (mb, rb_))
         ta, tb = book.token_ids(ma, ra_), book.token_ids(mb, rb_)
         same_tokens[(ma, mb)] = bool(ta.shape == tb.shape and torch.equal(ta, tb))
         side_a, side_b = _side(ctx, book, ma, ra_, ia, tok), _side(ctx, book, mb, rb_, ib, tok)

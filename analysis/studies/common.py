@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 
 from analysis.studies.cards import CardSection
+from universality.data import align_span_tokens
 from universality.match import FeatureCodes, encode_codes
 from universality.match import intervals as iv
 from universality.match.baselines import normalise, shuffle_tokens
@@ -60,7 +61,7 @@ SKYLINES_TEXT = (f"normalised_sae_seed = (value - floor) / (skyline_sae_seed - f
 
 __all__ = ["A_SEED", "B_SEED", "SPECIFIC_MASS", "MIN_FIRES", "CONTEXT_EXCESS", "MPPC_MEANING", "SAE_SEED", "MODEL_SEED",
            "SKYLINES_TEXT", "mass_share", "context_excess", "AnalysisResult", "Codebook", "Interval", "ModelSeedSkyline",
-           "per_feature_mppc", "weights_digest", "skyline_interval", "shuffled_floor", "dead_note", "seed_copy_codes",
+           "aligned_eval_rows", "per_feature_mppc", "weights_digest", "skyline_interval", "shuffled_floor", "dead_note", "seed_copy_codes",
            "model_seed_skyline", "mean_skyline", "skylines_text", "norm_row", "SMALL_N", "count_or_share"]
 
 
@@ -112,6 +113,21 @@ class Codebook:
             sae = self.ctx.saes(cell)[site][seed_index]
             self._codes[key] = encode_codes(sae, self.acts(*src, site), token_ids=self.token_ids(*src))
         return self._codes[key]
+
+
+def aligned_eval_rows(ctx, book: Codebook, a: tuple[str, str], b: tuple[str, str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(rows of a, rows of b, token ids)``: the eval rows of models ``a`` and ``b`` (``(model, revision)``) that
+    read the same text. One tokenizer: every row, paired by position, with the shared token ids. Two tokenizers:
+    the last token of each unit of text both cover with whole tokens (:func:`universality.data.align_span_tokens`),
+    with the unit index as the token id (one fingerprint for both sides)."""
+    ta, tb = book.token_ids(*a), book.token_ids(*b)
+    if ta.shape == tb.shape and torch.equal(ta, tb):
+        idx = torch.arange(ta.shape[0])
+        return idx, idx, ta
+    al = align_span_tokens(ctx.eval_tokens(a[0]), ctx.eval_tokens(b[0]))
+    ia, ib = al.pairs()
+    keep = (ia >= 0) & (ib >= 0)
+    return ia[keep], ib[keep], torch.arange(int(keep.sum()))
 
 
 def weights_digest(*saes: Any) -> str:

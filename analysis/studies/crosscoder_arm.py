@@ -1,10 +1,14 @@
 """The crosscoder arm of the architecture comparison, beside the matching arm.
 
-For every pair of models of different families trained on D that read the evaluation text as the same
-tokens (one tokenizer), a BatchTopK crosscoder is trained over the deepest site of each model on their
-aligned harvest rows (:func:`universality.study.stages.train_crosscoders`; same packed token stream,
-token ids checked row by row). Its live latents are classified by relative decoder norm
-(:func:`universality.crosscoder.analysis.classify_latents`): shared, exclusive to A, exclusive to B.
+For every pair of models of different families trained on D, a BatchTopK crosscoder is trained over the
+deepest site of each model. Models on one tokenizer train on their aligned harvest rows
+(:func:`universality.study.stages.train_crosscoders`; same packed token stream, token ids checked row by
+row); models on different tokenizers (a hub GPT-2 beside a zoo model) train live on D, one row per unit
+of text both tokenizers cover with whole tokens, read at its last token
+(:func:`universality.study.stages.train_text_crosscoders`), and are read on the evaluation text through
+the same character alignment (:func:`analysis.studies.common.aligned_eval_rows`). Its live latents are
+classified by relative decoder norm (:func:`universality.crosscoder.analysis.classify_latents`): shared,
+exclusive to A, exclusive to B.
 
 Nulls and anchors, each a separate dictionary with its own seed:
 
@@ -28,7 +32,7 @@ import pandas as pd
 import torch
 
 from analysis import plots
-from analysis.studies.common import A_SEED, B_SEED, AnalysisResult, Codebook, norm_row, per_feature_mppc
+from analysis.studies.common import A_SEED, B_SEED, AnalysisResult, Codebook, aligned_eval_rows, norm_row, per_feature_mppc
 from universality.crosscoder.analysis import classify_latents, live_latents, relative_decoder_norms
 from universality.errors import ConfigError
 from universality.match import encode_codes
@@ -61,13 +65,15 @@ def fractions(cc, x: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
             "exclusive_b": float(((lab == "exclusive") & (own == 1)).mean()), "n_live": n}, rel[live, 1]
 
 
-def matching_shared(ctx, book: Codebook, a: tuple[str, str, str], b: tuple[str, str, str], seeds: tuple[int, int]) -> float:
+def matching_shared(ctx, book: Codebook, a: tuple[str, str, str], b: tuple[str, str, str], seeds: tuple[int, int],
+                    rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> float:
     """Fraction of live features of both SAEs (``a``'s seed ``seeds[0]``, ``b``'s seed ``seeds[1]``) whose best
-    Pearson partner on the other side reaches ``match.corr_threshold``."""
+    Pearson partner on the other side reaches ``match.corr_threshold``, on the paired eval rows ``rows``
+    (:func:`~analysis.studies.common.aligned_eval_rows`)."""
     (ma, ra, sa), (mb, rb, sb) = a, b
-    tok = book.token_ids(ma, ra)
-    ca = encode_codes(ctx.saes(Cell(ma, ra, "D"))[sa][seeds[0]], book.acts(ma, ra, sa), token_ids=tok)
-    cb = encode_codes(ctx.saes(Cell(mb, rb, "D"))[sb][seeds[1]], book.acts(mb, rb, sb), token_ids=tok)
+    ia, ib, tok = rows
+    ca = encode_codes(ctx.saes(Cell(ma, ra, "D"))[sa][seeds[0]], book.acts(ma, ra, sa)[ia], token_ids=tok)
+    cb = encode_codes(ctx.saes(Cell(mb, rb, "D"))[sb][seeds[1]], book.acts(mb, rb, sb)[ib], token_ids=tok)
     fa, fb = per_feature_mppc(ca, cb)
     both = np.concatenate([fa, fb])
     return float((both >= ctx.cfg.match.corr_threshold).mean()) if both.size else float("nan")
@@ -82,20 +88,24 @@ def run(ctx, figures_dir) -> AnalysisResult:
         raise ConfigError(f"crosscoder_arm needs {SEEDS} SAE seeds", "set sae.seeds to at least two seeds")
     book = Codebook(ctx)
     res = AnalysisResult(NAME, "Crosscoder arm: " + ", ".join(f"{a} vs {b}" for a, b in pairs))
-    rows, hist, skipped = [], [], []
+    rows, hist, aligned_by_text = [], [], []
     seeds = list(ctx.cfg.sae.seeds[:SEEDS])
     for ma, mb in pairs:
         ra, rb = ctx.revisions(ma)[-1], ctx.revisions(mb)[-1]
-        ta, tb = book.token_ids(ma, ra), book.token_ids(mb, rb)
-        if not (ta.shape == tb.shape and torch.equal(ta, tb)):
-            skipped.append(f"{ma} vs {mb}: the two tokenize the text differently (a crosscoder needs one token stream)")
-            continue
         sa, sb = ctx.sites_of(ma)[-1].name, ctx.sites_of(mb)[-1].name
-        st_a, st_b = ctx.store(Cell(ma, ra, "D")), ctx.store(Cell(mb, rb, "D"))
-        ccs = train_crosscoders(ctx.cfg, ctx.cache, [st_a, st_b], [sa, sb], [ma, mb], seeds, label=f"crosscoder {ma} x {mb}")
+        paired = aligned_eval_rows(ctx, book, (ma, ra), (mb, rb))
+        ia, ib, _ = paired
+        st_a = ctx.store(Cell(ma, ra, "D"))
+        ta, tb = book.token_ids(ma, ra), book.token_ids(mb, rb)
+        if ta.shape == tb.shape and torch.equal(ta, tb):
+            ccs = train_crosscoders(ctx.cfg, ctx.cache, [st_a, ctx.store(Cell(mb, rb, "D"))], [sa, sb], [ma, mb], seeds,
+                                    label=f"crosscoder {ma} x {mb}")
+        else:
+            aligned_by_text.append(f"{ma} vs {mb}")
+            ccs = ctx.text_crosscoders([Cell(ma, ra, "D"), Cell(mb, rb, "D")], [sa, sb], seeds, label=f"crosscoder {ma} x {mb} (text units)")
         anchor = train_crosscoders(ctx.cfg, ctx.cache, [st_a, st_a], [sa, sa], [ma, ma], seeds[:1], label=f"crosscoder {ma} x copy")[0]
         xa, xb = book.acts(ma, ra, sa), book.acts(mb, rb, sb)
-        fr = [fractions(cc, torch.cat([xa, xb], dim=1)) for cc in ccs]
+        fr = [fractions(cc, torch.cat([xa[ia], xb[ib]], dim=1)) for cc in ccs]
         anc, anc_rel = fractions(anchor, torch.cat([xa, xa], dim=1))
         comp = f"{ma}:{sa} x {mb}:{sb}"
         for (f, rel), seed in zip(fr, seeds):
@@ -113,8 +123,8 @@ def run(ctx, figures_dir) -> AnalysisResult:
             rows.append(norm_row(NAME, comp, f"crosscoder exclusive fraction ({m})", f0[f"exclusive_{side}"], anc_excl,
                                  None, note=f"floor: exclusive fraction of {ma} crossed with a copy of itself",
                                  value_seed2=f1[f"exclusive_{side}"], seed_null_spread=spread[f"exclusive_{side}"], **common))
-        m_ab = matching_shared(ctx, book, (ma, ra, sa), (mb, rb, sb), (A_SEED, B_SEED))
-        m_ba = matching_shared(ctx, book, (ma, ra, sa), (mb, rb, sb), (B_SEED, A_SEED))
+        m_ab = matching_shared(ctx, book, (ma, ra, sa), (mb, rb, sb), (A_SEED, B_SEED), paired)
+        m_ba = matching_shared(ctx, book, (ma, ra, sa), (mb, rb, sb), (B_SEED, A_SEED), paired)
         m_spread = abs(m_ab - m_ba)
         tol = max(spread["shared"], m_spread)
         agree = bool(abs(f0["shared"] - m_ab) <= tol)
@@ -135,10 +145,10 @@ def run(ctx, figures_dir) -> AnalysisResult:
             f"{spread['shared']:.3f}; {ma} crossed with a copy of itself: {anc['shared']:.3f} shared); matching finds "
             f"{m_ab:.3f} of live SAE features with a partner (seed spread {m_spread:.3f}): the two arms "
             + ("agree" if agree else "disagree") + f" (difference {abs(f0['shared'] - m_ab):.3f}, tolerance {tol:.3f}).")
-    if not rows:
-        raise ConfigError("crosscoder_arm found no model pair on one tokenizer: " + "; ".join(skipped),
-                          "compare zoo models that share the study's tokenizer")
-    res.findings += skipped
+    if aligned_by_text:
+        res.findings.append("Two tokenizers (" + "; ".join(aligned_by_text) + "): the crosscoder read one row per unit of "
+                            "text both tokenizers cover with whole tokens (last token of each unit), on D and on the "
+                            "evaluation text; the matching arm reads the same units.")
     res.tables["crosscoder_arm"] = pd.DataFrame(rows)
     res.tidy += rows
     if hist:
@@ -146,7 +156,7 @@ def run(ctx, figures_dir) -> AnalysisResult:
                             plots.relative_norm_histogram(pd.DataFrame(hist), figures_dir / "crosscoder_arm_relative_norms.png",
                                                           "Crosscoder relative decoder norms", hue="crosscoder")))
     res.text = ("A crosscoder over the deepest site of each model, trained on their aligned harvest rows (the same "
-                "tokens), classifies its live latents (firing on the evaluation text) by relative decoder norm: shared "
+                "tokens; for two tokenizers, units of text both cover with whole tokens), classifies its live latents (firing on the evaluation text) by relative decoder norm: shared "
                 "(each source holds 0.3-0.7 of the norm), exclusive (one source holds >= 0.9). The seed null is a second "
                 "crosscoder seed (seed_null_spread: the absolute difference of the fractions); the copy anchor crosses "
                 "model A's site with a copy of itself (its shared fraction: the skyline of the shared row). The matching "

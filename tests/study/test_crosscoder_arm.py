@@ -45,3 +45,33 @@ def test_crosscoder_arm_on_a_tiny_architecture_study(tmp_path):
     assert "the two arms agree" in report or "the two arms disagree" in report
     print("\n" + two.to_string() + f"\nexclusive pythia {ex_a['value']:.3f}/{ex_a['value_seed2']:.3f}, "
           f"mamba {ex_b['value']:.3f}/{ex_b['value_seed2']:.3f}; anchor {shared['skyline']:.3f}")
+
+
+def test_crosscoder_arm_aligns_models_on_different_tokenizers_by_text(tmp_path):
+    """A local GPT-2 with its own tokenizer beside a zoo Pythia: the crosscoder trains live on units of text both
+    tokenizers cover, the artifact says so, and the rows of both arms are those units."""
+    from models.testing import make_tiny_model
+    from universality.sae import SAE
+
+    gpt2 = make_tiny_model("gpt2", tmp_path / "gpt2", seed=2, vocab_size=360)
+    cfg = study_from_dict({
+        "name": "cc2", "out_dir": str(tmp_path / "cc2"), "analyses": ["crosscoder_arm"],
+        "sites": ["blocks.1.hook_resid_post"], "tokenizer_vocab": 300, "corpus": {"max_docs": 24},
+        "models": [{"name": "pythia", "zoo": "tiny_pythia", "overrides": TINY}, {"name": "gpt2", "path": str(gpt2)}],
+        "harvest": {"train_tokens": 2048, "context_length": 32, "batch_size": 16, "eval_spans": 24, "span_chars": 120,
+                    "max_doc_tokens": 128},
+        "sae": {"steps": 60, "batch_size": 128, "expansion": 2, "seeds": [0, 1], "topk": {"k": 4}},
+        "match": {"gw_max": 32, "n_perm": 2}})
+    out = run_study(cfg, progress=False)
+    tidy = pd.read_csv(out.results_csv)
+    rows = tidy[tidy["analysis"] == "crosscoder_arm"].set_index("metric")
+    shared = rows.loc["crosscoder shared fraction"]
+    assert 0.0 <= shared["value"] <= 1.0 and shared["n_live"] > 0 and shared["skyline"] >= 0.9
+    assert 0.0 <= rows.loc["matching shared fraction"]["value"] <= 1.0
+    report = out.report_md.read_text()
+    assert "Two tokenizers (pythia vs gpt2)" in report
+    folders = sorted({p.parent for p in (out.root / "cache").rglob("crosscoder/s0/*.json")})
+    metas = [SAE.load(f).meta for f in folders]
+    text = [m for m in metas if any("alignment" in s for s in m.get("sources", []))]
+    assert text and [s["model"] for s in text[0]["sources"]] == ["pythia", "gpt2"]
+    assert text[0]["sources"][1]["alignment"] == "character units, last token"

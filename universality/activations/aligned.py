@@ -16,8 +16,8 @@ row ``r`` of every source to be the same token of the same context. Two readers:
 where both record one); then, for every group read, the token ids of every source must agree row by row
 (a store's ``token_ids`` row field, or the contexts each tokenizer packed). A disagreement raises
 :class:`~universality.errors.DataError` naming the source and the first differing row. Sources on
-different tokenizers are refused (cross-tokenizer alignment of training rows is not implemented; the
-span alignment of :func:`universality.data.align_span_tokens` serves evaluation only).
+different tokenizers are refused here; :func:`universality.activations.aligned_text` aligns those through
+characters (one row per shared unit of text).
 
 Both yield ``{name_i: (batch, width_i)}`` with ``names`` ``"<i>:<site>"`` by default (two sources may
 read the same site name), optionally row fields as ``"<i>:<field>"``, and are resumable exactly like

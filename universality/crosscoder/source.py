@@ -9,7 +9,7 @@ models in one row order, token ids checked). Listing one site twice
 gives the "everything shared" anchor (a source crossed with a copy of itself).
 
 ``provenance()`` returns ``{"sources": [...]}`` (each source's model, revision, dataset and subset hash
-as its stream reports them, plus its site), which the trainer records in the crosscoder's meta;
+as its stream reports them, or the model names given as ``models``, plus its site), which the trainer records in the crosscoder's meta;
 ``state_dict``/``load_state_dict`` delegate to the streams, so training resumes exactly.
 """
 
@@ -29,7 +29,8 @@ __all__ = ["JointSource"]
 class JointSource:
     """Yields ``{name: (batch, sum of widths)}``: the listed sites, concatenated in order."""
 
-    def __init__(self, streams: Iterable | Sequence[Iterable], sites: Sequence[str], name: str = "joint") -> None:
+    def __init__(self, streams: Iterable | Sequence[Iterable], sites: Sequence[str], name: str = "joint",
+                 models: Sequence[str] | None = None) -> None:
         sites = list(sites)
         if len(sites) < 2:
             raise ConfigError(f"a joint source needs at least two sites, got {sites}", "list one site per crosscoder source")
@@ -37,13 +38,18 @@ class JointSource:
         self.streams = list(streams) if many else [streams]
         if many and len(self.streams) != len(sites):
             raise ConfigError(f"{len(self.streams)} streams for {len(sites)} sites", "give one stream per site, or one stream for all")
+        if models is not None and len(models) != len(sites):
+            raise ConfigError(f"{len(models)} model names for {len(sites)} sites", "give one model name per source, or none")
         self.sites, self.name = sites, name
+        self.models = None if models is None else [str(m) for m in models]
 
     @classmethod
-    def aligned(cls, reader, name: str = "joint") -> "JointSource":
-        """The sources of an aligned reader (:func:`universality.activations.aligned_stores` /
-        :func:`~universality.activations.aligned_live`), concatenated in order."""
-        return cls(reader, sites=list(reader.names), name=name)
+    def aligned(cls, reader, name: str = "joint", models: Sequence[str] | None = None) -> "JointSource":
+        """The sources of an aligned reader (:func:`universality.activations.aligned_stores`,
+        :func:`~universality.activations.aligned_live`, :func:`~universality.activations.aligned_text`),
+        concatenated in order. ``models[i]``, when given, is recorded as source ``i``'s model instead of what its
+        reader reports (a study names its models; a store only knows the folder it was harvested from)."""
+        return cls(reader, sites=list(reader.names), name=name, models=models)
 
     def _stream_of(self, i: int) -> int:
         return i if len(self.streams) > 1 else 0
@@ -78,6 +84,8 @@ class JointSource:
             prov = dict(get()) if callable(get) else {}
             prov.pop("sources", None)
             site = prov.pop("site", None) or site  # an aligned reader names the site behind its source key
+            if self.models is not None:
+                prov["model"] = self.models[i]
             sources.append({**{k: v for k, v in prov.items() if v is not None}, "site": site, "index": i})
         return {"sources": sources}
 

@@ -6,7 +6,7 @@ a Hugging Face fast tokenizer.
 
 from __future__ import annotations
 
-from universality.data.alignment import Alignment, align_tokens
+from universality.data.alignment import Alignment, MultiAlignment, align_many, align_tokens
 from universality.data.eval_tokens import EvalSpans, SpanTokens, align_span_tokens, make_eval_spans, tokenize_spans
 from universality.data.packing import BOS, PAD, TEXT, PackedBatch, Packer, PackingConfig, pack
 from universality.data.sources import (
@@ -36,7 +36,7 @@ from universality.data.subsets import (
 )
 
 __all__ = [
-    "Alignment", "align_tokens",
+    "Alignment", "MultiAlignment", "align_many", "align_tokens",
     "EvalSpans", "SpanTokens", "align_span_tokens", "make_eval_spans", "tokenize_spans",
     "BOS", "PAD", "TEXT", "PackedBatch", "Packer", "PackingConfig", "pack",
     "Document", "HFDatasetSource", "JsonlSource", "Source", "SourceConfig", "TextFileSource", "TextsSource",

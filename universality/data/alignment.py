@@ -25,6 +25,8 @@ pairs ``(i_A, i_B)`` of last tokens.
 
 Several texts are aligned at once by passing one span array per text (:func:`align_tokens` with
 lists); units never cross texts and token indices count rows of the texts concatenated in order.
+:func:`align_many` applies the same rule to any number of tokenizations (a cut must be free on every
+side; a unit is kept when every side has a token in it), for crosscoders over sources on N tokenizers.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from torch import Tensor
 
 from universality.errors import ConfigError, DataError
 
-__all__ = ["Alignment", "align_tokens"]
+__all__ = ["Alignment", "MultiAlignment", "align_many", "align_tokens"]
 
 _POOLS = ("mean", "last")
 
@@ -153,6 +155,52 @@ def _straddled(spans: np.ndarray, length: int) -> np.ndarray:
     return np.cumsum(diff)[: length + 1] > 0
 
 
+def _align_sides(sides: list[list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], int]:
+    """The rule of the module docstring over any number of sides: ``(units, text_index, unit_of per side,
+    n_dropped)``; a unit is kept when every side has a token in it."""
+    n_texts = {len(side) for side in sides}
+    if len(n_texts) != 1:
+        raise DataError(f"the sides hold different numbers of texts {[len(s) for s in sides]}", "tokenize the same texts for every side")
+    units, text_index = [], []
+    unit_of: list[list[np.ndarray]] = [[] for _ in sides]
+    n_dropped, offset, n_units = 0, 0, 0
+    for t in range(n_texts.pop()):
+        spans = [side[t] for side in sides]
+        length = int(max(s[:, 1].max(initial=0) for s in spans))
+        blocked = np.zeros(length + 1, dtype=bool)
+        for s in spans:
+            blocked |= _straddled(s, length)
+        candidates = np.unique(np.concatenate([s.ravel() for s in spans] + [np.array([0, length])]))
+        cuts = candidates[~blocked[candidates]]
+        n_local = max(len(cuts) - 1, 1)
+
+        def locate(sp: np.ndarray) -> np.ndarray:
+            if len(sp) == 0:
+                return np.zeros(0, dtype=np.int64)
+            return np.clip(np.searchsorted(cuts, sp[:, 0], side="right") - 1, 0, n_local - 1)
+
+        located = [locate(s) for s in spans]
+        kept = np.ones(n_local, dtype=bool)
+        for u in located:
+            kept &= np.bincount(u, minlength=n_local) > 0
+        real = np.zeros(n_local, dtype=bool)  # units spanning at least one token of some side
+        real[np.unique(np.concatenate(located))] = True
+        n_dropped += int((real & ~kept).sum())
+        new_index = np.full(n_local, -1, dtype=np.int64)
+        new_index[kept] = n_units + np.arange(int(kept.sum()))
+        starts = cuts[:-1] if len(cuts) > 1 else np.array([0])
+        ends = cuts[1:] if len(cuts) > 1 else np.array([length])
+        units.append(np.stack([starts[kept], ends[kept]], axis=1) + offset)
+        text_index.append(np.full(int(kept.sum()), t, dtype=np.int64))
+        for out, u in zip(unit_of, located):
+            out.append(new_index[u] if len(u) else u)
+        n_units += int(kept.sum())
+        offset += length + 1
+    if n_units == 0:
+        raise DataError("the tokenizations share no aligned unit", "check that every side tokenized the same text")
+    return (np.concatenate(units), np.concatenate(text_index), [np.concatenate(u) for u in unit_of], n_dropped)
+
+
 def align_tokens(
     spans_a: Int[Tensor, "n_a 2"] | Sequence[Int[Tensor, "n 2"]],
     spans_b: Int[Tensor, "n_b 2"] | Sequence[Int[Tensor, "n 2"]],
@@ -166,44 +214,42 @@ def align_tokens(
     list_a, list_b = _per_text(spans_a), _per_text(spans_b)
     if len(list_a) != len(list_b):
         raise DataError(f"{len(list_a)} texts on side a but {len(list_b)} on side b", "tokenize the same texts for both")
+    units, text_index, (unit_of_a, unit_of_b), n_dropped = _align_sides([list_a, list_b])
+    return Alignment(units=torch.from_numpy(units), unit_of_a=torch.from_numpy(unit_of_a),
+                     unit_of_b=torch.from_numpy(unit_of_b), n_dropped=n_dropped, text_index=torch.from_numpy(text_index))
 
-    units, text_index, unit_of_a, unit_of_b = [], [], [], []
-    n_dropped, offset, n_units = 0, 0, 0
-    for t, (sa, sb) in enumerate(zip(list_a, list_b)):
-        length = int(max(sa[:, 1].max(initial=0), sb[:, 1].max(initial=0)))
-        blocked = _straddled(sa, length) | _straddled(sb, length)
-        candidates = np.unique(np.concatenate([sa.ravel(), sb.ravel(), [0, length]]))
-        cuts = candidates[~blocked[candidates]]
-        n_local = max(len(cuts) - 1, 1)
 
-        def locate(spans: np.ndarray) -> np.ndarray:
-            if len(spans) == 0:
-                return np.zeros(0, dtype=np.int64)
-            return np.clip(np.searchsorted(cuts, spans[:, 0], side="right") - 1, 0, n_local - 1)
+@dataclass(frozen=True)
+class MultiAlignment:
+    """Units shared by N tokenizations (the same rule: a cut is a position no token of any side straddles;
+    a unit is kept when every side has a token in it) and the map from each side's tokens onto them."""
 
-        ua, ub = locate(sa), locate(sb)
-        has_a = np.bincount(ua, minlength=n_local) > 0
-        has_b = np.bincount(ub, minlength=n_local) > 0
-        kept = has_a & has_b
-        real = np.zeros(n_local, dtype=bool)  # units spanning at least one token of either side
-        real[np.unique(np.concatenate([ua, ub]))] = True
-        n_dropped += int((real & ~kept).sum())
-        new_index = np.full(n_local, -1, dtype=np.int64)
-        new_index[kept] = n_units + np.arange(int(kept.sum()))
-        starts = cuts[:-1] if len(cuts) > 1 else np.array([0])
-        ends = cuts[1:] if len(cuts) > 1 else np.array([length])
-        units.append(np.stack([starts[kept], ends[kept]], axis=1) + offset)
-        text_index.append(np.full(int(kept.sum()), t, dtype=np.int64))
-        unit_of_a.append(new_index[ua] if len(ua) else ua)
-        unit_of_b.append(new_index[ub] if len(ub) else ub)
-        n_units += int(kept.sum())
-        offset += length + 1
-    if n_units == 0:
-        raise DataError("the two tokenizations share no aligned unit", "check that both tokenized the same text")
-    return Alignment(
-        units=torch.from_numpy(np.concatenate(units)),
-        unit_of_a=torch.from_numpy(np.concatenate(unit_of_a)),
-        unit_of_b=torch.from_numpy(np.concatenate(unit_of_b)),
-        n_dropped=n_dropped,
-        text_index=torch.from_numpy(np.concatenate(text_index)),
-    )
+    units: Int[Tensor, "unit 2"]
+    unit_of: tuple[Int[Tensor, " n_tokens"], ...]  # per side: unit index of each token, -1 where dropped
+    n_dropped: int
+    text_index: Int[Tensor, " unit"]
+
+    @property
+    def n_units(self) -> int:
+        return int(self.units.shape[0])
+
+    def pair(self, i: int, j: int) -> Alignment:
+        """Sides ``i`` and ``j`` as a two-sided :class:`Alignment` over these units."""
+        return Alignment(self.units, self.unit_of[i], self.unit_of[j], self.n_dropped, self.text_index)
+
+    def pool(self, acts: Float[Tensor, "n_tokens d"], side: int, how: str = "last") -> Float[Tensor, "unit d"]:
+        """Rows of ``acts`` (one per token of ``side``) pooled onto the units (see :meth:`Alignment.pool`)."""
+        if not 0 <= side < len(self.unit_of):
+            raise ConfigError(f"side {side} out of range for {len(self.unit_of)} sides", f"pass 0..{len(self.unit_of) - 1}")
+        return self.pair(side, side).pool(acts, "a", how)
+
+
+def align_many(sides: Sequence[Int[Tensor, "n 2"] | Sequence[Int[Tensor, "n 2"]]]) -> MultiAlignment:
+    """Align N tokenizations of the same text(s): ``sides[i]`` holds side ``i``'s text-token spans, one array
+    per text (as for :func:`align_tokens`). With two sides the units equal :func:`align_tokens`'s."""
+    lists = [_per_text(s) for s in sides]
+    if len(lists) < 2:
+        raise ConfigError(f"align_many needs at least two sides, got {len(lists)}", "pass one span list per tokenizer")
+    units, text_index, unit_of, n_dropped = _align_sides(lists)
+    return MultiAlignment(torch.from_numpy(units), tuple(torch.from_numpy(u) for u in unit_of), n_dropped,
+                          torch.from_numpy(text_index))

@@ -12,6 +12,7 @@ Analyses (``analysis.studies``) ask for what they need; nothing else is built.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 import models
 from universality.data import tokenize_spans
 from universality.errors import ConfigError
+from universality.io import stable_hash
 from universality.progress import model_label
 from universality.sites import Site
 from universality.study import stages
@@ -129,6 +131,14 @@ class StudyContext:
         return stages.harvest_cell(self.cfg, self.cache, cell, self.adapter_at(cell.model, cell.revision),
                                    self._model_key(cell.model, cell.revision), self.sites_of(cell.model),
                                    self.subset(cell.data), self._injection_for(cell.data))
+
+    def text_crosscoders(self, cells: Sequence[Cell], sites: Sequence[str], seeds: Sequence[int], label: str) -> list[Any]:
+        """One crosscoder per seed over site ``sites[i]`` of ``cells[i]`` for models on different tokenizers: run live
+        on the first cell's text, one row per unit of text every tokenizer covers (:func:`~universality.study.stages.train_text_crosscoders`)."""
+        adapters = [self.adapter_at(c.model, c.revision) for c in cells]
+        keys = [stable_hash(self._model_key(c.model, c.revision)) for c in cells]
+        return stages.train_text_crosscoders(self.cfg, self.cache, adapters, keys, self.subset(cells[0].data), sites,
+                                             [c.model for c in cells], seeds, label)
 
     def harvest_documents(self, data: str):
         """The documents an SAE of ``data`` reads (see :func:`universality.study.stages.harvest_documents`)."""

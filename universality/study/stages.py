@@ -28,6 +28,7 @@ import torch
 from transformers import AutoTokenizer
 
 from universality.activations import ActivationStore, HarvestConfig, harvest, span_activations
+from universality.activations.harvest import site_table
 from universality.data import (
     Complement,
     Document,
@@ -39,6 +40,7 @@ from universality.data import (
     hash_unit,
     make_eval_spans,
     open_source,
+    Subset,
     select_subset,
 )
 from universality.data.sources import SourceConfig, shakespeare
@@ -46,10 +48,11 @@ from universality.errors import ConfigError
 from universality.io import load_tensors, read_json, save_tensors, stable_hash
 from universality.progress import model_label
 from universality.activations.aligned import aligned_stores
+from universality.activations.aligned_text import aligned_text
 from universality.crosscoder.source import JointSource
 from universality.sae import SAE
 from universality.sae.crosscoder_config import crosscoder_config
-from universality.sites import Site
+from universality.sites import Site, as_site
 from universality.study.cache import StageCache
 from universality.study.config import ModelSpec, StudyConfig
 from universality.train import RunConfig, TrainConfig, train_saes
@@ -286,45 +289,72 @@ def crosscoder_spec(cfg: StudyConfig, widths: Sequence[int]) -> dict[str, Any]:
     return {"source_widths": [int(w) for w in widths], "d_sae": d_sae, "k": k, "sparsity": "batchtopk"}
 
 
+def _crosscoder_stage(cfg: StudyConfig, cache: StageCache, key: dict[str, Any], make_reader, widths: Sequence[int],
+                      models: Sequence[str], seeds: Sequence[int], init_rows: int, label: str) -> list[SAE]:
+    """Train (or load from the cache) one BatchTopK crosscoder per seed on the rows of ``make_reader()``."""
+    sp = cfg.sae
+    spec = crosscoder_spec(cfg, widths)
+    seeds = [int(s) for s in seeds]
+    key = key | {"models": list(models), "seeds": seeds, "spec": spec, "sae": sp.selected(), "device": cfg.device}
+
+    def build(tmp: Path) -> None:
+        cc_cfg = crosscoder_config(tuple(spec["source_widths"]), spec["d_sae"], k=spec["k"], sparsity="batchtopk")
+        configs = [TrainConfig(sae=cc_cfg, site="joint", seed=seed, lr=sp.lr, warmup_steps=sp.effective_warmup(),
+                               name=f"crosscoder/s{seed}") for seed in seeds]
+        run = RunConfig(steps=sp.steps, device=cfg.device, seed=cfg.seed, out_dir=str(tmp / "saes"),
+                        dead_window=sp.effective_dead_window(), init_rows=init_rows)
+        # the artifact records the study's model names, not the stores' cache folders: two runs write equal documents
+        source = JointSource.aligned(make_reader(), models=models)
+        train_saes(source, configs, run, meta={"dataset": cfg.corpus.source}, progress=True)
+
+    rec = cache.run("crosscoder", key, build, label=label)
+    return [SAE.load(rec.path / "saes" / "crosscoder" / f"s{seed}") for seed in seeds]
+
+
 def train_crosscoders(cfg: StudyConfig, cache: StageCache, stores: Sequence[ActivationStore], sites: Sequence[str],
                       models: Sequence[str], seeds: Sequence[int], label: str) -> list[SAE]:
     """One BatchTopK crosscoder per seed (:func:`crosscoder_spec`) over source ``i`` = site ``sites[i]`` of
     ``stores[i]``, read in one row order (:func:`~universality.activations.aligned_stores`: same tokens, checked).
     A store and site listed twice give the "everything shared" anchor (a source crossed with a copy of itself).
-    ``models[i]`` is the study's name of source ``i``'s model: the artifact records it (as the SAE stage does),
-    not the cache folder the store was harvested from, so two runs of a study write equal documents.
+    ``models[i]`` is the study's name of source ``i``'s model: the artifact records it (as the SAE stage does).
     Cached as stage ``crosscoder`` by the stores, sites, models, seeds, SAE spec and device."""
     sp = cfg.sae
     if not len(stores) == len(sites) == len(models):
         raise ConfigError(f"train_crosscoders got {len(stores)} stores, {len(sites)} sites and {len(models)} model names",
                           "give one store, site and model name per source")
-    spec = crosscoder_spec(cfg, [st.width(site) for st, site in zip(stores, sites)])
-    seeds = [int(s) for s in seeds]
-    key = {"stage": "crosscoder", "stores": [str(st.path.parent.name) for st in stores], "sites": list(sites),
-           "models": list(models), "seeds": seeds, "spec": spec, "sae": sp.selected(), "device": cfg.device}
+    key = {"stage": "crosscoder", "stores": [str(st.path.parent.name) for st in stores], "sites": list(sites)}
 
-    def build(tmp: Path) -> None:
-        reader = aligned_stores(list(stores), list(sites), batch_size=sp.batch_size,
-                                shuffle_buffer=sp.effective_shuffle_buffer(), seed=cfg.seed, epochs=None, drop_last=True)
-        cc_cfg = crosscoder_config(tuple(spec["source_widths"]), spec["d_sae"], k=spec["k"], sparsity="batchtopk")
-        configs = [TrainConfig(sae=cc_cfg, site="joint", seed=seed, lr=sp.lr, warmup_steps=sp.effective_warmup(),
-                               name=f"crosscoder/s{seed}") for seed in seeds]
-        run = RunConfig(steps=sp.steps, device=cfg.device, seed=cfg.seed, out_dir=str(tmp / "saes"),
-                        dead_window=sp.effective_dead_window(), init_rows=min(sp.init_rows, stores[0].n_rows))
-        source = JointSource.aligned(reader)
-        own = source.provenance
+    def reader():
+        return aligned_stores(list(stores), list(sites), batch_size=sp.batch_size, shuffle_buffer=sp.effective_shuffle_buffer(),
+                              seed=cfg.seed, epochs=None, drop_last=True)
 
-        def provenance() -> dict[str, Any]:  # the study's model names, not the stores' cache folders
-            prov = own()
-            for src, name in zip(prov["sources"], models):
-                src["model"] = name
-            return prov
+    return _crosscoder_stage(cfg, cache, key, reader, [st.width(site) for st, site in zip(stores, sites)], models, seeds,
+                             min(sp.init_rows, stores[0].n_rows), label)
 
-        source.provenance = provenance
-        train_saes(source, configs, run, meta={"dataset": cfg.corpus.source}, progress=True)
 
-    rec = cache.run("crosscoder", key, build, label=label)
-    return [SAE.load(rec.path / "saes" / "crosscoder" / f"s{seed}") for seed in seeds]
+def train_text_crosscoders(cfg: StudyConfig, cache: StageCache, adapters: Sequence[Any], model_keys: Sequence[str],
+                           documents: Subset, sites: Sequence[str], models: Sequence[str], seeds: Sequence[int],
+                           label: str) -> list[SAE]:
+    """As :func:`train_crosscoders` for models on different tokenizers: source ``i`` is site ``sites[i]`` of
+    ``adapters[i]`` run live on ``documents``, one row per unit of text every tokenizer covers with whole tokens
+    (:func:`~universality.activations.aligned_text`, last token of each unit). ``model_keys[i]`` identifies
+    adapter ``i``'s weights in the cache key. Cached as stage ``crosscoder`` by the models, subset, sites,
+    seeds, SAE spec and device."""
+    sp = cfg.sae
+    if not len(adapters) == len(model_keys) == len(sites) == len(models):
+        raise ConfigError(f"train_text_crosscoders got {len(adapters)} adapters, {len(model_keys)} model keys, {len(sites)} "
+                          f"sites and {len(models)} model names", "give one of each per source")
+    key = {"stage": "crosscoder", "aligned": "text", "model_keys": list(model_keys), "subset": documents.hash,
+           "sites": list(sites), "span_chars": cfg.harvest.span_chars, "max_len": cfg.harvest.context_length}
+
+    def reader():
+        return aligned_text(list(adapters), documents, list(sites), batch_size=sp.batch_size,
+                            shuffle_buffer=sp.effective_shuffle_buffer(), seed=cfg.seed, epochs=None, drop_last=True,
+                            span_chars=key["span_chars"], max_len=cfg.harvest.context_length,
+                            forward_batch=cfg.harvest.batch_size)
+
+    widths = [int(site_table(a)[as_site(s)]) for a, s in zip(adapters, sites)]
+    return _crosscoder_stage(cfg, cache, key, reader, widths, models, seeds, sp.init_rows, label)
 
 
 # ------------------------------------------------------------------------------ shared eval text
