@@ -1,6 +1,8 @@
 """Planted positives, so a report cannot be filled in by noise: a text family that occurs only in
 D \\ D' must show up as SAE_D features that the subset analysis flags as missing from D', and a
-passage a zoo model sees only after step S must show up as features the lineage finds born after S."""
+passage a zoo model sees only after step S must show up as features the lineage finds born after S.
+Each study also runs its crosscoder arm on the same models and harvest: the crosscoder's latents exclusive to
+the D model must fire mostly on D \\ D' text, and its passage latents must be born after S."""
 
 from pathlib import Path
 
@@ -31,11 +33,11 @@ COMMON = [
 ]
 
 
-def _study(name: str, out: Path, extra):
+def _study(name: str, out: Path, extra, analyses: tuple[str, ...] = ()):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        # the preset's own analysis only: its crosscoder arm is tested on its own (tests/study/test_crosscoder_*.py)
-        cfg = compose(config_name="config", overrides=[f"study={name}", f"study.out_dir={out}", f"study.analyses=[{name}]",
-                                                       *COMMON, *extra])
+        # the preset's own analysis and the arms named (the tiny arms are tested in tests/study/test_crosscoder_*.py)
+        cfg = compose(config_name="config", overrides=[f"study={name}", f"study.out_dir={out}",
+                                                       f"study.analyses=[{','.join((name, *analyses))}]", *COMMON, *extra])
     return study_from_dict(OmegaConf.to_container(cfg.study, resolve=True))
 
 
@@ -46,7 +48,7 @@ def test_family_only_in_d_minus_dprime_is_flagged_missing(tmp_path):
         "study.corpus.planted_docs=30",
         f"study.models=[{{name: pythia, zoo: tiny_pythia, data: D, overrides: {model}}},"
         f" {{name: pythia_sub, zoo: tiny_pythia, data: D_prime, overrides: {model}}}]",
-    ])
+    ], analyses=("crosscoder_subset",))
     out = run_study(cfg, progress=False)
     spec = pd.read_csv(out.root / "tables" / "subset_generalization__specific_features.csv")
     row = spec[(spec["model"] == "pythia") & (spec["tokens"] == "planted family")].iloc[0]
@@ -54,6 +56,14 @@ def test_family_only_in_d_minus_dprime_is_flagged_missing(tmp_path):
     # flagged missing far more often than the other features (measured here: 0.60 against 0.18)
     assert row["missing_among_specific"] >= max(0.4, 2 * row["missing_among_others"])
     assert "missing from SAE_D'" in out.report_md.read_text()
+    # the crosscoder arm: latents exclusive to the D model fire on D \ D' text far more than on D' text (measured on
+    # an AMD EPYC: 2 exclusive latents, firing share 0.955 and 0.903 for the two seeds; shared latents 0.474; floor
+    # from random live sets 0.485)
+    tidy = pd.read_csv(out.results_csv)
+    cc = tidy[tidy["analysis"] == "crosscoder_subset"].set_index("metric")
+    excl, shared = cc.loc["D \\ D' firing share (latents exclusive to pythia)"], cc.loc["D \\ D' firing share (shared latents)"]
+    mean_excl = (excl["value"] + excl["value_seed2"]) / 2
+    assert mean_excl >= 0.7 and mean_excl >= shared["value"] + 0.2 and mean_excl >= excl["floor"] + 0.2
 
 
 @pytest.mark.slow
@@ -67,7 +77,7 @@ def test_passage_learned_after_step_s_is_born_after_s(tmp_path):
     cfg = _study("feature_evolution", tmp_path / "s", [
         f"study.corpus.inject_after_step={after}",
         f"study.models=[{{name: pythia, zoo: tiny_pythia, data: D, checkpoints: all, overrides: {model}}}]",
-    ])
+    ], analyses=("crosscoder_evolution",))
     out = run_study(cfg, progress=False)
     site = "blocks.1.hook_resid_post"
     per_rev = pd.read_csv(out.root / "tables" / f"feature_evolution__injected_passage_by_checkpoint_{site}.csv")
@@ -80,3 +90,11 @@ def test_passage_learned_after_step_s_is_born_after_s(tmp_path):
     assert at_s <= 1 and final >= at_s + 3
     assert born["born_after_injection"].mean() >= 2 / 3
     assert "passage introduced after step 60" in out.report_md.read_text()
+    # the crosscoder arm over the five checkpoints: its passage latents are born after S (measured on an AMD EPYC:
+    # one latent at context excess 0.72, born at step 110 for both seeds; floor: 0.019 of all live latents)
+    tidy = pd.read_csv(out.results_csv)
+    row = tidy[(tidy["analysis"] == "crosscoder_evolution")
+               & (tidy["metric"] == "share of passage latents born after the injection step")].iloc[0]
+    assert row["n_passage"] >= 1
+    mean_after = (row["value"] + row["value_seed2"]) / 2
+    assert mean_after >= 0.5 and mean_after >= row["floor"] + 0.3
