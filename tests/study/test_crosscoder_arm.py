@@ -75,3 +75,6 @@ def test_crosscoder_arm_aligns_models_on_different_tokenizers_by_text(tmp_path):
     text = [m for m in metas if any("alignment" in s for s in m.get("sources", []))]
     assert text and [s["model"] for s in text[0]["sources"]] == ["pythia", "gpt2"]
     assert text[0]["sources"][1]["alignment"] == "character units, last token"
+    two = pd.read_csv(out.root / "tables" / "crosscoder_arm__two_arm_pythia_gpt2.csv")
+    assert list(two["arm"]) == ["crosscoder", "matching"]
+    print("\n" + two.to_string())
