@@ -23,6 +23,8 @@ WIDTHS = (8, 12)
     (dict(d_in=20, d_sae=16, source_widths=(8, 12), sparsity="l1", shared_latents=17), "exceeds d_sae"),
     (dict(d_in=20, d_sae=16, source_widths=(8, 12), sparsity="l1", shared_coeff_ratio=1.5), "shared_coeff_ratio"),
     (dict(d_in=20, d_sae=16, source_widths=(8, 0), k=4), r"source_widths\[1\]"),
+    (dict(d_in=20, d_sae=16, source_widths=(10, 10), sparsity="l1", tie_shared=True), "shared_latents=0"),
+    (dict(d_in=20, d_sae=16, source_widths=(8, 12), sparsity="l1", shared_latents=2, tie_shared=True), "one width"),
 ])
 def test_config_errors_are_one_line(kwargs, match):
     with pytest.raises(ConfigError, match=match) as info:

@@ -130,3 +130,19 @@ def test_a_site_read_by_a_crosscoder_and_an_sae_is_refused():
                TrainConfig(sae_config("topk", 20, 24, k=2), site="joint")]
     with pytest.raises(ConfigError, match="different source layouts"):
         Trainer(configs, RunConfig(steps=1))
+
+
+def test_tied_shared_latents_keep_one_decoder_row_for_every_source(tmp_path):
+    """Designated shared latents with tied decoders (Anthropic, Feb 2025): after training, saving and loading,
+    each of them has the same decoder row in both sources (relative norm exactly 1/2), the other latents do not."""
+    world = make_cross_world(CrossWorldConfig(widths=(16, 16), n_shared=6, n_exclusive=4, seed=2))
+    cfg = TrainConfig(crosscoder_config((16, 16), 32, sparsity="l1", shared_latents=4, tie_shared=True, sparsity_coeff=0.3),
+                      site="joint", lr=LR, seed=5)
+    cc = _train(world, [cfg], steps=200, out_dir=str(tmp_path / "out"))[cfg.key]
+    loaded = SAE.load(tmp_path / "out" / cfg.key)
+    for model in (cc, loaded):
+        a, b = model.W_dec.detach()[:, :16], model.W_dec.detach()[:, 16:]
+        assert torch.equal(a[:4], b[:4]) and a[:4].norm(dim=1).min() > 0
+        assert not torch.allclose(a[4:], b[4:])  # the free latents were not tied
+        assert torch.allclose(relative_decoder_norms(model)[:4, 1], torch.full((4,), 0.5))
+    assert loaded.cfg.tie_shared and loaded.cfg.shared_latents == 4

@@ -18,6 +18,9 @@ with ``d_j^s = W_dec[j, block_s]`` and ``n`` the per-source input normalisation 
   latents weighted by the *sum* of the per-source decoder norms, which makes a latent used by several
   sources pay for each of them). Designated shared latents (the first ``cfg.shared_latents``) pay
   ``cfg.shared_coeff_ratio`` times that (Anthropic, "Insights on crosscoder model diffing", Feb 2025);
+  with ``cfg.tie_shared`` their decoder rows are also tied across sources (``d_j^s`` the same for every
+  ``s``): every optimiser step ends with the projection of those rows onto the tied subspace (each block
+  replaced by the mean of the blocks), which is projected gradient descent on the tied rows;
 - ``"batchtopk"`` (Minder et al.): the batch keeps the ``k * batch`` largest ``ReLU(pi_j) w_j`` (the
   selection sees the decoder-norm-weighted activations, so it is invariant to moving norms between
   encoder and decoder); at inference a threshold ``theta`` on ``ReLU(pi_j) w_j`` (running average of
@@ -73,6 +76,22 @@ class CrosscoderSAE(SAE):
         super()._build(W, gen)
         self.register_buffer("input_norm", torch.ones(self.cfg.n_sources))
         self.register_buffer("threshold", torch.tensor(-1.0))  # BatchTopK only; < 0: not estimated yet
+        self.tie_shared_()
+
+    @torch.no_grad()
+    def tie_shared_(self) -> None:
+        """With ``cfg.tie_shared``: give each designated shared latent one decoder row for every source (the mean
+        of its blocks). A no-op otherwise."""
+        n, N = self.cfg.shared_latents, self.cfg.n_sources
+        if not (self.cfg.tie_shared and n):
+            return
+        rows = self.W_dec[:n].view(n, N, -1)
+        rows.copy_(rows.mean(dim=1, keepdim=True).expand_as(rows))
+
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Crosscoder rows are free (no norm constraint); tied shared latents are re-tied after every step."""
+        self.tie_shared_()
 
     # ----------------------------------------------------------------- pieces
     @property
@@ -186,6 +205,11 @@ class CrosscoderSAE(SAE):
             sources.append(entry)
         self.meta["sources"] = sources
         return super().save(path, overwrite=overwrite)
+
+    @torch.no_grad()
+    def reinit_latents_(self, idx: Tensor, directions: Float[Tensor, "k d_in"], enc_norm: float) -> None:
+        super().reinit_latents_(idx, directions, enc_norm)
+        self.tie_shared_()
 
     def extra_repr(self) -> str:
         return f"source_widths={self.cfg.source_widths}, d_sae={self.cfg.d_sae}, sparsity={self.cfg.sparsity}"

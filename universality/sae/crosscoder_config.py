@@ -11,6 +11,9 @@ so its ``d_in`` is ``sum(source_widths)``. Fields beyond the shape:
 ``shared_latents``     L1: the first ``shared_latents`` latents are designated shared (0)
 ``shared_coeff_ratio`` L1: their penalty is multiplied by this ratio (0.15; Anthropic, Feb 2025, use
                        a reduced penalty for designated shared latents)
+``tie_shared``         L1, sources of one width: the designated shared latents have one decoder row for
+                       every source (Anthropic, Feb 2025: shared features' decoders are tied), so
+                       they cannot drift into exclusive latents (False)
 
 Only the standard library is imported here, like :mod:`universality.sae.config`.
 """
@@ -39,6 +42,7 @@ class CrosscoderConfig(SAEConfig):
     sparsity_coeff: float = 1.0
     shared_latents: int = 0
     shared_coeff_ratio: float = 0.15
+    tie_shared: bool = False
     architecture: str = field(default="crosscoder", init=False)
     #: decoder rows are free: the sparsity weighs each latent by the sum of its per-source decoder norms
     decoder_norm: ClassVar[str] = "free"
@@ -71,6 +75,14 @@ class CrosscoderConfig(SAEConfig):
             raise ConfigError("crosscoder: designated shared latents get a reduced L1 penalty, which BatchTopK has not",
                               "set sparsity='l1', or shared_latents=0")
         check_number(name, "shared_coeff_ratio", self.shared_coeff_ratio, 0.0, 1.0)
+        if not isinstance(self.tie_shared, bool):
+            raise ConfigError(f"crosscoder: tie_shared must be true or false, got {self.tie_shared!r}", "set tie_shared=True or False")
+        if self.tie_shared and not self.shared_latents:
+            raise ConfigError("crosscoder: tie_shared ties the decoders of designated shared latents, but shared_latents=0",
+                              "set shared_latents > 0, or tie_shared=False")
+        if self.tie_shared and len(set(widths)) != 1:
+            raise ConfigError(f"crosscoder: tie_shared needs sources of one width (one decoder row serves all), got {widths}",
+                              "tie only sources of equal width (checkpoints of one model), or set tie_shared=False")
 
     @property
     def uses_penalty(self) -> bool:  # type: ignore[override]
