@@ -63,3 +63,26 @@ def test_feature_splitting_at_its_documented_size(tmp_path):
     rec = pd.read_csv(out.root / "tables" / "feature_splitting__recovery.csv")
     assert list(rec["width"]) == ["2x", "4x", "8x", "16x"]
     assert (rec["recovered"] >= rec["floor_recovered"] + 0.2).all() and (rec["recovered"] <= rec["skyline"] + 0.1).all()
+
+
+@pytest.mark.slow
+def test_ioi_patching_at_its_documented_size(tmp_path):
+    """About six minutes: both models train 2000 steps on the IOI family, then every checkpoint that has learned
+    the task is patched at both sites."""
+    out = run_study(_preset("ioi_patching", tmp_path / "ioi"), progress=False)
+    ld = pd.read_csv(out.root / "tables" / "ioi_patching__logit_difference.csv").set_index(["model", "revision"])
+    # measured: mean clean logit difference -0.01 / 0.02 / -0.14 / 1.03 / 9.22 nats at steps 0-2000 (Pythia-like),
+    # 9.25 for the Mamba at step 2000; the study patches only the checkpoints past 1 nat
+    assert ld.loc[("pythia", "step2000"), "ld_clean"] >= 5 and ld.loc[("mamba", "step2000"), "ld_clean"] >= 5
+    assert abs(ld.loc[("pythia", "step0"), "ld_clean"]) < 0.5 and not ld.loc[("pythia", "step0"), "learned"]
+    tidy = pd.read_csv(out.results_csv)
+    final = tidy[tidy["revision"] == "step2000"]
+    assert set(final["model"]) == {"pythia", "mamba"} and set(tidy["revision"]) == {"step1000", "step2000"}
+    # measured at step 2000, 16 SAE features against 16 random directions (the floor): Pythia 0.92 / 0.54 (site 0),
+    # 0.53 / 0.41 (site 1); Mamba 0.81 / 0.55, 0.64 / 0.47; with 4: 0.35 / 0.21, 0.20 / 0.12, 0.42 / 0.15, 0.21 / 0.16
+    k16 = final[final["metric"] == "fraction restored by 16 directions"]
+    k4 = final[final["metric"] == "fraction restored by 4 directions"]
+    assert len(k16) == 4 and (k16["value"] > k16["floor"]).all()
+    assert k4["value"].mean() > k4["floor"].mean() + 0.05
+    assert (final["kl_floor"].dropna() >= 0).all() and final["kl_floor"].notna().any()
+    assert (out.root / "figures" / "ioi_patching_pythia.png").is_file()
