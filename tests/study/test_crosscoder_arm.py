@@ -6,24 +6,15 @@ import math
 
 import pandas as pd
 
-from universality.study.config import register_configs, study_from_dict
 from universality.study.runner import run_study
-
-register_configs()
 
 TINY = {"steps": 16, "warmup_steps": 4, "d_model": 32, "n_heads": 2}
 
 
-def test_crosscoder_arm_on_a_tiny_architecture_study(tmp_path):
-    cfg = study_from_dict({
-        "name": "cc", "out_dir": str(tmp_path / "cc"), "analyses": ["crosscoder_arm"],
-        "sites": ["blocks.1.hook_resid_post"], "tokenizer_vocab": 300, "corpus": {"max_docs": 24},
-        "models": [{"name": "pythia", "zoo": "tiny_pythia", "overrides": TINY},
-                   {"name": "mamba", "zoo": "tiny_mamba", "overrides": {**TINY, "seed": 5}}],
-        "harvest": {"train_tokens": 2048, "context_length": 32, "batch_size": 16, "eval_spans": 24, "span_chars": 120,
-                    "max_doc_tokens": 128},
-        "sae": {"steps": 80, "batch_size": 128, "expansion": 2, "seeds": [0, 1], "topk": {"k": 4}},
-        "match": {"gw_max": 32, "n_perm": 2}})
+def test_crosscoder_arm_on_a_tiny_architecture_study(tmp_path, tiny_study_cfg):
+    cfg = tiny_study_cfg(tmp_path / "cc", ["crosscoder_arm"], [
+        {"name": "pythia", "zoo": "tiny_pythia", "overrides": TINY},
+        {"name": "mamba", "zoo": "tiny_mamba", "overrides": {**TINY, "seed": 5}}])
     out = run_study(cfg, progress=False)
     tidy = pd.read_csv(out.results_csv)
     rows = tidy[tidy["analysis"] == "crosscoder_arm"].set_index("metric")
@@ -47,21 +38,15 @@ def test_crosscoder_arm_on_a_tiny_architecture_study(tmp_path):
           f"mamba {ex_b['value']:.3f}/{ex_b['value_seed2']:.3f}; anchor {shared['skyline']:.3f}")
 
 
-def test_crosscoder_arm_aligns_models_on_different_tokenizers_by_text(tmp_path):
+def test_crosscoder_arm_aligns_models_on_different_tokenizers_by_text(tmp_path, tiny_study_cfg):
     """A local GPT-2 with its own tokenizer beside a zoo Pythia: the crosscoder trains live on units of text both
     tokenizers cover, the artifact says so, and the rows of both arms are those units."""
     from models.testing import make_tiny_model
     from universality.sae import SAE
 
     gpt2 = make_tiny_model("gpt2", tmp_path / "gpt2", seed=2, vocab_size=360)
-    cfg = study_from_dict({
-        "name": "cc2", "out_dir": str(tmp_path / "cc2"), "analyses": ["crosscoder_arm"],
-        "sites": ["blocks.1.hook_resid_post"], "tokenizer_vocab": 300, "corpus": {"max_docs": 24},
-        "models": [{"name": "pythia", "zoo": "tiny_pythia", "overrides": TINY}, {"name": "gpt2", "path": str(gpt2)}],
-        "harvest": {"train_tokens": 2048, "context_length": 32, "batch_size": 16, "eval_spans": 24, "span_chars": 120,
-                    "max_doc_tokens": 128},
-        "sae": {"steps": 60, "batch_size": 128, "expansion": 2, "seeds": [0, 1], "topk": {"k": 4}},
-        "match": {"gw_max": 32, "n_perm": 2}})
+    cfg = tiny_study_cfg(tmp_path / "cc2", ["crosscoder_arm"], [
+        {"name": "pythia", "zoo": "tiny_pythia", "overrides": TINY}, {"name": "gpt2", "path": str(gpt2)}], sae_steps=60)
     out = run_study(cfg, progress=False)
     tidy = pd.read_csv(out.results_csv)
     rows = tidy[tidy["analysis"] == "crosscoder_arm"].set_index("metric")

@@ -11,10 +11,7 @@ import torch
 
 from analysis.studies.crosscoder_evolution import birth_counts, later_distribution, tv_distance
 from universality.crosscoder.analysis import birth_indices
-from universality.study.config import register_configs, study_from_dict
 from universality.study.runner import run_study
-
-register_configs()
 
 #: tiny: the decoder blocks barely leave their equal-norm start here, so births mostly sit at step 0 (the known-answer
 #: births on a synthetic series are in tests/train/test_crosscoder_train.py and benchmarks/calibrate_crosscoder.py)
@@ -34,17 +31,11 @@ def test_birth_helpers_on_known_trajectories():
     assert np.isnan(later_distribution(np.array([3, 0, 0]))).all()
 
 
-def test_crosscoder_evolution_on_a_tiny_series(tmp_path):
+def test_crosscoder_evolution_on_a_tiny_series(tmp_path, tiny_study_cfg):
     after = 8
-    cfg = study_from_dict({
-        "name": "cce", "out_dir": str(tmp_path / "cce"), "analyses": ["crosscoder_evolution"],
-        "sites": ["blocks.1.hook_resid_post"], "tokenizer_vocab": 300,
-        "corpus": {"max_docs": 24, "inject_after_step": after},
-        "models": [{"name": "pythia", "zoo": "tiny_pythia", "data": "D", "checkpoints": "all", "overrides": TINY}],
-        "harvest": {"train_tokens": 2048, "context_length": 32, "batch_size": 16, "eval_spans": 24, "span_chars": 120,
-                    "max_doc_tokens": 128},
-        "sae": {"steps": SAE_STEPS, "batch_size": 128, "expansion": 2, "seeds": [0, 1], "topk": {"k": 4}},
-        "match": {"gw_max": 32, "n_perm": 2}})
+    cfg = tiny_study_cfg(tmp_path / "cce", ["crosscoder_evolution"],
+                         [{"name": "pythia", "zoo": "tiny_pythia", "data": "D", "checkpoints": "all", "overrides": TINY}],
+                         sae_steps=SAE_STEPS, corpus={"inject_after_step": after})
     out = run_study(cfg, progress=False)
     tidy = pd.read_csv(out.results_csv)
     rows = tidy[tidy["analysis"] == "crosscoder_evolution"].set_index("metric")

@@ -12,10 +12,7 @@ import torch
 from analysis.studies.crosscoder_subset import classify, firing_share
 from universality.sae.crosscoder_config import crosscoder_config
 from universality.sae.registry import make_sae
-from universality.study.config import register_configs, study_from_dict
 from universality.study.runner import run_study
-
-register_configs()
 
 TINY = {"steps": 16, "warmup_steps": 4, "d_model": 32, "n_heads": 2}
 
@@ -50,17 +47,11 @@ def test_classify_finds_the_planted_exclusive_latent():
     assert math.isclose(res["floors"]["live"], res["live"]["share"])
 
 
-def test_crosscoder_subset_on_a_tiny_study(tmp_path):
-    cfg = study_from_dict({
-        "name": "ccs", "out_dir": str(tmp_path / "ccs"), "analyses": ["crosscoder_subset"],
-        "sites": ["blocks.1.hook_resid_post"], "tokenizer_vocab": 300, "corpus": {"max_docs": 24},
-        "subset": {"kind": "fraction", "fraction": 0.5, "seed": 0},
-        "models": [{"name": "pythia", "zoo": "tiny_pythia", "data": "D", "overrides": TINY},
-                   {"name": "pythia_sub", "zoo": "tiny_pythia", "data": "D_prime", "overrides": TINY}],
-        "harvest": {"train_tokens": 2048, "context_length": 32, "batch_size": 16, "eval_spans": 24, "span_chars": 120,
-                    "max_doc_tokens": 128},
-        "sae": {"steps": 80, "batch_size": 128, "expansion": 2, "seeds": [0, 1], "topk": {"k": 4}},
-        "match": {"gw_max": 32, "n_perm": 2}})
+def test_crosscoder_subset_on_a_tiny_study(tmp_path, tiny_study_cfg):
+    cfg = tiny_study_cfg(tmp_path / "ccs", ["crosscoder_subset"],
+                         [{"name": "pythia", "zoo": "tiny_pythia", "data": "D", "overrides": TINY},
+                          {"name": "pythia_sub", "zoo": "tiny_pythia", "data": "D_prime", "overrides": TINY}],
+                         subset={"kind": "fraction", "fraction": 0.5, "seed": 0})
     out = run_study(cfg, progress=False)
     tidy = pd.read_csv(out.results_csv)
     rows = tidy[tidy["analysis"] == "crosscoder_subset"].set_index("metric")
