@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 
 SITES = ["blocks.0.hook_resid_post", "blocks.1.hook_attn_out"]
 
@@ -20,3 +21,20 @@ class CountingAdapter:
             raise KeyboardInterrupt("simulated interruption")
         self.calls += 1
         return self._adapter.capture(*args, **kwargs)
+
+
+def read_batches(it, n=None) -> list[dict]:
+    """Copies of the batches of ``it`` (the first ``n``, or all)."""
+    out = []
+    for batch in it:
+        out.append({k: v.clone() for k, v in batch.items()})
+        if n is not None and len(out) == n:
+            break
+    return out
+
+
+def assert_same_batches(xs, ys) -> None:
+    """``xs`` and ``ys`` are the same non-empty list of batches, bit for bit."""
+    assert len(xs) == len(ys) and xs
+    for x, y in zip(xs, ys):
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from activation_helpers import assert_same_batches, read_batches
 
 from universality.activations import aligned_live, aligned_stores, harvest
 from universality.crosscoder.source import JointSource
@@ -93,51 +94,36 @@ def test_stores_of_other_texts_or_packing_are_refused(tiny_gpt2, stores, texts, 
         aligned_stores([stores[0], fewer], [SITE, SITE], batch_size=64)
 
 
-def _batches(it, n=None):
-    out = []
-    for batch in it:
-        out.append({k: v.clone() for k, v in batch.items()})
-        if n is not None and len(out) == n:
-            break
-    return out
-
-
-def _same(xs, ys):
-    assert len(xs) == len(ys) and xs
-    for x, y in zip(xs, ys):
-        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
-
-
-def test_resume_mid_way_gives_the_uninterrupted_batches(stores):
+def test_resume_mid_way_gives_the_uninterruptedread_batches(stores):
     def make():
         return JointSource.aligned(aligned_stores(list(stores), [SITE, SITE], batch_size=48, shuffle_buffer=200, seed=5, epochs=2))
 
-    full = _batches(make())
+    full = read_batches(make())
     first = make()
     it = iter(first)
-    _same(_batches(it, 9), full[:9])  # crosses a group boundary and, later, the epoch
+    assert_same_batches(read_batches(it, 9), full[:9])  # crosses a group boundary and, later, the epoch
     state = first.state_dict()
     second = make()
     second.load_state_dict(state)
-    _same(_batches(second), full[9:])
+    assert_same_batches(read_batches(second), full[9:])
 
 
 def test_live_aligned_rows_equal_the_aligned_stores_and_resume(tiny_gpt2, tiny_neox, texts, stores):
     def live(**kw):
         return aligned_live([tiny_gpt2, tiny_neox], texts, [SITE, SITE], batch_size=64, packing=PACK, forward_batch=4, **kw)
 
-    from_stores = _batches(aligned_stores(list(stores), [SITE, SITE], batch_size=64, fields=("token_ids",)), 5)
-    from_live = _batches(live(fields=("token_ids",)), 5)
+    from_stores = read_batches(aligned_stores(list(stores), [SITE, SITE], batch_size=64, fields=("token_ids",)), 5)
+    from_live = read_batches(live(fields=("token_ids",)), 5)
     for s, x in zip(from_stores, from_live):
         assert torch.equal(s["0:token_ids"], x["0:token_ids"]) and torch.equal(x["0:token_ids"], x["1:token_ids"])
         for name in (f"0:{SITE}", f"1:{SITE}"):
             torch.testing.assert_close(s[name], x[name], rtol=1e-5, atol=1e-5)
-    shuffled = _batches(live(shuffle_buffer=96, seed=2), 6)
+    shuffled = read_batches(live(shuffle_buffer=96, seed=2), 6)
     reader = live(shuffle_buffer=96, seed=2)
-    _batches(reader, 4)
+    read_batches(reader, 4)
     resumed = live(shuffle_buffer=96, seed=2)
     resumed.load_state_dict(reader.state_dict())
-    _same(_batches(resumed, 2), shuffled[4:6])
+    assert_same_batches(read_batches(resumed, 2), shuffled[4:6])
 
 
 def test_live_sources_with_other_tokenizers_are_refused(tiny_gpt2, texts, tmp_path):

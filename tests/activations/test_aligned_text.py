@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from activation_helpers import assert_same_batches, read_batches
 
 from universality.activations import aligned_text, span_activations, text_spans
 from universality.crosscoder.source import JointSource
@@ -124,31 +125,21 @@ def test_a_tokenizer_that_skips_text_or_has_no_offsets_is_refused(tiny_gpt2, neo
         aligned_text([tiny_gpt2, slow], texts, [SITE, SITE])
 
 
-def _batches(it, n=None):
-    out = []
-    for batch in it:
-        out.append({k: v.clone() for k, v in batch.items()})
-        if n is not None and len(out) == n:
-            break
-    return out
-
-
 def test_shuffled_read_resumes_exactly_and_a_crosscoder_trains_on_it(tiny_gpt2, neox_own_tokenizer, texts):
     def make():
         return aligned_text([tiny_gpt2, neox_own_tokenizer], texts, [SITE, SITE], batch_size=48, shuffle_buffer=200,
                             seed=3, epochs=2, span_chars=96, group_spans=3, forward_batch=3)
 
-    full = _batches(make())
+    full = read_batches(make())
     first = make()
     it = iter(first)
-    head = _batches(it, 7)
+    head = read_batches(it, 7)
     state = first.state_dict()
     second = make()
     second.load_state_dict(state)
-    rest = _batches(second)
-    assert len(head) + len(rest) == len(full) > 10
-    for x, y in zip(head + rest, full):
-        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    rest = read_batches(second)
+    assert len(full) > 10
+    assert_same_batches(head + rest, full)
     width = full[0][f"0:{SITE}"].shape[1]
     cfg = TrainConfig(crosscoder_config((width, width), 32, k=4), site="joint", lr=3e-3)
     reader = aligned_text([tiny_gpt2, neox_own_tokenizer], texts, [SITE, SITE], batch_size=48, shuffle_buffer=200,

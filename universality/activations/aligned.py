@@ -52,7 +52,8 @@ __all__ = ["AlignedStoreReader", "AlignedLiveReader", "aligned_stores", "aligned
 _FIX = "harvest every source on the same documents with the same packing and tokenizer"
 
 
-def _names(sites: Sequence[Site], names: Sequence[str] | None) -> list[str]:
+def source_names(sites: Sequence[Site], names: Sequence[str] | None) -> list[str]:
+    """The keys of an aligned reader's sources: ``names``, or ``"<i>:<site>"``; refused unless one distinct name per source."""
     out = [f"{i}:{s.name}" for i, s in enumerate(sites)] if names is None else [str(n) for n in names]
     if len(out) != len(sites) or len(set(out)) != len(out):
         raise ConfigError(f"aligned source names {out} must be {len(sites)} distinct names", "give one distinct name per source")
@@ -99,7 +100,7 @@ class AlignedStoreReader(RowReader):
         typed = [store.require(site)[0] for store, site in zip(stores, [as_site(s) for s in sites])]
         super().__init__(typed, batch_size, shuffle_buffer, seed, epochs, drop_last, device, dtype)
         self.stores, self.fields = stores, list(fields)
-        self.sites = self.names = _names(typed, names)
+        self.sites = self.names = source_names(typed, names)
         self.labels = [f"source {i} ({s.path})" for i, s in enumerate(stores)]
         self._check_manifests()
         self.n_rows = stores[0].n_rows
@@ -245,7 +246,7 @@ class AlignedLiveReader(RowReader):
                                    seed=seed, forward_batch=forward_batch, include_bos=include_bos)
                         for a, s in zip(adapters, typed)]
         self.adapters, self.fields = list(adapters), list(fields)
-        self.sites = self.names = _names(typed, names)
+        self.sites = self.names = source_names(typed, names)
         self.labels = [f"source {i} ({getattr(a, 'name', '?')})" for i, a in enumerate(adapters)]
         self.packing, self.forward_batch, self.include_bos = self.members[0].packing, forward_batch, include_bos
 

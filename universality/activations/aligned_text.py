@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from universality.activations.aligned import source_names
 from universality.activations.harvest import check_sites, max_positions, span_activations
 from universality.activations.readers import RowReader
 from universality.data.alignment import align_many
@@ -131,9 +132,7 @@ class AlignedTextReader(RowReader):
         self.group_spans = int(group_spans or default)
         if self.group_spans < 1:
             raise ConfigError(f"group_spans must be >= 1, got {group_spans!r}", "pass e.g. 8")
-        self.sites = self.names = [f"{i}:{s.name}" for i, s in enumerate(typed)] if names is None else [str(n) for n in names]
-        if len(self.names) != len(typed) or len(set(self.names)) != len(self.names):
-            raise ConfigError(f"aligned source names {self.names} must be {len(typed)} distinct names", "give one distinct name per source")
+        self.sites = self.names = source_names(typed, names)
         self.labels = [f"source {i} ({getattr(a, 'name', '?')})" for i, a in enumerate(adapters)]
         self.units_dropped = 0  # units left out so far (covered by some sides only)
 
