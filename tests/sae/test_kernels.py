@@ -45,6 +45,37 @@ def test_new_topk_encoder_matches_the_old_one(dtype, with_pre_grad):
             assert torch.allclose(a, c, atol=tol, rtol=tol), name
 
 
+@pytest.mark.parametrize("path", ["sparse", "index", "dense"])
+def test_centring_inside_the_kernel_equals_centring_the_input(path, monkeypatch):
+    """``topk_encoder(x, W, b, k, centre=c)`` gives the values, indices and gradients of
+    ``topk_encoder(x - c, W, b, k)``; the centre's gradient is minus the summed input gradient."""
+    from universality.sae import kernels
+
+    monkeypatch.setattr(kernels, "backward_path", lambda device: path)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(64, 16, generator=g, dtype=torch.float64)
+    W = torch.randn(16, 96, generator=g, dtype=torch.float64, requires_grad=True)
+    b = (torch.randn(96, generator=g, dtype=torch.float64) - 1.0).requires_grad_(True)
+    c = torch.randn(16, generator=g, dtype=torch.float64, requires_grad=True)
+    gv = torch.randn(64, 8, generator=g, dtype=torch.float64)
+    gp = torch.randn(64, 96, generator=g, dtype=torch.float64) if path == "dense" else None
+
+    def run(centred_inside: bool):
+        for t in (W, b, c):
+            t.grad = None
+        vals, idx, pre = topk_encoder(x, W, b, 8, centre=c) if centred_inside else topk_encoder(x - c, W, b, 8)
+        loss = (vals * gv).sum() + (0.0 if gp is None else (pre * gp).sum())
+        loss.backward()
+        return vals.detach(), idx, pre.detach(), W.grad.clone(), b.grad.clone(), c.grad.clone()
+
+    outside, inside = run(False), run(True)
+    assert torch.equal(outside[1], inside[1])
+    for name, a, z in zip(["vals", "idx", "pre", "grad_W", "grad_b", "grad_c"], outside, inside):
+        if name != "idx":
+            assert torch.allclose(a, z, atol=1e-12, rtol=1e-12), name
+    assert float(inside[5].abs().max()) > 0
+
+
 def test_sparse_decode_is_the_dense_product():
     g = torch.Generator().manual_seed(1)
     W = torch.randn(40, 12, generator=g, dtype=torch.float64, requires_grad=True)

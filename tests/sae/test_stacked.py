@@ -51,11 +51,11 @@ def test_stack_forward_and_gradients_equal_the_individual_saes(arch, device):
             assert torch.allclose(stack(x)[i], sae(x[i]), atol=1e-5)
 
 
-@pytest.mark.parametrize("dense", [True, False], ids=["dense-scatter", "index-add"])
-def test_k_sparse_backward_passes_gradcheck(dense, monkeypatch):
-    """Both backward paths (CPU dense scatter + bmm; the CUDA index_add_ path, forced here on the
-    CPU) agree with finite differences in float64."""
-    monkeypatch.setattr(kernels, "dense_backward", lambda device: dense)
+@pytest.mark.parametrize("path", kernels.BACKWARD_PATHS)
+def test_k_sparse_backward_passes_gradcheck(path, monkeypatch):
+    """Every backward path (the CPU's sparse product, the CUDA index_add_ path and the dense scatter +
+    bmm, each forced here on the CPU) agrees with finite differences in float64."""
+    monkeypatch.setattr(kernels, "backward_path", lambda device: path)
     g = torch.Generator().manual_seed(1)
     N, B, D, F, K = 2, 5, 4, 7, 3
     x = torch.randn(N, B, D, dtype=torch.float64, generator=g, requires_grad=True)
@@ -68,8 +68,17 @@ def test_k_sparse_backward_passes_gradcheck(dense, monkeypatch):
         return vals.gather(-1, order), pre
 
     assert torch.autograd.gradcheck(enc, (x, W, b), eps=1e-6, atol=1e-6)
+    # centred inside the kernel on c (the decoder bias): the centre's gradient (-W times the summed
+    # pre-activation gradient) agrees with finite differences too
+    c = torch.randn(N, D, dtype=torch.float64, generator=g, requires_grad=True)
+
+    def enc_centred(x, W, b, c):
+        vals, idx, pre = stacked_topk_encoder(x, W, b, K, centre=c)
+        return vals.gather(-1, idx.argsort(dim=-1)), pre
+
+    assert torch.autograd.gradcheck(enc_centred, (x, W, b, c), eps=1e-6, atol=1e-6)
     idx = torch.stack([torch.randperm(F, generator=g)[:K] for _ in range(N * B)]).view(N, B, K)
-    idx[0, 0, 1] = idx[0, 0, 0]  # a repeated row: index_add_ must accumulate it
+    idx[0, 0, 1] = idx[0, 0, 0]  # a repeated row: every path must accumulate it
     vals = torch.randn(N, B, K, dtype=torch.float64, generator=g, requires_grad=True)
     Wd = torch.randn(N, F, D, dtype=torch.float64, generator=g, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v, w: stacked_sparse_decode(idx, v, w), (vals, Wd), eps=1e-6, atol=1e-6)
@@ -136,8 +145,8 @@ def test_stack_errors():
         stack.copy_to_(_saes("topk", n=3))
 
 
-@pytest.mark.parametrize("dense", [True, False], ids=["dense-scatter", "index-add"])
-def test_bf16_compute_path_keeps_fp32_gradients(dense, monkeypatch):
+@pytest.mark.parametrize("path", kernels.BACKWARD_PATHS)
+def test_bf16_compute_path_keeps_fp32_gradients(path, monkeypatch):
     """The bf16 autocast path (forced on the CPU): matmuls in bf16, gradients returned in the float32 of
     the master weights and close to the float32 ones."""
     saes = _saes("topk", n=2, d_in=16, d_sae=64, k=4)
@@ -145,11 +154,11 @@ def test_bf16_compute_path_keeps_fp32_gradients(dense, monkeypatch):
 
     def grads(stack):
         out = stack.forward_train(x)
-        (((out.x_hat.float() - x) ** 2).sum() + (1e-2 * out.pre.float().pow(2).sum() if dense else 0.0)).backward()
+        (((out.x_hat.float() - x) ** 2).sum() + (1e-2 * out.pre.float().pow(2).sum() if path == "dense" else 0.0)).backward()
         return out, {n: getattr(stack, n).grad for n in ("W_dec", "W_enc", "b_enc", "b_dec")}
 
     ref_out, ref = grads(StackedSAE.from_saes(saes))
-    monkeypatch.setattr(kernels, "dense_backward", lambda device: dense)
+    monkeypatch.setattr(kernels, "backward_path", lambda device: path)
     monkeypatch.setattr(kernels, "compute_dtype", lambda t: torch.bfloat16)
     out, got = grads(StackedSAE.from_saes(saes))
     assert out.pre.dtype == torch.bfloat16

@@ -5,11 +5,18 @@ accumulation of bf16 gradients and the k-sparse backward are the same code for b
 drifted apart when the single dictionary had its own copy).
 
 - :func:`stacked_topk_encoder`: ``TopK_k(ReLU(x_i W_i + b_i))`` for each dictionary ``i`` (Gao et
-  al. 2024) with a backward that sends gradient only through the ``k`` kept latents: on the CPU a
-  scatter into a dense code and one ``bmm`` (BLAS is faster there than ``index_add_`` with repeated
-  indices, which also collapses when other processes compete for the cores); on CUDA ``index_add_``
-  over the ``batch * k`` active rows, unless AuxK already sends a dense gradient.
-- :func:`stacked_sparse_decode`: each token's reconstruction gathers only its ``k`` decoder rows.
+  al. 2024) with a backward that sends gradient only through the ``k`` kept latents. The input
+  gradient gathers the ``k`` encoder columns of each row (``embedding_bag``); the weight gradient
+  takes one of three paths (:func:`backward_path`):
+
+  - ``"sparse"`` (the CPU): the ``batch * k`` kept entries as a sparse (latent x row) matrix times the
+    rows (``torch.sparse.mm``): about 30x fewer multiply-adds than the dense product and 4-6x faster
+    at d_sae 2048, k 32 (one thread), and it does not serialise on repeated indices as ``index_add_``;
+  - ``"index"`` (CUDA): ``index_add_`` over the ``batch * k`` active rows;
+  - ``"dense"``: scatter into a dense code and one ``bmm``, taken wherever AuxK already sends a dense
+    gradient through the pre-activations (its matmuls are paid anyway).
+- :func:`stacked_sparse_decode`: each token's reconstruction gathers only its ``k`` decoder rows;
+  its weight gradient takes the same ``"sparse"`` / ``"index"`` paths.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 __all__ = [
+    "BACKWARD_PATHS",
+    "backward_path",
     "compute_dtype",
-    "dense_backward",
     "flat_index",
     "sparse_decode",
     "stacked_sparse_decode",
@@ -37,10 +45,25 @@ def compute_dtype(t: Tensor) -> torch.dtype:
     return t.dtype
 
 
-def dense_backward(device: torch.device) -> bool:
-    """Whether the k-sparse backward scatters into a dense code and uses BLAS (the CPU), rather than
-    touching only the ``k`` rows with ``index_add_`` (CUDA; also the path tests force on the CPU)."""
-    return device.type == "cpu"
+#: The weight-gradient paths of the k-sparse backward (see the module docstring).
+BACKWARD_PATHS = ("sparse", "index", "dense")
+
+
+def backward_path(device: torch.device) -> str:
+    """The weight-gradient path of the k-sparse backward on ``device`` when no dense gradient comes
+    through the pre-activations: ``"sparse"`` on the CPU, ``"index"`` on CUDA (tests force each)."""
+    return "sparse" if device.type == "cpu" else "index"
+
+
+def latent_rows_product(idx_BK: Tensor, w_BK: Tensor, rows_BD: Tensor, n_latents: int) -> Tensor:
+    """``out[f] = sum over (b, j) with idx[b, j] = f of w[b, j] * rows[b]``, shape ``(n_latents, d)``:
+    the weight gradient of a k-sparse code, as a sparse ``(n_latents, batch)`` matrix times ``rows``
+    (repeated indices in a row add up)."""
+    B, K = idx_BK.shape
+    row_of = torch.arange(B, device=idx_BK.device).repeat_interleave(K)
+    S = torch.sparse_coo_tensor(torch.stack([idx_BK.reshape(-1), row_of]), w_BK.reshape(-1).to(rows_BD.dtype),
+                                (n_latents, B), check_invariants=False)
+    return torch.sparse.mm(S, rows_BD)
 
 
 def flat_index(idx_NBK: Tensor, n_latents: int) -> Tensor:
@@ -57,13 +80,15 @@ class _StackedTopKEncoder(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x_NBD: Tensor, W_NDF: Tensor, b_NF: Tensor, k: int):
+    def forward(ctx, x_NBD: Tensor, W_NDF: Tensor, b_NF: Tensor, k: int, c_ND: Tensor | None):
         dt = compute_dtype(W_NDF)
         xc_NBD, Wc_NDF = x_NBD.to(dt), W_NDF.to(dt)
+        if c_ND is not None:
+            xc_NBD = xc_NBD - c_ND.to(dt).unsqueeze(1)
         pre_NBF = torch.baddbmm(b_NF.to(dt).unsqueeze(1), xc_NBD, Wc_NDF)
         vals_NBK, idx_NBK = torch.relu(pre_NBF).topk(k, dim=-1, sorted=False)
         ctx.save_for_backward(xc_NBD, Wc_NDF, idx_NBK, vals_NBK > 0)
-        ctx.in_dtypes = (x_NBD.dtype, W_NDF.dtype, b_NF.dtype)
+        ctx.in_dtypes = (x_NBD.dtype, W_NDF.dtype, b_NF.dtype, None if c_ND is None else c_ND.dtype)
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(idx_NBK)
         return vals_NBK, idx_NBK, pre_NBF
@@ -73,31 +98,38 @@ class _StackedTopKEncoder(torch.autograd.Function):
         x_NBD, W_NDF, idx_NBK, on_NBK = ctx.saved_tensors
         N, B, D = x_NBD.shape
         Fn = W_NDF.shape[2]
-        need_x, need_W, need_b = ctx.needs_input_grad[:3]
+        need_x, need_W, need_b, _, need_c = ctx.needs_input_grad
         acc = torch.float32 if W_NDF.dtype in (torch.bfloat16, torch.float16) else W_NDF.dtype
-        grad_x = grad_W = grad_b = None
+        grad_x = grad_W = grad_b = grad_c = None
+        sum_NF = None  # the pre-activation gradient summed over the batch (b_enc's gradient; the centre's via W)
         dense_NBF = g_pre_NBF.to(W_NDF.dtype) if g_pre_NBF is not None else None
         if g_vals_NBK is not None:
             g_NBK = (g_vals_NBK * on_NBK).to(W_NDF.dtype)
-            if dense_backward(x_NBD.device) or dense_NBF is not None:
-                # scatter into a dense code, then one matmul: on the CPU (index_add_ with repeated indices is
-                # serial there), and on CUDA when AuxK already sends a dense gradient (its matmuls are paid anyway)
-                G_NBF = torch.zeros(N, B, Fn, dtype=W_NDF.dtype, device=W_NDF.device).scatter_(2, idx_NBK, g_NBK)
-                dense_NBF = G_NBF if dense_NBF is None else dense_NBF + G_NBF
+            path = "dense" if dense_NBF is not None else backward_path(x_NBD.device)
+            if path == "dense":
+                # AuxK already sends a dense gradient through the pre-activations: add the kept entries to it
+                # and let the matmuls below carry both
+                if dense_NBF is None:
+                    dense_NBF = torch.zeros(N, B, Fn, dtype=W_NDF.dtype, device=W_NDF.device).scatter_(2, idx_NBK, g_NBK)
+                else:
+                    dense_NBF = dense_NBF.scatter_add(2, idx_NBK, g_NBK)
             else:
                 flat_idx = flat_index(idx_NBK, Fn).reshape(-1)
                 if need_x:
-                    W_flat = W_NDF.transpose(1, 2).reshape(N * Fn, D)
+                    W_flat = W_NDF.transpose(1, 2).contiguous().view(N * Fn, D)  # latent-major rows for the gather
                     grad_x = F.embedding_bag(flat_idx.view(N * B, -1), W_flat, per_sample_weights=g_NBK.reshape(N * B, -1),
                                              mode="sum").view(N, B, D).to(acc)
                 if need_W:  # one dictionary at a time: the (batch * k, d_in) contributions stay small
                     g_NFD = torch.zeros(N, Fn, D, dtype=acc, device=W_NDF.device)
                     for i in range(N):
-                        contrib = (g_NBK[i].unsqueeze(-1) * x_NBD[i].unsqueeze(1)).reshape(-1, D).to(acc)
-                        g_NFD[i].index_add_(0, idx_NBK[i].reshape(-1), contrib)
+                        if path == "sparse":
+                            g_NFD[i] = latent_rows_product(idx_NBK[i], g_NBK[i], x_NBD[i].to(acc), Fn)
+                        else:
+                            contrib = (g_NBK[i].unsqueeze(-1) * x_NBD[i].unsqueeze(1)).reshape(-1, D).to(acc)
+                            g_NFD[i].index_add_(0, idx_NBK[i].reshape(-1), contrib)
                     grad_W = g_NFD.transpose(1, 2)
-                if need_b:
-                    grad_b = torch.zeros(N * Fn, dtype=acc, device=W_NDF.device).index_add_(
+                if need_b or need_c:
+                    sum_NF = torch.zeros(N * Fn, dtype=acc, device=W_NDF.device).index_add_(
                         0, flat_idx, g_NBK.reshape(-1).to(acc)).view(N, Fn)
         if dense_NBF is not None:
             if need_x:
@@ -106,12 +138,16 @@ class _StackedTopKEncoder(torch.autograd.Function):
             if need_W:
                 gW = torch.bmm(x_NBD.transpose(1, 2), dense_NBF)
                 grad_W = gW if grad_W is None else grad_W + gW
-            if need_b:
+            if need_b or need_c:
                 gb = dense_NBF.sum(dim=1)
-                grad_b = gb if grad_b is None else grad_b + gb
-        dx, dW, db = ctx.in_dtypes
+                sum_NF = gb if sum_NF is None else sum_NF + gb
+        if sum_NF is not None:
+            grad_b = sum_NF if need_b else None
+            if need_c:  # pre = (x - c) W + b: the centre's gradient is -W (sum over the batch of d pre), a matrix-vector product
+                grad_c = -torch.bmm(W_NDF.to(sum_NF.dtype), sum_NF.unsqueeze(-1)).squeeze(-1)
+        dx, dW, db, dc = ctx.in_dtypes
         return (None if grad_x is None else grad_x.to(dx), None if grad_W is None else grad_W.to(dW),
-                None if grad_b is None else grad_b.to(db), None)
+                None if grad_b is None else grad_b.to(db), None, None if grad_c is None else grad_c.to(dc))
 
 
 class _StackedSparseDecode(torch.autograd.Function):
@@ -144,14 +180,13 @@ class _StackedSparseDecode(torch.autograd.Function):
                 for i in range(N)
             ]).to(ctx.in_dtypes[0])
         if ctx.needs_input_grad[2]:
-            if dense_backward(g.device):
-                # CPU: scatter the k values into a dense code and let BLAS form Z^T g (as topk.py does)
-                Z_NBF = torch.zeros(N, B, Fn, dtype=W_flat.dtype, device=g.device).scatter_add_(2, idx_NBK, v_NBK)
-                grad_W = torch.bmm(Z_NBF.transpose(1, 2), g.reshape(N, B, D))
-            else:
-                acc = torch.float32 if W_flat.dtype in (torch.bfloat16, torch.float16) else W_flat.dtype
-                grad_W = torch.zeros(N, Fn, D, dtype=acc, device=g.device)
-                for i in range(N):  # one dictionary at a time: the (batch * k, d_in) contributions stay small
+            acc = torch.float32 if W_flat.dtype in (torch.bfloat16, torch.float16) else W_flat.dtype
+            grad_W = torch.zeros(N, Fn, D, dtype=acc, device=g.device)
+            sparse = backward_path(g.device) == "sparse"
+            for i in range(N):  # one dictionary at a time: the (batch * k, d_in) contributions stay small
+                if sparse:
+                    grad_W[i] = latent_rows_product(idx_NBK[i], v_NBK[i], g[i].to(acc), Fn)
+                else:
                     contrib = (v_NBK[i].unsqueeze(-1) * g[i].unsqueeze(1)).reshape(-1, D).to(acc)
                     grad_W[i].index_add_(0, idx_NBK[i].reshape(-1), contrib)
             grad_W = grad_W.to(ctx.in_dtypes[1])
@@ -159,11 +194,15 @@ class _StackedSparseDecode(torch.autograd.Function):
 
 
 def stacked_topk_encoder(
-    x: Float[Tensor, "n batch d_in"], W_enc: Float[Tensor, "n d_in d_sae"], b_enc: Float[Tensor, "n d_sae"], k: int
+    x: Float[Tensor, "n batch d_in"], W_enc: Float[Tensor, "n d_in d_sae"], b_enc: Float[Tensor, "n d_sae"], k: int,
+    centre: Float[Tensor, "n d_in"] | None = None,
 ) -> tuple[Float[Tensor, "n batch k"], Int[Tensor, "n batch k"], Float[Tensor, "n batch d_sae"]]:
-    """``(values, indices, pre)`` of ``TopK_k(ReLU(x_i W_enc,i + b_enc,i))`` for each dictionary ``i``
-    (Gao et al. 2024), with a backward that sends gradient only through the ``k`` kept latents."""
-    return _StackedTopKEncoder.apply(x, W_enc, b_enc, k)
+    """``(values, indices, pre)`` of ``TopK_k(ReLU((x_i - c_i) W_enc,i + b_enc,i))`` for each dictionary ``i``
+    (Gao et al. 2024; ``c`` is the decoder bias the input is centred on, none when ``centre`` is None),
+    with a backward that sends gradient only through the ``k`` kept latents. Centring inside the kernel
+    gives the centre's gradient as one matrix-vector product (``-W_enc`` times the summed pre-activation
+    gradient) instead of a dense gradient for every input row."""
+    return _StackedTopKEncoder.apply(x, W_enc, b_enc, k, centre)
 
 
 def stacked_sparse_decode(
@@ -175,10 +214,12 @@ def stacked_sparse_decode(
 
 
 def topk_encoder(
-    x: Float[Tensor, "batch d_in"], W_enc: Float[Tensor, "d_in d_sae"], b_enc: Float[Tensor, " d_sae"], k: int
+    x: Float[Tensor, "batch d_in"], W_enc: Float[Tensor, "d_in d_sae"], b_enc: Float[Tensor, " d_sae"], k: int,
+    centre: Float[Tensor, " d_in"] | None = None,
 ) -> tuple[Float[Tensor, "batch k"], Int[Tensor, "batch k"], Float[Tensor, "batch d_sae"]]:
-    """``(values, indices, pre)`` of ``TopK_k(ReLU(x W_enc + b_enc))`` for one dictionary: a stack of one."""
-    vals, idx, pre = stacked_topk_encoder(x.unsqueeze(0), W_enc.unsqueeze(0), b_enc.unsqueeze(0), k)
+    """``(values, indices, pre)`` of ``TopK_k(ReLU((x - c) W_enc + b_enc))`` for one dictionary: a stack of one."""
+    c = None if centre is None else centre.unsqueeze(0)
+    vals, idx, pre = stacked_topk_encoder(x.unsqueeze(0), W_enc.unsqueeze(0), b_enc.unsqueeze(0), k, c)
     return vals[0], idx[0], pre[0]
 
 

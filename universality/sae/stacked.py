@@ -14,9 +14,8 @@ individual SAE computes (same formulas, see :mod:`universality.sae.topk` and
 :mod:`universality.sae.batchtopk`).
 
 The TopK decoder is *k-sparse*: each token's reconstruction gathers only its ``k`` active decoder
-rows, and the backward pass touches only those rows (``index_add_`` on CUDA; on the CPU a scatter
-into a dense code and one ``bmm``, which BLAS does faster there), as :mod:`universality.sae.topk`
-does for one dictionary.
+rows, and the backward pass touches only those rows (``index_add_`` on CUDA; on the CPU a sparse
+(latent x row) product, see :mod:`universality.sae.kernels`).
 
 A stack is a training device, not an artifact: :meth:`StackedSAE.from_saes` builds one from
 individual SAEs and :meth:`StackedSAE.to_saes` / :meth:`StackedSAE.copy_to_` give them back, so
@@ -194,11 +193,11 @@ class StackedSAE(nn.Module):
     def forward_train(self, x: Float[Tensor, "n batch d_in"]) -> StackedOutput:
         """Training forward pass of every dictionary (same maths as their ``forward_train``)."""
         x_NBD = self._check(x)
-        xc_NBD = x_NBD - self.b_dec.unsqueeze(1)
         if self.cfg.architecture == "topk":
-            vals, idx, pre = stacked_topk_encoder(xc_NBD, self.W_enc, self.b_enc, self.cfg.k)
+            vals, idx, pre = stacked_topk_encoder(x_NBD, self.W_enc, self.b_enc, self.cfg.k, centre=self.b_dec)
             x_hat = self.decode_sparse(idx, vals)
             return StackedOutput(x_hat, pre, active=(idx, vals.detach()))
+        xc_NBD = x_NBD - self.b_dec.unsqueeze(1)
         pre = torch.baddbmm(self.b_enc.unsqueeze(1), xc_NBD, self.W_enc)
         z = self._batch_topk(pre)
         self._update_threshold_(z.detach())
