@@ -1,8 +1,8 @@
 """Planted positives, so a report cannot be filled in by noise: a text family that occurs only in
-D \\ D' must show up as SAE_D features that the subset analysis flags as missing from D', and a
-passage a zoo model sees only after step S must show up as features the lineage finds born after S.
-Each study also runs its crosscoder arm on the same models and harvest: the crosscoder's latents exclusive to
-the D model must fire mostly on D \\ D' text, and its passage latents must be born after S."""
+D \\ D' must show up as crosscoder latents exclusive to the D model that fire mostly on D \\ D' text
+(the subset analysis reports the family's SAE_D features and their share missing from D' beside it),
+and a passage a zoo model sees only after step S must show up as features the lineage finds born after
+S, and as crosscoder latents born after S."""
 
 from pathlib import Path
 
@@ -53,8 +53,13 @@ def test_family_only_in_d_minus_dprime_is_flagged_missing(tmp_path):
     spec = pd.read_csv(out.root / "tables" / "subset_generalization__specific_features.csv")
     row = spec[(spec["model"] == "pythia") & (spec["tokens"] == "planted family")].iloc[0]
     assert row["n_specific"] >= 1, "the model trained on D must have features for the planted family"
-    # flagged missing far more often than the other features (measured here: 0.60 against 0.18)
-    assert row["missing_among_specific"] >= max(0.4, 2 * row["missing_among_others"])
+    # The matching arm's reading of the family is reported, but at this size it is within the SAE-seed noise,
+    # so it is not a known answer: the share of the family's 5-7 SAE_D features missing from SAE_D' was 0.60 (3 of
+    # 5) against 0.18 for the other features when first measured, 0.40 (2 of 5) against 0.22 after the CPU
+    # TopK backward changed its rounding, and 0.14 against 0.25 with 60 planted documents; the family's
+    # seed-stable features were never missing. The known answer of this study is the crosscoder arm's below.
+    assert 0.0 <= row["missing_among_specific"] <= 1.0 and 0.0 <= row["missing_among_others"] <= 1.0
+    assert row["seed_stable_specific"] <= row["n_specific"]
     assert "missing from SAE_D'" in out.report_md.read_text()
     # the crosscoder arm: latents exclusive to the D model fire on D \ D' text far more than on D' text (measured on
     # an AMD EPYC: 2 exclusive latents, firing share 0.955 and 0.903 for the two seeds; shared latents 0.474; floor
