@@ -50,6 +50,7 @@ from universality import synthetic as syn  # noqa: E402
 from universality.eval.metrics import explained_variance  # noqa: E402
 from universality.sae import sae_config  # noqa: E402
 from universality.train import RunConfig, TrainConfig, Trainer  # noqa: E402
+from universality.train.trainer import as_site_batch  # noqa: E402
 from universality.io import atomic_write_text
 
 warnings.filterwarnings("ignore")
@@ -141,8 +142,8 @@ class Curve:
     evaluation (so the wall times are training time only). Points: ``step``, ``tokens``, ``wall_s``,
     ``explained_variance``."""
 
-    def __init__(self, held, every: int, batch: int, clock: Clock) -> None:
-        self.held, self.every, self.batch, self.clock = held, every, batch, clock
+    def __init__(self, held, every: int, batch: int, clock: Clock, probe=None) -> None:
+        self.held, self.every, self.batch, self.clock, self.probe = held, every, batch, clock, probe
         self.points: list[dict] = []
 
     def due(self, step: int) -> bool:
@@ -156,8 +157,17 @@ class Curve:
             with torch.no_grad():
                 return float(explained_variance(self.held, reconstruct(self.held)))
 
-        self.points.append({"step": step, "tokens": step * self.batch, "wall_s": wall,
-                            "explained_variance": self.clock.pause_for(ev)})
+        point = {"step": step, "tokens": step * self.batch, "wall_s": wall, "explained_variance": self.clock.pause_for(ev)}
+        if self.probe is not None:  # CE loss recovered on a zoo site (benchmarks/zoo_site.py), clock paused
+            point["ce_loss_recovered"] = self.clock.pause_for(lambda: self.probe(reconstruct))
+        self.points.append(point)
+
+    def finish(self, step: int, wall: float, ev: float, reconstruct) -> None:
+        """The point after the last step (``reconstruct``: the trained dictionary as its library returns it)."""
+        point = {"step": step, "tokens": step * self.batch, "wall_s": wall, "explained_variance": float(ev)}
+        if self.probe is not None:
+            point["ce_loss_recovered"] = self.probe(reconstruct)
+        self.points.append(point)
 
     def source(self, batches, reconstruct):
         """``batches`` as an iterator that records a point before each due step (``reconstruct()`` gives
@@ -175,6 +185,7 @@ def run_ours(batches, held, args, device, n=1, stack=False, compile=False, curve
     clock.start()
     trainer = Trainer(cfgs, run)  # what train_saes(batches, cfgs, run) does, with a handle on the live dictionary
     if curve:
+        trainer.initialise(as_site_batch(batches[0]))  # as fit() does on its first batch: the curve's step 0 is the real start
         def live():  # the trainer's dictionary works on normalised rows; explained variance is scale-free
             sae, scale = trainer.saes["ours0"], trainer.scales.get("default", 1.0)
             return lambda h: sae(h * scale) / scale
@@ -186,7 +197,7 @@ def run_ours(batches, held, args, device, n=1, stack=False, compile=False, curve
     with torch.no_grad():
         ev = sum(explained_variance(held, sae(held)) for sae in saes.values()) / n
     if curve:
-        curve.points.append({"step": len(batches), "tokens": len(batches) * args.batch, "wall_s": wall, "explained_variance": float(ev)})
+        curve.finish(len(batches), wall, ev, saes["ours0"])
     call = (f"train_saes(batches, [TrainConfig(sae_config('topk', {args.d_in}, {args.d_sae}, k={args.k}), lr={args.lr}, seed=i) "
             f"for i in range({n})], RunConfig(steps={len(batches)}, device='{device}', autocast={device.type == 'cuda'}, "
             f"stack={stack}, compile={compile}))  # Adam(betas=(0.9, 0.999), eps=1e-8), AuxK, unit-norm decoder rows")
@@ -220,7 +231,7 @@ def run_saelens(batches, held, args, device, curve=None):
     with torch.no_grad():
         ev = explained_variance(held, sae(held))
     if curve:
-        curve.points.append({"step": len(batches), "tokens": len(batches) * args.batch, "wall_s": wall, "explained_variance": float(ev)})
+        curve.finish(len(batches), wall, ev, sae)
     call = (f"SAETrainer(cfg=SAETrainerConfig(total_training_samples={len(batches) * args.batch}, "
             f"train_batch_size_samples={args.batch}, lr={lr}, lr_end={lr}, device='{device}', autocast={device.type == 'cuda'}), "
             f"sae=TopKTrainingSAE(TopKTrainingSAEConfig(d_in={args.d_in}, d_sae={args.d_sae}, k={args.k})), "
@@ -265,7 +276,7 @@ def run_sparsify(batches, held, args, device, n=1, curve=None):
     with torch.no_grad():
         ev = sum(explained_variance(held, sae(held).sae_out) for sae in saes) / n
     if curve:
-        curve.points.append({"step": len(batches), "tokens": len(batches) * args.batch, "wall_s": wall, "explained_variance": float(ev)})
+        curve.finish(len(batches), wall, ev, lambda h: saes[0](h).sae_out)
     call = (f"{n} x SparseCoder({args.d_in}, SparseCoderConfig(num_latents={args.d_sae}, k={args.k})); "
             f"ScheduleFreeWrapper(SignSGD(lr={lr:.3g}), momentum=0.95); per batch and coder: set_decoder_norm_to_unit_norm(), "
             "sae(x).fvu.backward(), remove_gradient_parallel_to_decoder_directions(), opt.step()")
@@ -288,7 +299,8 @@ def _timed_row(fn, batches, held, args, device, tokens, warm, previous=None, cur
         if device.type == "cuda" and warm:  # untimed warm-up (cuBLAS handles, allocator, kernels)
             fn(batches[:3], held, args, device, **kw)
         reset_mem(device)
-        curve = Curve(held, args.eval_every, args.batch, Clock(device)) if curves and args.eval_every > 0 else None
+        curve = (Curve(held, args.eval_every, args.batch, Clock(device), getattr(args, "probe", None))
+                 if curves and args.eval_every > 0 else None)
         wall, ev, call = fn(batches, held, args, device, **({**kw, "curve": curve} if curve else kw))
         n = kw.get("n", 1)
         walls = (previous or {}).get("all_wall_s", []) + [wall]
@@ -304,39 +316,44 @@ def _timed_row(fn, batches, held, args, device, tokens, warm, previous=None, cur
     return row
 
 
-def time_to(curve: list[dict], target: float) -> dict:
-    """When ``curve`` reaches ``target`` explained variance for good: the first evaluated point from which every
-    later point is at or above it (``{wall_s, tokens, step}``; a curve that starts above the target, dips and
-    comes back counts from its return), plus ``first`` (the first point at or above it); nulls with a note
-    when the last point is below it."""
+def time_to(curve: list[dict], target: float, key: str = "explained_variance") -> dict:
+    """When ``curve`` reaches ``target`` in ``key`` (explained variance, or CE loss recovered on a zoo site)
+    for good: the first evaluated point from which every later point is at or above it (``{wall_s, tokens,
+    step}``; a curve that starts above the target, dips and comes back counts from its return), plus
+    ``first`` (the first point at or above it); nulls with a note when the last point is below it."""
     kept = None
     for i in range(len(curve) - 1, -1, -1):
-        if curve[i]["explained_variance"] < target:
+        if curve[i][key] < target:
             break
         kept = curve[i]
-    first = next((pt for pt in curve if pt["explained_variance"] >= target), None)
+    first = next((pt for pt in curve if pt[key] >= target), None)
     if kept is None:
-        best = max(pt["explained_variance"] for pt in curve)
+        best = max(pt[key] for pt in curve)
+        what = key.replace("_", " ")
         return {"wall_s": None, "tokens": None, "step": None,
                 "first": None if first is None else {"wall_s": first["wall_s"], "tokens": first["tokens"], "step": first["step"]},
-                "note": f"not reached by the end of the run ({curve[-1]['step']} steps; best explained variance {best:.4f}, "
-                        f"final {curve[-1]['explained_variance']:.4f})"}
+                "note": f"not reached by the end of the run ({curve[-1]['step']} steps; best {what} {best:.4f}, "
+                        f"final {curve[-1][key]:.4f})"}
     return {"wall_s": kept["wall_s"], "tokens": kept["tokens"], "step": kept["step"],
             "first": {"wall_s": first["wall_s"], "tokens": first["tokens"], "step": first["step"]}}
 
 
-def time_to_target(rows: dict, targets: list[float], anchor: str = "sparsify") -> dict | None:
-    """Wall time and tokens each library needs to reach the anchor's final explained variance and each fixed
-    target for good (:func:`time_to`; resolution ``eval_every`` steps)."""
+def time_to_target(rows: dict, targets: list[float], anchor: str = "sparsify", ce_targets: list[float] = ()) -> dict | None:
+    """Wall time and tokens each library needs to reach the anchor's final explained variance, each fixed
+    explained-variance target and (when the curves carry it) each CE-loss-recovered target, for good
+    (:func:`time_to`; resolution ``eval_every`` steps)."""
     curves = {name: row["curve"] for name, row in rows.items() if row.get("curve")}
     if not curves:
         return None
-    goals = {f"{t:g}": t for t in targets}
+    goals = {f"{t:g}": ("explained_variance", t) for t in targets}
     anchor_ev = curves[anchor][-1]["explained_variance"] if anchor in curves else None
     if anchor_ev is not None:
-        goals = {f"anchor ({anchor} final, {anchor_ev:.4f})": anchor_ev, **goals}
-    table = {label: {name: time_to(c, t) for name, c in curves.items()} for label, t in goals.items()}
-    out = {"anchor": anchor, "anchor_final_explained_variance": anchor_ev, "targets": goals, "table": table}
+        goals = {f"anchor ({anchor} final, {anchor_ev:.4f})": ("explained_variance", anchor_ev), **goals}
+    if all("ce_loss_recovered" in c[-1] for c in curves.values()):
+        goals.update({f"CE loss recovered {t:g}": ("ce_loss_recovered", t) for t in ce_targets})
+    table = {label: {name: time_to(c, t, key) for name, c in curves.items()} for label, (key, t) in goals.items()}
+    out = {"anchor": anchor, "anchor_final_explained_variance": anchor_ev, "targets": {k: t for k, (_, t) in goals.items()},
+           "target_metric": {k: key for k, (key, _) in goals.items()}, "table": table}
     if anchor_ev is not None:
         label = next(iter(goals))
         ours, theirs = table[label].get("universality", {}).get("wall_s"), table[label][anchor]["wall_s"]
@@ -354,14 +371,23 @@ def plot_curves(rows: dict, ttt: dict | None, path: Path, title: str) -> Path | 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    with_ce = all("ce_loss_recovered" in c[-1] for c in curves.values())
+    fig, axes = plt.subplots(1, 3 if with_ce else 2, figsize=(16 if with_ce else 11, 4.2))
     for name, c in curves.items():
         for ax, key in zip(axes, ("wall_s", "tokens")):
             ax.plot([p[key] for p in c], [p["explained_variance"] for p in c], marker="o", ms=3, label=name)
-    for ax in axes:
-        for label, t in (ttt or {}).get("targets", {}).items():
+        if with_ce:
+            axes[2].plot([p["wall_s"] for p in c], [p["ce_loss_recovered"] for p in c], marker="o", ms=3, label=name)
+    metric = (ttt or {}).get("target_metric", {})
+    for label, t in (ttt or {}).get("targets", {}).items():
+        on = [axes[2]] if metric.get(label) == "ce_loss_recovered" else axes[:2]
+        for ax in on:
             ax.axhline(t, color="grey", lw=0.8, ls=":" if label.startswith("anchor") else "--")
+    for ax in axes:
         ax.grid(alpha=0.3)
+    if with_ce:
+        axes[2].set_xlabel("training wall time (s, evaluation excluded)")
+        axes[2].set_ylabel("CE loss recovered (zero ablation)")
     axes[0].set_xlabel("training wall time (s, evaluation excluded)")
     axes[1].set_xlabel("tokens")
     axes[0].set_ylabel("explained variance (held-out rows)")
@@ -385,8 +411,17 @@ def run(args) -> dict:
     dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout.strip())
     results = []
     flops = useful_flops(args.d_in, args.d_sae, args.k)
+    zoo_info = None
     for device in devices:
-        batches, held = make_data(args, device)
+        if args.zoo:  # a zoo model's site on the CPU (the model is tiny; rows move to the device)
+            from zoo_site import zoo_site_data
+
+            batches, held, args.probe, zoo_info = zoo_site_data(args.zoo, args.zoo_site, args.steps * args.batch, args.batch,
+                                                                docs=args.zoo_docs)
+            args.d_in = zoo_info["d_in"]
+            batches, held = [b.to(device) for b in batches], held.to(device)
+        else:
+            batches, held = make_data(args, device)
         tokens = len(batches) * args.batch
         rows = {}
         plan = [("universality", run_ours, {}), ("sae_lens", run_saelens, {}), ("sparsify", run_sparsify, {})]
@@ -413,7 +448,7 @@ def run(args) -> dict:
             if "tokens_per_s" in row and name.startswith("universality"):
                 row["useful_flops_per_s"] = row["tokens_per_s"] * flops
                 row["fraction_of_bf16_peak"] = row["useful_flops_per_s"] / peak if peak else None
-        ttt = time_to_target(rows, args.targets)
+        ttt = time_to_target(rows, args.targets, ce_targets=args.ce_targets if args.zoo else ())
         if ttt:
             for label, per in ttt["table"].items():
                 print(device, "time to", label, {k: (v["wall_s"], v["tokens"]) for k, v in per.items()}, flush=True)
@@ -423,7 +458,9 @@ def run(args) -> dict:
         "benchmark": "topk-sae-training",
         "config": {"d_in": args.d_in, "d_sae": args.d_sae, "k": args.k, "batch": args.batch, "steps": args.steps,
                    "n_stack": args.n_stack, "repeats": args.repeats, "unique_batches": args.unique_batches or args.steps, "dtype": "float32 (bf16 autocast on CUDA)", "lr_adam": args.lr, "threads": args.threads,
-                   "data": f"planted features: {args.n_features} features, {args.active} active, noise 0.05, E||x||^2 = d_in",
+                   "data": (f"zoo site: {zoo_info['preset']} {zoo_info['site']}, E||x||^2 = d_in" if zoo_info else
+                            f"planted features: {args.n_features} features, {args.active} active, noise 0.05, E||x||^2 = d_in"),
+                   "zoo": zoo_info, "ce_targets": args.ce_targets if zoo_info else None,
                    "lr_saelens": saelens_lr(args) if version("sae-lens") else None, "eval_every": args.eval_every,
                    "targets": args.targets, "held_out_rows": 8192},
         "useful_flops_per_token_per_dictionary": flops,
@@ -472,6 +509,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=5, help="evaluate on the held-out rows every this many steps (0: no curves)")
     p.add_argument("--targets", type=float, nargs="*", default=[0.5, 0.7, 0.8], help="explained-variance targets")
     p.add_argument("--figure", default=None, help="PNG of the curves (default: next to the JSON, same name)")
+    p.add_argument("--zoo", default=None, help="train on a zoo preset's site instead of planted data (e.g. tiny_pythia; "
+                                               "benchmarks/zoo_site.py) and add CE-loss-recovered targets")
+    p.add_argument("--zoo-site", default="blocks.1.hook_resid_post", help="the site of --zoo")
+    p.add_argument("--zoo-docs", type=int, default=60, help="Shakespeare documents the --zoo model trains and is read on")
+    p.add_argument("--ce-targets", type=float, nargs="*", default=[0.9], help="CE-loss-recovered targets (with --zoo)")
     return p
 
 
@@ -490,7 +532,8 @@ def main(argv: list[str] | None = None) -> dict:
     for res in doc["results"]:
         path = fig if len(doc["results"]) == 1 else fig.with_name(f"{fig.stem}-{res['device'].replace(':', '')}{fig.suffix}")
         title = (f"TopK d_in {c['d_in']}, d_sae {c['d_sae']}, k {c['k']}, batch {c['batch']} on {res['device_name']} "
-                 f"({c['threads']} thread(s)); dashed: targets, dotted: sparsify's final EV")
+                 + (f"[{c['data']}] " if c.get("zoo") else "")
+                 + f"({c['threads']} thread(s)); dashed: targets, dotted: sparsify's final EV")
         drawn = plot_curves(res["libraries"], res.get("time_to_target"), path, title)
         res["figure"] = os.path.relpath(drawn, out.parent) if drawn else None
     atomic_write_text(out, json.dumps(doc, indent=2) + "\n")
