@@ -82,6 +82,33 @@ def test_auxk_and_ghost_are_zero_without_dead_latents_and_give_dead_latents_grad
         assert g[:, 5:].abs().sum() > 0 and g[:, :5].abs().sum() == 0
 
 
+def test_auxk_selects_among_dead_columns_exactly_as_masking_the_live_ones():
+    """The dead-column selection gives the value and pre-activation gradient of the definition (live
+    latents masked with -inf, then the top k_aux of each row) with scattered dead latents: the same latents,
+    summed in another order (float32 rounding)."""
+    sae = make_sae(sae_config("topk", 6, 40, k=2))
+    x = torch.randn(32, 6, generator=torch.Generator().manual_seed(4))
+    dead = torch.zeros(40, dtype=torch.bool)
+    dead[[1, 7, 8, 19, 23, 30, 39]] = True
+    out = sae.forward_train(x)
+
+    def reference(pre):
+        vals, idx = pre.masked_fill(~dead, float("-inf")).topk(3, dim=-1, sorted=False)
+        e_hat = torch.nn.functional.embedding_bag(idx, sae.W_dec, per_sample_weights=vals, mode="sum")
+        e = (x - out.x_hat).detach()
+        return (e - e_hat).pow(2).sum() / (e - e.mean(dim=0)).pow(2).sum()
+
+    pre = out.pre.detach().requires_grad_(True)
+    got = auxk_loss(sae, x, out.x_hat, pre, dead, 3)
+    (g_got,) = torch.autograd.grad(got, pre)
+    pre_ref = out.pre.detach().requires_grad_(True)
+    want = reference(pre_ref)
+    (g_want,) = torch.autograd.grad(want, pre_ref)
+    assert float(got) == pytest.approx(float(want), rel=1e-6)
+    assert torch.allclose(g_got, g_want, rtol=1e-5, atol=1e-7)
+    assert g_got[:, ~dead].abs().sum() == 0 and g_got[:, dead].abs().sum() > 0
+
+
 def test_ghost_loss_is_rescaled_to_the_mse():
     sae = make_sae(sae_config("relu", 6, 12, sparsity_coeff=1.0))
     x = torch.randn(16, 6)

@@ -101,8 +101,11 @@ def auxk_loss(
     if n_dead == 0:
         return pre.new_zeros(())
     k = min(k_aux, n_dead)
-    masked_BF = pre.masked_fill(~dead, float("-inf"))
-    vals_BK, idx_BK = masked_BF.topk(k, dim=-1, sorted=False)
+    # the top k among the dead columns only (the same latents and values as masking the live ones with -inf,
+    # without a selection over every latent: usually few are dead)
+    dead_idx = dead.nonzero().squeeze(1).to(pre.device)
+    vals_BK, local_BK = pre.index_select(1, dead_idx).topk(k, dim=-1, sorted=False)
+    idx_BK = dead_idx[local_BK]
     e_hat_BD = torch.nn.functional.embedding_bag(idx_BK, sae.W_dec, per_sample_weights=vals_BK.to(sae.W_dec.dtype), mode="sum")
     e_BD = (x - x_hat).detach().to(e_hat_BD.dtype)
     total = (e_BD - e_BD.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
