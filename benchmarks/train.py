@@ -22,9 +22,13 @@ With ``--eval-every s`` (default 5) each single-dictionary run also records expl
 the held-out rows every ``s`` steps with its clock paused, and the report gives the wall time and
 tokens each library needs to reach sparsify's final explained variance and the ``--targets``
 (``time_to_target``), and draws the curves (PNG next to the JSON).
+With ``--zoo PRESET`` the data are a zoo model's site instead (``benchmarks/zoo_site.py``: the model
+trains on the shipped corpus first; ``d_in`` is its width) and every curve point also records CE loss
+recovered on held-out contexts, which ``--ce-targets`` turn into targets.
 Writes ``benchmarks/results/train-<machine>.json`` (and ``.png``).
 
     python benchmarks/train.py --d-in 256 --d-sae 2048 --k 32 --batch 1024 --steps 100 --n-stack 4
+    python benchmarks/train.py --zoo tiny_pythia --d-sae 1024 --k 16 --steps 400 --eval-every 20
 """
 
 from __future__ import annotations
