@@ -13,9 +13,9 @@ from models.testing import TINY_FAMILIES
 
 ALL_FAMILIES = tuple(TINY_FAMILIES)
 
-# transformers' own hidden_states tuple: entry of resid_post[l] (Mamba has no embedding entry),
-# and the final norm module that is applied to the last block's output before the last entry.
-_HIDDEN_OFFSET = {"mamba": 0, "mamba2": 0}
+# transformers' own hidden_states tuple: entry of resid_post[l] is l + 1 when the tuple starts with the
+# embeddings, l when it does not (Mamba; Mamba2 before transformers 5.25, which added the embedding entry:
+# detected, not assumed); the final norm module is applied to the last block's output before the last entry.
 _FINAL_NORM = {
     "gpt2": "transformer.ln_f",
     "gpt_neox": "gpt_neox.final_layer_norm",
@@ -53,7 +53,11 @@ def test_resid_post_equals_layer_output(adapters, family):
     posts = a.capture(ids, [f"blocks.{l}.hook_resid_post" for l in range(a.n_layers)])
     with torch.no_grad():
         hidden = a.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states
-    off = _HIDDEN_OFFSET.get(family, 1)
+    off = 1
+    if family in ("mamba", "mamba2"):  # no position embeddings: the embedding entry is the token embedding itself
+        with torch.no_grad():
+            embedded = a.model.get_input_embeddings()(ids)
+        off = 1 if torch.allclose(hidden[0], embedded) else 0
     assert len(hidden) == a.n_layers + 1  # Mamba: n block outputs + normed; others: embeddings + ... + normed
     for layer in range(a.n_layers - 1):
         torch.testing.assert_close(posts[f"blocks.{layer}.hook_resid_post"], hidden[layer + off], atol=ATOL, rtol=0)
