@@ -161,16 +161,14 @@ class Curve:
             with torch.no_grad():
                 return float(explained_variance(self.held, reconstruct(self.held)))
 
-        point = {"step": step, "tokens": step * self.batch, "wall_s": wall, "explained_variance": self.clock.pause_for(ev)}
-        if self.probe is not None:  # CE loss recovered on a zoo site (benchmarks/zoo_site.py), clock paused
-            point["ce_loss_recovered"] = self.clock.pause_for(lambda: self.probe(reconstruct))
-        self.points.append(point)
+        self.finish(step, wall, self.clock.pause_for(ev), reconstruct)
 
     def finish(self, step: int, wall: float, ev: float, reconstruct) -> None:
-        """The point after the last step (``reconstruct``: the trained dictionary as its library returns it)."""
+        """Append the point after ``step`` steps (after the last one: ``reconstruct`` is the trained dictionary
+        as its library returns it); with a probe, CE loss recovered on a zoo site, clock paused."""
         point = {"step": step, "tokens": step * self.batch, "wall_s": wall, "explained_variance": float(ev)}
         if self.probe is not None:
-            point["ce_loss_recovered"] = self.probe(reconstruct)
+            point["ce_loss_recovered"] = self.clock.pause_for(lambda: self.probe(reconstruct))
         self.points.append(point)
 
     def source(self, batches, reconstruct):
@@ -414,16 +412,17 @@ def run(args) -> dict:
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # one-time torch.optim import cost, outside every timing
     dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout.strip())
     results = []
-    flops = useful_flops(args.d_in, args.d_sae, args.k)
     zoo_info = None
-    for device in devices:
-        if args.zoo:  # a zoo model's site on the CPU (the model is tiny; rows move to the device)
-            from zoo_site import zoo_site_data
+    if args.zoo:  # a zoo model's site, built once on the CPU (the model is tiny; rows move to each device)
+        from zoo_site import zoo_site_data
 
-            batches, held, args.probe, zoo_info = zoo_site_data(args.zoo, args.zoo_site, args.steps * args.batch, args.batch,
-                                                                docs=args.zoo_docs)
-            args.d_in = zoo_info["d_in"]
-            batches, held = [b.to(device) for b in batches], held.to(device)
+        zoo_batches, zoo_held, args.probe, zoo_info = zoo_site_data(args.zoo, args.zoo_site, args.steps * args.batch,
+                                                                    args.batch, docs=args.zoo_docs)
+        args.d_in = zoo_info["d_in"]
+    flops = useful_flops(args.d_in, args.d_sae, args.k)
+    for device in devices:
+        if zoo_info:
+            batches, held = [b.to(device) for b in zoo_batches], zoo_held.to(device)
         else:
             batches, held = make_data(args, device)
         tokens = len(batches) * args.batch
