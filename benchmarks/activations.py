@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
         # the plain copy's source: the same row widths and dtype in memory (at most 65,536 rows, cycled)
         copy_rows = min(store.n_rows, 1 << 16)
         copy_src = {s: torch.randn(copy_rows, store.width(s)).to(dtype) for s in sites}
+        copy_src_u8 = {s: t.view(torch.uint8).view(copy_rows, -1).numpy() for s, t in copy_src.items()}
 
         def read(buffer: int, to_device: bool = False) -> dict:
             rss0 = _rss_mb()
@@ -255,21 +256,35 @@ def main(argv: list[str] | None = None) -> dict:
 
         def plain_copy(kind: str) -> dict:
             """The same bytes in the same batch shapes, copied from memory into fresh tensors (arrays):
-            ``torch`` (clone, torch's threads), ``torch1`` (clone on one thread), ``numpy`` (one thread)."""
+            ``torch`` (clone, torch's threads), ``torch1`` (clone on one thread), ``numpy`` (one thread),
+            ``gather`` (one thread, ``numpy.take`` of the rows in a random order: what any per-row shuffle
+            pays before a store is involved). Each batch is held until the next one is made, as a consumer
+            of the reader holds it, so both sides allocate (and fault in) the same fresh memory."""
             n_bytes, at = 0, 0
             threads = torch.get_num_threads()
-            if kind == "torch1":
+            if kind in ("torch1", "gather"):
                 torch.set_num_threads(1)
+            order = np.random.default_rng(0).permutation(copy_rows) if kind == "gather" else None
+            held = None
             t0 = time.perf_counter()
             for lo in range(0, store.n_rows, args.read_batch):
                 rows = min(args.read_batch, store.n_rows - lo)
                 at = at if at + rows <= copy_rows else 0
+                batch = {}
                 for s in sites:
-                    src = copy_src[s][at : at + rows]
-                    out = np.array(src.view(torch.uint8).numpy(), copy=True) if kind == "numpy" else src.clone()
+                    if kind == "gather":
+                        out = torch.empty((rows, store.width(s)), dtype=dtype)
+                        np.take(copy_src_u8[s], order[at : at + rows], axis=0, out=out.view(torch.uint8).numpy(), mode="clip")
+                    elif kind == "numpy":
+                        out = np.array(copy_src_u8[s][at : at + rows], copy=True)
+                    else:
+                        out = copy_src[s][at : at + rows].clone()
+                    batch[s] = out
                     n_bytes += out.nbytes if kind == "numpy" else out.numel() * out.element_size()
+                held = batch  # noqa: F841 - the previous batch is freed here, as in the read loop
                 at += rows
             dt = time.perf_counter() - t0
+            del held
             torch.set_num_threads(threads)
             return {"seconds": dt, "bytes": n_bytes, "GB_per_s": n_bytes / dt / 1e9}
 
@@ -283,9 +298,10 @@ def main(argv: list[str] | None = None) -> dict:
         configs = {"sequential": 0, "shuffled_small": min(args.buffer, 1 << 15), "shuffled": args.buffer}
         for _ in store.iter_batches(sites, batch_size=args.read_batch):  # untimed: warms the page cache, checks checksums
             pass
-        rounds: dict[str, dict[str, list]] = {name: {"read": [], "plain_torch": [], "plain_torch1": [], "plain_numpy": []} for name in configs}
+        kinds = ("read", "plain_torch", "plain_torch1", "plain_numpy", "plain_gather")
+        rounds: dict[str, dict[str, list]] = {name: {k: [] for k in kinds} for name in configs}
         if on_gpu:
-            rounds["shuffled_to_device"] = {"read": [], "plain_torch": [], "plain_torch1": [], "plain_numpy": []}
+            rounds["shuffled_to_device"] = {k: [] for k in kinds}
         raw = []
         for _ in range(args.read_repeats):  # interleaved: every read pass sits between plain copies of its bytes
             for name, buffer in configs.items():
@@ -293,11 +309,13 @@ def main(argv: list[str] | None = None) -> dict:
                 rounds[name]["read"].append(read(buffer))
                 rounds[name]["plain_torch1"].append(plain_copy("torch1"))
                 rounds[name]["plain_numpy"].append(plain_copy("numpy"))
+                rounds[name]["plain_gather"].append(plain_copy("gather"))
             if on_gpu:
                 rounds["shuffled_to_device"]["plain_torch"].append(plain_copy("torch"))
                 rounds["shuffled_to_device"]["read"].append(read(args.buffer, to_device=True))
                 rounds["shuffled_to_device"]["plain_torch1"].append(plain_copy("torch1"))
                 rounds["shuffled_to_device"]["plain_numpy"].append(plain_copy("numpy"))
+                rounds["shuffled_to_device"]["plain_gather"].append(plain_copy("gather"))
             raw.append(raw_file_read())
 
         def med(xs: list[dict], key: str = "GB_per_s") -> float:
@@ -316,6 +334,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "ratio_to_plain_copy_one_thread": med(r["read"]) / med(r["plain_torch1"]),
                 "plain_copy_all_GB_per_s": [x["GB_per_s"] for x in r["plain_torch"]], "read_all_GB_per_s": [x["GB_per_s"] for x in r["read"]],
                 "numpy_copy_GB_per_s": med(r["plain_numpy"]), "ratio_to_numpy_copy": med(r["read"]) / med(r["plain_numpy"]),
+                "memory_gather_GB_per_s": med(r["plain_gather"]), "ratio_to_memory_gather": med(r["read"]) / med(r["plain_gather"]),
                 "bytes": last["bytes"], "seconds_all": [x["seconds"] for x in r["read"]],
                 "rss_before_mb": last["rss_before_mb"], "rss_peak_during_mb": max(x["rss_peak_during_mb"] for x in r["read"]),
                 "rss_growth_mb_max": max(x["rss_growth_mb"] for x in r["read"]), "resident_rows_max": last["resident_rows_max"],
@@ -334,6 +353,8 @@ def main(argv: list[str] | None = None) -> dict:
             "shuffled_over_plain_copy_one_thread": by_name["shuffled"]["ratio_to_plain_copy_one_thread"],
             "numpy_copy_GB_per_s": by_name["shuffled"]["numpy_copy_GB_per_s"],
             "shuffled_over_numpy_copy": by_name["shuffled"]["ratio_to_numpy_copy"],
+            "memory_gather_GB_per_s": by_name["shuffled"]["memory_gather_GB_per_s"],
+            "shuffled_over_memory_gather": by_name["shuffled"]["ratio_to_memory_gather"],
             "goal_ratio_min": 0.8,
             "met": by_name["shuffled"]["ratio_to_plain_copy"] >= 0.8,
             "read_repeats": args.read_repeats,
@@ -379,7 +400,9 @@ def main(argv: list[str] | None = None) -> dict:
             "goals": {"harvest_over_bare_max": 1.2, "read_GB_per_s_min": 1.0, "shuffled_read_over_plain_copy_min": 0.8},
             "note": "bare_forward excludes tokenisation; harvest includes it (on a prefetch thread). "
                     "Reads are of a just-written store, so mostly from the page cache (an untimed pass first). "
-                    "Plain copy: torch clone of the same bytes in the same batch shapes, interleaved with the reads.",
+                    "Plain copy: torch clone of the same bytes in the same batch shapes, interleaved with the reads, each batch "
+                    "held until the next is made (as the read loop holds it). In-memory gather: the same batches taken from "
+                    "memory in a random row order (one thread), the floor of any per-row shuffle.",
         }
         results["memory"] = mem.stop().as_dict()
         out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"activations{'-read' if args.read_only else ''}-{results['machine']}.json"
@@ -391,7 +414,8 @@ def main(argv: list[str] | None = None) -> dict:
         for r in reads:
             print(f"read {r['name']} (buffer={r['shuffle_buffer']}): {r['GB_per_s']:.2f} GB/s, plain copy {r['plain_copy_GB_per_s']:.2f} GB/s, "
                   f"ratio {r['ratio_to_plain_copy']:.2f} (1-thread clone {r['plain_copy_one_thread_GB_per_s']:.2f}: {r['ratio_to_plain_copy_one_thread']:.2f}; "
-                  f"numpy copy {r['numpy_copy_GB_per_s']:.2f}), rss growth {r['rss_growth_mb_max']:.0f} MB")
+                  f"numpy copy {r['numpy_copy_GB_per_s']:.2f}; in-memory gather {r['memory_gather_GB_per_s']:.2f}: "
+                  f"{r['ratio_to_memory_gather']:.2f}), rss growth {r['rss_growth_mb_max']:.0f} MB")
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)

@@ -183,6 +183,11 @@ def summarise(runs: dict) -> list[dict]:
                     rows.append(_row("train", f"tokens/s per dictionary vs {anchor} (EV ours {ev('universality'):.3f} vs {ev(anchor):.3f})",
                                      rate("universality"), rate(anchor), r, f">= {goal} at >= EV", r >= goal and ev_ok,
                                      libs["universality"].get("peak_gpu_mem_mib") or peak))
+            if rate("universality_no_auxk") and rate("sparsify"):  # like for like: sparsify's default has no AuxK either
+                r = rate("universality_no_auxk") / rate("sparsify")
+                rows.append(_row("train", f"tokens/s without AuxK vs sparsify (its default, auxk_alpha=0; EV ours "
+                                          f"{ev('universality_no_auxk'):.3f})", rate("universality_no_auxk"), rate("sparsify"), r,
+                                 ">= 1.0 (equal settings)", r >= 1.0, libs["universality_no_auxk"].get("peak_gpu_mem_mib") or peak))
             st, sep, spn = f"universality_stacked_x{n}", f"universality_separate_x{n}", f"sparsify_x{n}"
             if n > 1 and rate(st):
                 if rate(sep):

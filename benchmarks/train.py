@@ -180,8 +180,9 @@ class Curve:
             yield x
 
 
-def run_ours(batches, held, args, device, n=1, stack=False, compile=False, curve=None):
-    cfgs = [TrainConfig(sae_config("topk", args.d_in, args.d_sae, k=args.k), lr=args.lr, seed=i, name=f"ours{i}") for i in range(n)]
+def run_ours(batches, held, args, device, n=1, stack=False, compile=False, curve=None, remedy="auto"):
+    cfgs = [TrainConfig(sae_config("topk", args.d_in, args.d_sae, k=args.k), lr=args.lr, seed=i, name=f"ours{i}", remedy=remedy)
+            for i in range(n)]
     run = RunConfig(steps=len(batches), device=str(device), autocast=device.type == "cuda", stack=stack, compile=compile)
     clock = curve.clock if curve else Clock(device)
     clock.start()
@@ -200,9 +201,11 @@ def run_ours(batches, held, args, device, n=1, stack=False, compile=False, curve
         ev = sum(explained_variance(held, sae(held)) for sae in saes.values()) / n
     if curve:
         curve.finish(len(batches), wall, ev, saes["ours0"])
-    call = (f"train_saes(batches, [TrainConfig(sae_config('topk', {args.d_in}, {args.d_sae}, k={args.k}), lr={args.lr}, seed=i) "
+    call = (f"train_saes(batches, [TrainConfig(sae_config('topk', {args.d_in}, {args.d_sae}, k={args.k}), lr={args.lr}, seed=i"
+            f"{'' if remedy == 'auto' else ', remedy=' + repr(remedy)}) "
             f"for i in range({n})], RunConfig(steps={len(batches)}, device='{device}', autocast={device.type == 'cuda'}, "
-            f"stack={stack}, compile={compile}))  # Adam(betas=(0.9, 0.999), eps=1e-8), AuxK, unit-norm decoder rows")
+            f"stack={stack}, compile={compile}))  # Adam(betas=(0.9, 0.999), eps=1e-8), "
+            f"{'AuxK' if remedy == 'auto' else 'remedy=' + repr(remedy)}, unit-norm decoder rows")
     return wall, ev, call
 
 
@@ -428,6 +431,8 @@ def run(args) -> dict:
         tokens = len(batches) * args.batch
         rows = {}
         plan = [("universality", run_ours, {}), ("sae_lens", run_saelens, {}), ("sparsify", run_sparsify, {})]
+        if args.without_auxk:  # like for like with sparsify's default (auxk_alpha = 0): no dead-latent remedy
+            plan.append(("universality_no_auxk", run_ours, {"remedy": "none"}))
         if args.n_stack > 1:
             n = args.n_stack
             plan += [(f"universality_stacked_x{n}", run_ours, {"n": n, "stack": True}),
@@ -446,6 +451,8 @@ def run(args) -> dict:
             if ours and "tokens_per_s" in rows[name]:
                 rows[name]["ours_speed_ratio"] = ours / rows[name]["tokens_per_s"]
                 rows[name]["ev_difference_ours_minus_theirs"] = rows["universality"]["explained_variance"] - rows[name]["explained_variance"]
+        if "universality_no_auxk" in rows and "tokens_per_s" in rows["sparsify"]:
+            rows["sparsify"]["ours_no_auxk_speed_ratio"] = rows["universality_no_auxk"]["tokens_per_s"] / rows["sparsify"]["tokens_per_s"]
         peak = bf16_peak(device)
         for name, row in rows.items():
             if "tokens_per_s" in row and name.startswith("universality"):
@@ -516,6 +523,8 @@ def parser() -> argparse.ArgumentParser:
                                                "benchmarks/zoo_site.py) and add CE-loss-recovered targets")
     p.add_argument("--zoo-site", default="blocks.1.hook_resid_post", help="the site of --zoo")
     p.add_argument("--zoo-docs", type=int, default=60, help="Shakespeare documents the --zoo model trains and is read on")
+    p.add_argument("--without-auxk", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time this project with remedy='none' (no AuxK), like for like with sparsify's default auxk_alpha=0")
     p.add_argument("--ce-targets", type=float, nargs="*", default=[0.9], help="CE-loss-recovered targets (with --zoo)")
     return p
 

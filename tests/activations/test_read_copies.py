@@ -1,4 +1,5 @@
-"""The shuffled read path: mapped groups, one copy per row, and memory bounded by buffer + batch rows."""
+"""The read paths: mapped groups (shuffled: one gather per row; in order: one copy per batch), and
+memory bounded by buffer + batch rows."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def _rss_mib() -> float:
     return float("nan")
 
 
-@pytest.mark.parametrize("shuffle_buffer, batch", [(2048, 256), (3000, 1000), (8192, 4096), (20000, 333)])
+@pytest.mark.parametrize("shuffle_buffer, batch", [(2048, 256), (3000, 1000), (8192, 4096), (20000, 333), (0, 1000), (0, 8192)])
 def test_mapped_groups_give_the_same_batches_as_buffered_reads(wide_store, shuffle_buffer, batch):
     def batches(map_files):
         r = wide_store.iter_batches(SITE, batch_size=batch, shuffle_buffer=shuffle_buffer, seed=3, epochs=2, fields=("position",))
@@ -85,6 +86,19 @@ def test_single_range_groups_are_mapped_not_copied(wide_store):
     out = torch.empty(100, 512)
     gather_rows(data[SITE], idx, out)
     assert torch.equal(out, want[idx]) and torch.equal(data[SITE].rows(5, 9), want[5:9])
+
+
+def test_unshuffled_batches_are_copies_of_mapped_ranges(wide_store):
+    """In store order a group is mapped too; each batch is a copy (it outlives the mapping) in store order."""
+    reader = wide_store.iter_batches(SITE, batch_size=3000, fields=("position",))
+    assert isinstance(reader._load_group(0, 0)[SITE], MappedRows)
+    batches = list(reader)
+    assert torch.equal(torch.cat([b["position"] for b in batches]), torch.arange(wide_store.n_rows))
+    assert all(b[SITE].is_contiguous() for b in batches)
+    first = batches[0][SITE].clone()
+    batches[0][SITE].zero_()  # writable memory of its own: the store is untouched
+    again = next(iter(wide_store.iter_batches(SITE, batch_size=3000)))[SITE]
+    assert torch.equal(again, first)
 
 
 def test_resident_memory_stays_within_buffer_plus_batch_rows(wide_store):

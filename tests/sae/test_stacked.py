@@ -8,6 +8,7 @@ import torch
 from universality.errors import ConfigError
 from universality.sae import SAE, sae_config, make_sae
 from universality.sae import kernels
+from universality.sae.kernels import stacked_preactivations_at
 from universality.sae.stacked import StackedSAE, stacked_sparse_decode, stacked_topk_encoder
 
 
@@ -85,6 +86,15 @@ def test_k_sparse_backward_passes_gradcheck(path, monkeypatch):
     # and the decoder's forward is the dense product with the scattered code
     dense_code = torch.zeros(N, B, F, dtype=torch.float64).scatter_add_(2, idx, vals.detach())
     assert torch.allclose(stacked_sparse_decode(idx, vals, Wd), torch.bmm(dense_code, Wd))
+    # AuxK's gathered pre-activations: the value is pre's, the gradient reaches x, W, b and c through the
+    # gathered entries (a repeated index included) and agrees with finite differences
+
+    def pre_at(x, W, b, c):
+        pre = torch.baddbmm(b.unsqueeze(1), x - c.unsqueeze(1), W).detach()
+        return stacked_preactivations_at(pre, idx, x, W, b, centre=c)
+
+    assert torch.allclose(pre_at(x, W, b, c), (torch.baddbmm(b.unsqueeze(1), x - c.unsqueeze(1), W)).gather(2, idx))
+    assert torch.autograd.gradcheck(pre_at, (x, W, b, c), eps=1e-6, atol=1e-6)
 
 
 def test_sparse_decoder_touches_only_the_active_rows():

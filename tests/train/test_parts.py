@@ -83,30 +83,62 @@ def test_auxk_and_ghost_are_zero_without_dead_latents_and_give_dead_latents_grad
 
 
 def test_auxk_selects_among_dead_columns_exactly_as_masking_the_live_ones():
-    """The dead-column selection gives the value and pre-activation gradient of the definition (live
-    latents masked with -inf, then the top k_aux of each row) with scattered dead latents: the same latents,
-    summed in another order (float32 rounding)."""
-    sae = make_sae(sae_config("topk", 6, 40, k=2))
-    x = torch.randn(32, 6, generator=torch.Generator().manual_seed(4))
+    """The dead-column selection with the k-sparse gradient (``TopKSAE.preactivations_at``) gives the value
+    and the gradient of every parameter of the definition (live latents masked with -inf, the top k_aux of
+    each row, the gradient through the dense pre-activations) with scattered dead latents."""
+    sae = make_sae(sae_config("topk", 6, 40, k=2)).double()
+    x = torch.randn(32, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     dead = torch.zeros(40, dtype=torch.bool)
     dead[[1, 7, 8, 19, 23, 30, 39]] = True
-    out = sae.forward_train(x)
+    params = [sae.W_enc, sae.b_enc, sae.b_dec, sae.W_dec]
 
-    def reference(pre):
-        vals, idx = pre.masked_fill(~dead, float("-inf")).topk(3, dim=-1, sorted=False)
+    def reference():
+        out = sae.forward_train(x)
+        vals, idx = out.pre.masked_fill(~dead, float("-inf")).topk(3, dim=-1, sorted=False)
         e_hat = torch.nn.functional.embedding_bag(idx, sae.W_dec, per_sample_weights=vals, mode="sum")
         e = (x - out.x_hat).detach()
         return (e - e_hat).pow(2).sum() / (e - e.mean(dim=0)).pow(2).sum()
 
-    pre = out.pre.detach().requires_grad_(True)
-    got = auxk_loss(sae, x, out.x_hat, pre, dead, 3)
-    (g_got,) = torch.autograd.grad(got, pre)
-    pre_ref = out.pre.detach().requires_grad_(True)
-    want = reference(pre_ref)
-    (g_want,) = torch.autograd.grad(want, pre_ref)
-    assert float(got) == pytest.approx(float(want), rel=1e-6)
-    assert torch.allclose(g_got, g_want, rtol=1e-5, atol=1e-7)
-    assert g_got[:, ~dead].abs().sum() == 0 and g_got[:, dead].abs().sum() > 0
+    want = reference()
+    g_want = torch.autograd.grad(want, params)
+    out = sae.forward_train(x)
+    got = auxk_loss(sae, x, out.x_hat, out.pre, dead, 3)
+    g_got = torch.autograd.grad(got, params)
+    assert float(got) == pytest.approx(float(want), rel=1e-12)
+    for a, b in zip(g_got, g_want):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert g_got[0][:, ~dead].abs().sum() == 0 and g_got[0][:, dead].abs().sum() > 0
+
+
+def test_auxk_with_the_training_loss_keeps_the_k_sparse_backward_and_its_gradient(monkeypatch):
+    """mse + AuxK through ``preactivations_at`` equals the same loss with AuxK read from the dense
+    pre-activations (which sends the encoder's backward down the dense path), for every parameter."""
+    from universality.sae import kernels
+    from universality.sae.base import SAE
+
+    sae = make_sae(sae_config("topk", 8, 48, k=3)).double()
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    dead = torch.zeros(48, dtype=torch.bool)
+    dead[::5] = True
+    params = list(sae.parameters())
+
+    def grads():
+        out = sae.forward_train(x)
+        loss = (out.x_hat - x).pow(2).sum(dim=1).mean() + auxk_loss(sae, x, out.x_hat, out.pre, dead, 4) / 32
+        return loss, torch.autograd.grad(loss, params)
+
+    paths = []
+    real = kernels._sparse_encoder_grads
+    monkeypatch.setattr(kernels, "_sparse_encoder_grads", lambda *a: paths.append(a[-1]) or real(*a))
+    loss, g_sparse = grads()
+    assert paths == ["sparse", "sparse"]  # AuxK's entries, then the encoder's own: no dense pre gradient
+    monkeypatch.setattr(type(sae), "preactivations_at", SAE.preactivations_at)  # the gather through pre
+    paths.clear()
+    loss_dense, g_dense = grads()
+    assert paths == []  # the dense path
+    assert float(loss) == pytest.approx(float(loss_dense), rel=1e-12)
+    for a, b in zip(g_sparse, g_dense):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_ghost_loss_is_rescaled_to_the_mse():

@@ -113,9 +113,40 @@ def test_stacked_auxk_equals_auxk_per_dictionary():
         def __init__(self, W_dec):
             self.W_dec = W_dec
 
+        def preactivations_at(self, x, pre, idx):
+            return pre.gather(1, idx)
+
     for i in range(3):
         assert float(got[i]) == pytest.approx(float(auxk_loss(_One(W[i]), x[i], x_hat[i], pre[i], dead[i], 4)), rel=1e-5, abs=1e-7)
     assert float(got[2]) == 0.0
+
+
+def test_stacked_auxk_through_the_kernel_equals_the_gather_through_pre():
+    """The trainer's AuxK values (``StackedSAE.preactivations_at``: the k-sparse backward) give the loss and
+    every parameter's gradient of the same loss read through the dense pre-activations."""
+    from universality.sae import make_sae, sae_config
+    from universality.sae.stacked import StackedSAE
+
+    cfg = sae_config("topk", 6, 30, k=2)
+    stack = StackedSAE.from_saes([make_sae(cfg, seed=20 + i) for i in range(3)]).double()
+    with torch.no_grad():
+        stack.b_dec.copy_(torch.randn(3, 6, dtype=torch.float64))
+    x = torch.randn(3, 16, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    dead = torch.zeros(3, 30, dtype=torch.bool)
+    dead[0, ::3] = True
+    dead[1, :2] = True  # fewer dead than k_aux
+    params = [stack.W_enc, stack.b_enc, stack.b_dec, stack.W_dec]
+
+    def loss(sparse):
+        out = stack.forward_train(x)
+        at = (lambda idx: stack.preactivations_at(x, out.pre, idx)) if sparse else None
+        total = ((out.x_hat - x) ** 2).sum() + stacked_auxk_loss(stack.W_dec, x, out.x_hat, out.pre, dead, 4, values_at=at).sum()
+        return total, torch.autograd.grad(total, params)
+
+    (a, ga), (b, gb) = loss(True), loss(False)
+    assert float(a) == pytest.approx(float(b), rel=1e-12)
+    for u, v in zip(ga, gb):
+        assert torch.allclose(u, v, rtol=1e-10, atol=1e-12)
 
 
 def test_per_dictionary_clipping_matches_torch():

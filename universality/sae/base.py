@@ -103,6 +103,14 @@ class SAE(nn.Module):
         x_BD = x.to(self.W_dec.dtype)
         return (x_BD - self.b_dec) @ self.W_enc + self.b_enc
 
+    def preactivations_at(
+        self, x: Float[Tensor, "batch d_in"], pre: Float[Tensor, "batch d_sae"], idx: Int[Tensor, "batch k"]
+    ) -> Float[Tensor, "batch k"]:
+        """``pre[b, idx[b, j]]`` for the pre-activations ``pre`` that :meth:`forward_train` returned for ``x``,
+        differentiable (AuxK's values). Here a gather through ``pre``; dictionaries with a k-sparse kernel
+        send the gradient to their weights through the gathered entries only."""
+        return pre.gather(1, idx)
+
     def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
         """Latent activations (inference behaviour)."""
         raise NotImplementedError

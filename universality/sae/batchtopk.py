@@ -39,7 +39,7 @@ class BatchTopKSAE(SAE):
         flat = torch.relu(pre_BF).flatten()
         n_keep = min(self.cfg.k * pre_BF.shape[0], flat.numel())
         vals, idx = flat.topk(n_keep, sorted=False)
-        return torch.zeros_like(flat).scatter(0, idx, vals).view_as(pre_BF)
+        return torch.zeros_like(flat).scatter_(0, idx, vals).view_as(pre_BF)
 
     def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
         pre_BF = self.pre_acts(x)

@@ -31,7 +31,9 @@ __all__ = [
     "backward_path",
     "compute_dtype",
     "flat_index",
+    "preactivations_at",
     "sparse_decode",
+    "stacked_preactivations_at",
     "stacked_sparse_decode",
     "stacked_topk_encoder",
     "topk_encoder",
@@ -72,6 +74,41 @@ def flat_index(idx_NBK: Tensor, n_latents: int) -> Tensor:
     return idx_NBK + offset_N11
 
 
+def _sparse_encoder_grads(
+    xc_NBD: Tensor, W_NDF: Tensor, idx_NBK: Tensor, g_NBK: Tensor, need_x: bool, need_W: bool, need_sum: bool, path: str,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients of ``pre[i, b, idx[i, b, j]]`` (``pre = xc W + b``) weighted by ``g[i, b, j]``, touching only
+    the ``batch * k`` entries: the input's (``embedding_bag`` over latent-major encoder rows), the weight's
+    (``path`` ``"sparse"``: :func:`latent_rows_product`; ``"index"``: ``index_add_``) and the gradient summed
+    over the batch per latent (the bias's; the centre's is ``-W`` times it). Repeated indices add up."""
+    N, B, D = xc_NBD.shape
+    Fn = W_NDF.shape[2]
+    acc = torch.float32 if W_NDF.dtype in (torch.bfloat16, torch.float16) else W_NDF.dtype
+    grad_x = grad_W = sum_NF = None
+    flat_idx = flat_index(idx_NBK, Fn).reshape(-1)
+    if need_x:
+        W_flat = W_NDF.transpose(1, 2).contiguous().view(N * Fn, D)  # latent-major rows for the gather
+        grad_x = F.embedding_bag(flat_idx.view(N * B, -1), W_flat, per_sample_weights=g_NBK.reshape(N * B, -1),
+                                 mode="sum").view(N, B, D).to(acc)
+    if need_W:  # one dictionary at a time: the (batch * k, d_in) contributions stay small
+        g_NFD = torch.zeros(N, Fn, D, dtype=acc, device=W_NDF.device)
+        for i in range(N):
+            if path == "sparse":
+                g_NFD[i] = latent_rows_product(idx_NBK[i], g_NBK[i], xc_NBD[i].to(acc), Fn)
+            else:
+                contrib = (g_NBK[i].unsqueeze(-1) * xc_NBD[i].unsqueeze(1)).reshape(-1, D).to(acc)
+                g_NFD[i].index_add_(0, idx_NBK[i].reshape(-1), contrib)
+        grad_W = g_NFD.transpose(1, 2)
+    if need_sum:
+        sum_NF = torch.zeros(N * Fn, dtype=acc, device=W_NDF.device).index_add_(0, flat_idx, g_NBK.reshape(-1).to(acc)).view(N, Fn)
+    return grad_x, grad_W, sum_NF
+
+
+def _centred(x_NBD: Tensor, c_ND: Tensor | None, dt: torch.dtype) -> Tensor:
+    xc_NBD = x_NBD.to(dt)
+    return xc_NBD if c_ND is None else xc_NBD - c_ND.to(dt).unsqueeze(1)
+
+
 class _StackedTopKEncoder(torch.autograd.Function):
     """``TopK(ReLU(x W_i + b_i))`` for each dictionary ``i``, with a k-sparse backward.
 
@@ -82,9 +119,7 @@ class _StackedTopKEncoder(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_NBD: Tensor, W_NDF: Tensor, b_NF: Tensor, k: int, c_ND: Tensor | None):
         dt = compute_dtype(W_NDF)
-        xc_NBD, Wc_NDF = x_NBD.to(dt), W_NDF.to(dt)
-        if c_ND is not None:
-            xc_NBD = xc_NBD - c_ND.to(dt).unsqueeze(1)
+        xc_NBD, Wc_NDF = _centred(x_NBD, c_ND, dt), W_NDF.to(dt)
         pre_NBF = torch.baddbmm(b_NF.to(dt).unsqueeze(1), xc_NBD, Wc_NDF)
         vals_NBK, idx_NBK = torch.relu(pre_NBF).topk(k, dim=-1, sorted=False)
         ctx.save_for_backward(xc_NBD, Wc_NDF, idx_NBK, vals_NBK > 0)
@@ -99,7 +134,6 @@ class _StackedTopKEncoder(torch.autograd.Function):
         N, B, D = x_NBD.shape
         Fn = W_NDF.shape[2]
         need_x, need_W, need_b, _, need_c = ctx.needs_input_grad
-        acc = torch.float32 if W_NDF.dtype in (torch.bfloat16, torch.float16) else W_NDF.dtype
         grad_x = grad_W = grad_b = grad_c = None
         sum_NF = None  # the pre-activation gradient summed over the batch (b_enc's gradient; the centre's via W)
         dense_NBF = g_pre_NBF.to(W_NDF.dtype) if g_pre_NBF is not None else None
@@ -114,23 +148,7 @@ class _StackedTopKEncoder(torch.autograd.Function):
                 else:
                     dense_NBF = dense_NBF.scatter_add(2, idx_NBK, g_NBK)
             else:
-                flat_idx = flat_index(idx_NBK, Fn).reshape(-1)
-                if need_x:
-                    W_flat = W_NDF.transpose(1, 2).contiguous().view(N * Fn, D)  # latent-major rows for the gather
-                    grad_x = F.embedding_bag(flat_idx.view(N * B, -1), W_flat, per_sample_weights=g_NBK.reshape(N * B, -1),
-                                             mode="sum").view(N, B, D).to(acc)
-                if need_W:  # one dictionary at a time: the (batch * k, d_in) contributions stay small
-                    g_NFD = torch.zeros(N, Fn, D, dtype=acc, device=W_NDF.device)
-                    for i in range(N):
-                        if path == "sparse":
-                            g_NFD[i] = latent_rows_product(idx_NBK[i], g_NBK[i], x_NBD[i].to(acc), Fn)
-                        else:
-                            contrib = (g_NBK[i].unsqueeze(-1) * x_NBD[i].unsqueeze(1)).reshape(-1, D).to(acc)
-                            g_NFD[i].index_add_(0, idx_NBK[i].reshape(-1), contrib)
-                    grad_W = g_NFD.transpose(1, 2)
-                if need_b or need_c:
-                    sum_NF = torch.zeros(N * Fn, dtype=acc, device=W_NDF.device).index_add_(
-                        0, flat_idx, g_NBK.reshape(-1).to(acc)).view(N, Fn)
+                grad_x, grad_W, sum_NF = _sparse_encoder_grads(x_NBD, W_NDF, idx_NBK, g_NBK, need_x, need_W, need_b or need_c, path)
         if dense_NBF is not None:
             if need_x:
                 gx = torch.bmm(dense_NBF, W_NDF.transpose(1, 2))
@@ -148,6 +166,35 @@ class _StackedTopKEncoder(torch.autograd.Function):
         dx, dW, db, dc = ctx.in_dtypes
         return (None if grad_x is None else grad_x.to(dx), None if grad_W is None else grad_W.to(dW),
                 None if grad_b is None else grad_b.to(db), None, None if grad_c is None else grad_c.to(dc))
+
+
+class _StackedPreAt(torch.autograd.Function):
+    """``pre[i, b, idx[i, b, j]]`` for pre-activations ``pre = (x - c) W + b`` already computed, with the
+    gradient sent straight to ``x``, ``W``, ``b`` and ``c`` through the gathered entries only (the
+    k-sparse backward of :func:`_sparse_encoder_grads`) instead of through a dense ``pre`` gradient."""
+
+    @staticmethod
+    def forward(ctx, pre_NBF: Tensor, idx_NBK: Tensor, x_NBD: Tensor, W_NDF: Tensor, b_NF: Tensor, c_ND: Tensor | None):
+        dt = compute_dtype(W_NDF)
+        ctx.save_for_backward(_centred(x_NBD, c_ND, dt), W_NDF.to(dt), idx_NBK)
+        ctx.in_dtypes = (x_NBD.dtype, W_NDF.dtype, b_NF.dtype, None if c_ND is None else c_ND.dtype)
+        ctx.set_materialize_grads(False)
+        return pre_NBF.detach().gather(2, idx_NBK)
+
+    @staticmethod
+    def backward(ctx, g_NBK):
+        if g_NBK is None:
+            return None, None, None, None, None, None
+        xc_NBD, W_NDF, idx_NBK = ctx.saved_tensors
+        _, _, need_x, need_W, need_b, need_c = ctx.needs_input_grad
+        grad_x, grad_W, sum_NF = _sparse_encoder_grads(xc_NBD, W_NDF, idx_NBK, g_NBK.to(W_NDF.dtype), need_x, need_W,
+                                                       need_b or need_c, backward_path(xc_NBD.device))
+        grad_c = None
+        if need_c:
+            grad_c = -torch.bmm(W_NDF.to(sum_NF.dtype), sum_NF.unsqueeze(-1)).squeeze(-1)
+        dx, dW, db, dc = ctx.in_dtypes
+        return (None, None, None if grad_x is None else grad_x.to(dx), None if grad_W is None else grad_W.to(dW),
+                None if (sum_NF is None or not need_b) else sum_NF.to(db), None if grad_c is None else grad_c.to(dc))
 
 
 class _StackedSparseDecode(torch.autograd.Function):
@@ -203,6 +250,27 @@ def stacked_topk_encoder(
     gives the centre's gradient as one matrix-vector product (``-W_enc`` times the summed pre-activation
     gradient) instead of a dense gradient for every input row."""
     return _StackedTopKEncoder.apply(x, W_enc, b_enc, k, centre)
+
+
+def stacked_preactivations_at(
+    pre: Float[Tensor, "n batch d_sae"], idx: Int[Tensor, "n batch k"], x: Float[Tensor, "n batch d_in"],
+    W_enc: Float[Tensor, "n d_in d_sae"], b_enc: Float[Tensor, "n d_sae"], centre: Float[Tensor, "n d_in"] | None = None,
+) -> Float[Tensor, "n batch k"]:
+    """``pre[i, b, idx[i, b, j]]``, where ``pre`` are the pre-activations :func:`stacked_topk_encoder` returned
+    for the same ``x``, ``W_enc``, ``b_enc`` and ``centre``; the gradient reaches those four through the
+    gathered entries only. AuxK reads its dead latents this way, so the encoder's backward stays k-sparse
+    (a gradient through ``pre`` itself would be dense: ``batch x d_sae`` entries and two dense products)."""
+    return _StackedPreAt.apply(pre, idx, x, W_enc, b_enc, centre)
+
+
+def preactivations_at(
+    pre: Float[Tensor, "batch d_sae"], idx: Int[Tensor, "batch k"], x: Float[Tensor, "batch d_in"],
+    W_enc: Float[Tensor, "d_in d_sae"], b_enc: Float[Tensor, " d_sae"], centre: Float[Tensor, " d_in"] | None = None,
+) -> Float[Tensor, "batch k"]:
+    """:func:`stacked_preactivations_at` for one dictionary."""
+    c = None if centre is None else centre.unsqueeze(0)
+    return stacked_preactivations_at(pre.unsqueeze(0), idx.unsqueeze(0), x.unsqueeze(0), W_enc.unsqueeze(0),
+                                     b_enc.unsqueeze(0), c)[0]
 
 
 def stacked_sparse_decode(

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from universality.errors import ConfigError
 from universality.sae.base import SAE
-from universality.sae.kernels import stacked_sparse_decode, stacked_topk_encoder
+from universality.sae.kernels import stacked_preactivations_at, stacked_sparse_decode, stacked_topk_encoder
 from universality.sae.config import SAEConfig
 from universality.sae.registry import get_architecture
 
@@ -188,7 +188,16 @@ class StackedSAE(nn.Module):
         flat = torch.relu(pre_NBF).reshape(N, B * Fn)
         n_keep = min(self.cfg.k * B, B * Fn)
         vals, idx = flat.topk(n_keep, dim=1, sorted=False)
-        return torch.zeros_like(flat).scatter(1, idx, vals).view(N, B, Fn)
+        return torch.zeros_like(flat).scatter_(1, idx, vals).view(N, B, Fn)
+
+    def preactivations_at(
+        self, x: Float[Tensor, "n batch d_in"], pre: Float[Tensor, "n batch d_sae"], idx: Int[Tensor, "n batch k"]
+    ) -> Float[Tensor, "n batch k"]:
+        """``pre[i, b, idx[i, b, j]]`` for the ``pre`` that :meth:`forward_train` returned for ``x``, differentiable
+        (AuxK's values): TopK through the kernel's k-sparse backward, BatchTopK as a gather through ``pre``."""
+        if self.cfg.architecture == "topk":
+            return stacked_preactivations_at(pre, idx, self._check(x), self.W_enc, self.b_enc, centre=self.b_dec)
+        return pre.gather(2, idx)
 
     def forward_train(self, x: Float[Tensor, "n batch d_in"]) -> StackedOutput:
         """Training forward pass of every dictionary (same maths as their ``forward_train``)."""

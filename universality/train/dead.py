@@ -96,16 +96,21 @@ def auxk_loss(
 
     The dead pre-activations ``pi`` are used without the ReLU, so latents whose pre-activation is
     negative everywhere still receive a gradient. Returns 0 when no latent is dead.
+
+    The latents are chosen without gradient; their values come from ``sae.preactivations_at``, which
+    for TopK sends the gradient to the encoder through the ``batch * k_aux`` chosen entries only (the
+    same gradient as through ``pre``, without a dense ``batch x d_sae`` one).
     """
     n_dead = int(dead.sum())
     if n_dead == 0:
         return pre.new_zeros(())
     k = min(k_aux, n_dead)
-    # the top k among the dead columns only (the same latents and values as masking the live ones with -inf,
+    # the top k among the dead columns only (the same latents as masking the live ones with -inf,
     # without a selection over every latent: usually few are dead)
-    dead_idx = dead.nonzero().squeeze(1).to(pre.device)
-    vals_BK, local_BK = pre.index_select(1, dead_idx).topk(k, dim=-1, sorted=False)
-    idx_BK = dead_idx[local_BK]
+    with torch.no_grad():
+        dead_idx = dead.nonzero().squeeze(1).to(pre.device)
+        idx_BK = dead_idx[pre.detach().index_select(1, dead_idx).topk(k, dim=-1, sorted=False).indices]
+    vals_BK = sae.preactivations_at(x, pre, idx_BK)
     e_hat_BD = torch.nn.functional.embedding_bag(idx_BK, sae.W_dec, per_sample_weights=vals_BK.to(sae.W_dec.dtype), mode="sum")
     e_BD = (x - x_hat).detach().to(e_hat_BD.dtype)
     total = (e_BD - e_BD.mean(dim=0)).pow(2).sum().clamp_min(1e-12)

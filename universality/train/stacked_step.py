@@ -111,6 +111,7 @@ def stacked_auxk_loss(
     pre: Float[Tensor, "n batch d_sae"],
     dead: Bool[Tensor, "n d_sae"],
     k_aux: int,
+    values_at: Callable[[Tensor], Tensor] | None = None,
 ) -> Float[Tensor, " n"]:
     """:func:`universality.train.dead.auxk_loss` (Gao et al. 2024, Section A.2) for each stacked
     dictionary at once; the same formula, with the top ``min(k_aux, n_dead,i)`` dead latents of
@@ -121,16 +122,21 @@ def stacked_auxk_loss(
         \\quad e_i = \\mathrm{sg}(x_i - \\hat x_i), \\quad
         \\hat e_i = \\sum_{j \\in \\mathrm{TopK}(\\pi_{i,dead})} \\pi_{i,j} W_{dec,i,j}
 
-    and 0 for a dictionary without dead latents.
+    and 0 for a dictionary without dead latents. The latents are chosen without gradient;
+    ``values_at(idx)`` gives their differentiable pre-activations (default: gathered from ``pre``;
+    the trainer passes :meth:`~universality.sae.stacked.StackedSAE.preactivations_at`, whose TopK
+    backward stays k-sparse).
     """
     n_dead_N = dead.sum(dim=1)
     k = min(int(k_aux), int(n_dead_N.max()))
     if k == 0:
         return pre.new_zeros(pre.shape[0], dtype=torch.float32)
-    masked = pre.masked_fill(~dead.unsqueeze(1), float("-inf"))
-    vals_NBK, idx_NBK = masked.topk(k, dim=-1, sorted=False)
-    # a dictionary with fewer than k dead latents also picked live ones (value -inf): drop them
-    vals_NBK = torch.where(torch.isfinite(vals_NBK), vals_NBK, torch.zeros_like(vals_NBK))
+    with torch.no_grad():
+        idx_NBK = pre.detach().masked_fill(~dead.unsqueeze(1), float("-inf")).topk(k, dim=-1, sorted=False).indices
+        # a dictionary with fewer than k dead latents also picked live ones: they add nothing
+        picked_dead_NBK = torch.gather(dead.unsqueeze(1).expand(-1, idx_NBK.shape[1], -1), 2, idx_NBK)
+    vals_NBK = values_at(idx_NBK) if values_at is not None else pre.gather(2, idx_NBK)
+    vals_NBK = vals_NBK * picked_dead_NBK.to(vals_NBK.dtype)
     e_hat = stacked_sparse_decode(idx_NBK, vals_NBK, W_dec).float()
     e = (x - x_hat).detach().float()
     total_N = (e - e.mean(dim=1, keepdim=True)).pow(2).sum(dim=(1, 2)).clamp_min(1e-12)
@@ -201,7 +207,8 @@ class StackedGroup:
             if self.remedy == "auxk":
                 dead_NF = torch.stack([t.dead_mask() for t in self.trackers])
                 k_aux = cfg.aux_k or max(1, cfg.sae.d_in // 2)
-                terms["auxk"] = stacked_auxk_loss(module.W_dec, x_NBD, out.x_hat, out.pre, dead_NF, k_aux)
+                terms["auxk"] = stacked_auxk_loss(module.W_dec, x_NBD, out.x_hat, out.pre, dead_NF, k_aux,
+                                                  values_at=lambda idx: module.preactivations_at(x_NBD, out.pre, idx))
                 loss_N = loss_N + cfg.aux_coeff * terms["auxk"]
         names = list(terms)
         values = torch.stack([terms[n].detach().float() for n in names] + [loss_N.detach().float()]).tolist()
