@@ -443,7 +443,7 @@ def run(args) -> dict:
         for r in range(args.repeats):  # interleaved repeats, order reversed every other one; the fastest is kept
             for name, fn, kw in (plan if r % 2 == 0 else plan[::-1]):
                 rows[name] = _timed_row(fn, batches, held, args, device, tokens, warm=r == 0, previous=rows.get(name),
-                                        curves=name in ("universality", "sae_lens", "sparsify"), **kw)
+                                        curves=name in ("universality", "sae_lens", "sparsify", "universality_no_auxk"), **kw)
                 print(device, name, {k: v for k, v in rows[name].items() if k not in ("call", "all_wall_s", "curve")}, flush=True)
         rows = {name: rows[name] for name, _, _ in plan}
         ours = rows["universality"].get("tokens_per_s")
