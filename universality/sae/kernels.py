@@ -104,6 +104,12 @@ def _sparse_encoder_grads(
     return grad_x, grad_W, sum_NF
 
 
+def _centre_grad(W_NDF: Tensor, sum_NF: Tensor) -> Tensor:
+    """The centre's gradient for ``pre = (x - c) W + b``: ``-W`` times the pre-activation gradient summed
+    over the batch (one matrix-vector product per dictionary)."""
+    return -torch.bmm(W_NDF.to(sum_NF.dtype), sum_NF.unsqueeze(-1)).squeeze(-1)
+
+
 def _centred(x_NBD: Tensor, c_ND: Tensor | None, dt: torch.dtype) -> Tensor:
     xc_NBD = x_NBD.to(dt)
     return xc_NBD if c_ND is None else xc_NBD - c_ND.to(dt).unsqueeze(1)
@@ -162,7 +168,7 @@ class _StackedTopKEncoder(torch.autograd.Function):
         if sum_NF is not None:
             grad_b = sum_NF if need_b else None
             if need_c:  # pre = (x - c) W + b: the centre's gradient is -W (sum over the batch of d pre), a matrix-vector product
-                grad_c = -torch.bmm(W_NDF.to(sum_NF.dtype), sum_NF.unsqueeze(-1)).squeeze(-1)
+                grad_c = _centre_grad(W_NDF, sum_NF)
         dx, dW, db, dc = ctx.in_dtypes
         return (None if grad_x is None else grad_x.to(dx), None if grad_W is None else grad_W.to(dW),
                 None if grad_b is None else grad_b.to(db), None, None if grad_c is None else grad_c.to(dc))
@@ -191,7 +197,7 @@ class _StackedPreAt(torch.autograd.Function):
                                                        need_b or need_c, backward_path(xc_NBD.device))
         grad_c = None
         if need_c:
-            grad_c = -torch.bmm(W_NDF.to(sum_NF.dtype), sum_NF.unsqueeze(-1)).squeeze(-1)
+            grad_c = _centre_grad(W_NDF, sum_NF)
         dx, dW, db, dc = ctx.in_dtypes
         return (None, None, None if grad_x is None else grad_x.to(dx), None if grad_W is None else grad_W.to(dW),
                 None if (sum_NF is None or not need_b) else sum_NF.to(db), None if grad_c is None else grad_c.to(dc))
